@@ -1,0 +1,270 @@
+"""The command line of the main job: ``python -m src.stability_map [options]``.
+
+A thin layer: parse flags into a :class:`~src.sweep.Sweep`, run it with a progress bar, write
+the report with :func:`~src.report.publish` and print the findings. Bad input of any kind ends
+with one line on stderr naming the problem and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from src import findings, optimizers, outcome
+from src.errors import InputError
+from src.problem import Problem
+from src.sweep import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid, run
+
+STDOUT_NS = (1, 2, 5, 10, 16, 17, 20, 24, 32, 33, 48, 64, 128, 256)
+"""The dataset sizes of the stdout table of stable learning rates (all are in summary.json)."""
+
+MAX_AXIS_POINTS = 10_000_000
+"""Refuse larger axes before building them (the grid check then covers the product)."""
+
+EXAMPLES = """\
+examples:
+  python -m src.stability_map                         # the seed problem's default map
+  python -m src.stability_map --optimizers sgd,adam --lr 1e-4:1:121 --n 1:32
+  python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --shuffle
+  python -m src.stability_map --standardize --out reports/standardized
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise InputError(message)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise InputError(f"{what} is empty")
+    return values
+
+
+def _ints(text: str, what: str) -> list[int]:
+    values = _floats(text, what)
+    if any(not math.isfinite(v) or v != int(v) for v in values):
+        raise InputError(f"{what} must be whole numbers, got {text!r}")
+    return [int(v) for v in values]
+
+
+def parse_lr(text: str) -> tuple[float, ...]:
+    """``"0.01,0.1"`` (a list) or ``"start:stop:count"`` (log-spaced, both ends included)."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        values = _floats(text, "--lr")
+        for v in values:
+            if not (math.isfinite(v) and v > 0):
+                raise InputError(f"--lr values must be > 0, got {v:g}")
+        return tuple(values)
+    if len(parts) != 3:
+        raise InputError(f"--lr takes a comma list or start:stop:count, got {text!r}")
+    start, stop = (_floats(p, "--lr start:stop")[0] for p in parts[:2])
+    count = _ints(parts[2], "--lr count")[0]
+    if not (math.isfinite(start) and math.isfinite(stop) and start > 0 and stop > 0):
+        raise InputError(f"--lr start and stop must be > 0, got {text!r}")
+    if not 1 <= count <= MAX_AXIS_POINTS:
+        raise InputError(f"--lr count must be between 1 and {MAX_AXIS_POINTS:,}, got {count}")
+    return log_grid(start, stop, count)
+
+
+def parse_n(text: str) -> tuple[int, ...]:
+    """``"10,20"`` (a list) or ``"start:stop"`` (inclusive)."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        values = _ints(text, "--n")
+    elif len(parts) == 2:
+        start, stop = (_ints(p, "--n start:stop")[0] for p in parts)
+        if stop < start:
+            raise InputError(f"--n start:stop needs start <= stop, got {text!r}")
+        if stop - start + 1 > MAX_AXIS_POINTS:
+            raise InputError(f"--n has more than {MAX_AXIS_POINTS:,} values: {text!r}")
+        values = list(range(start, stop + 1))
+    else:
+        raise InputError(f"--n takes a comma list or start:stop, got {text!r}")
+    for v in values:
+        if v < 1:
+            raise InputError(f"--n: dataset size N must be >= 1, got {v}")
+    return tuple(values)
+
+
+def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    values = _ints(text, flag)
+    for v in values:
+        if v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    return tuple(values)
+
+
+def parse_curve(text: str) -> Curve:
+    """``OPTIMIZER:LR:N[:BATCH_SIZE[:SEED]]``."""
+    parts = text.split(":")
+    if not 3 <= len(parts) <= 5:
+        raise InputError(f"--curve takes OPTIMIZER:LR:N[:BATCH_SIZE[:SEED]], got {text!r}")
+    optimizers.get(parts[0])
+    lr = parse_lr(parts[1])[0]
+    rest = [_ints(p, "--curve")[0] for p in parts[2:]]
+    return Curve(parts[0], lr, *rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m src.stability_map",
+        description=(
+            "Map where Keras Dense(1) + MSE training is stable: learning rate x optimizer x "
+            "dataset size x batch size x seed, simulated at once in JAX."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        help=f"comma list of {', '.join(optimizers.OPTIMIZERS)} (default: all)",
+    )
+    p.add_argument(
+        "--lr",
+        default="1e-5:1:81",
+        help="learning rates: comma list, or start:stop:count log-spaced (default 1e-5:1:81)",
+    )
+    p.add_argument(
+        "--n",
+        default="1:64",
+        help="dataset sizes: comma list or start:stop inclusive (default 1:64)",
+    )
+    p.add_argument(
+        "--batch-size", default="32", help="comma list of batch sizes (default 32, Keras's)"
+    )
+    p.add_argument("--epochs", default="500", help="comma list of epoch counts (default 500)")
+    p.add_argument("--seeds", default="0", help="comma list of initialisation seeds (default 0)")
+    p.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="reshuffle every epoch (Keras's fit default; off here)",
+    )
+    p.add_argument(
+        "--tol",
+        default=str(outcome.DEFAULT_TOL),
+        help="converged when final loss <= tol * mean(y^2) (default 1e-4)",
+    )
+    p.add_argument(
+        "--diverge-factor",
+        default=str(outcome.DEFAULT_DIVERGE_FACTOR),
+        help="diverging when final loss > factor * initial loss (default 1)",
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (Keras's) or float64")
+    p.add_argument("--slope", default="0.5", help="targets y = slope * x + intercept (default 0.5)")
+    p.add_argument("--intercept", default="0", help="(default 0)")
+    p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
+    p.add_argument("--x-step", default="1", help="(default 1)")
+    p.add_argument(
+        "--standardize", action="store_true", help="standardise x to zero mean, unit variance"
+    )
+    p.add_argument(
+        "--curve",
+        action="append",
+        default=None,
+        metavar="OPT:LR:N[:BS[:SEED]]",
+        help="keep the full loss history of this configuration (repeatable; "
+        "default: the seed's SGD and Adam runs)",
+    )
+    p.add_argument(
+        "--chunk-size", default="0", help="configurations per engine call (default: automatic)"
+    )
+    p.add_argument(
+        "--out",
+        default="reports/stability_map",
+        help="output directory (default reports/stability_map)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _one_float(text: str, flag: str) -> float:
+    values = _floats(text, flag)
+    if len(values) != 1 or not math.isfinite(values[0]):
+        raise InputError(f"{flag} must be one finite number, got {text!r}")
+    return values[0]
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    names = tuple(v.strip() for v in args.optimizers.split(",") if v.strip())
+    if not names:
+        raise InputError("--optimizers is empty")
+    for name in names:
+        optimizers.get(name)
+    if args.dtype not in ("float32", "float64"):
+        raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
+    return Sweep(
+        optimizer=names,
+        lr=parse_lr(args.lr),
+        n=parse_n(args.n),
+        batch_size=_positive_ints(args.batch_size, "--batch-size"),
+        epochs=_positive_ints(args.epochs, "--epochs"),
+        seed=tuple(_ints(args.seeds, "--seeds")),
+        shuffle=args.shuffle,
+        tol=_one_float(args.tol, "--tol"),
+        diverge_factor=_one_float(args.diverge_factor, "--diverge-factor"),
+        dtype=args.dtype,
+        problem=Problem(
+            slope=_one_float(args.slope, "--slope"),
+            intercept=_one_float(args.intercept, "--intercept"),
+            x_start=_one_float(args.x_start, "--x-start"),
+            x_step=_one_float(args.x_step, "--x-step"),
+            standardize=args.standardize,
+        ),
+        curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
+        chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the main job; returns the exit status (0, 2 for bad input, 130 if interrupted)."""
+    started = time.perf_counter()
+    try:
+        args = build_parser().parse_args(argv)
+        sweep = sweep_from_args(args)
+        from src import report, store  # heavy imports after the input is known to be good
+
+        out = store.prepare_output_dir(Path(args.out))
+        ds, stats = _run_with_progress(sweep, quiet=args.quiet)
+        summary, lines = report.publish(ds, stats, sweep.problem, out, started)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output file was left half-written", file=sys.stderr)
+        return 130
+    dims = " x ".join(f"{ds.sizes[d]} {d}" for d in ds.status.dims if ds.sizes[d] > 1)
+    print(
+        f"Stability map of {sweep.problem.describe()}: {dims} = {stats.n_configs:,} configurations "
+        f"in {summary['wall_seconds']:.1f} s ({stats.compute_seconds:.2f} s compute, "
+        f"{stats.config_epochs_per_second:.3g} config-epochs/s on {', '.join(stats.devices)})."
+    )
+    print("\n".join(lines))
+    ns = [int(n) for n in ds.n.values]
+    shown = ns if len(ns) <= 12 else [n for n in ns if n in STDOUT_NS or n in (ns[0], ns[-1])]
+    print("Largest stable lr on the grid (neither overflow nor diverging; all N in summary.json):")
+    found = summary["findings"]
+    print("\n".join(findings.stable_lr_table(found, list(sweep.optimizer), shown)))
+    print(f"Report: {out / 'index.html'}")
+    return 0
+
+
+def _run_with_progress(sweep: Sweep, quiet: bool):  # noqa: ANN202
+    if quiet:
+        return run(sweep)
+    from tqdm import tqdm
+
+    with tqdm(
+        total=sweep.n_configs, unit="config", file=sys.stderr, desc="simulating", dynamic_ncols=True
+    ) as bar:
+        return run(sweep, progress=bar.update)

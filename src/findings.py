@@ -1,0 +1,192 @@
+"""The headline answers read off a finished stability map.
+
+Everything here reads the map's *reference slice*: the first batch size and seed and the
+largest epoch count of the sweep (batch 32, seed 0, 500 epochs by default). The findings answer
+the seed's question -- which N blow up at lr 0.01 with SGD, does Adam, and why -- and list the
+largest stable learning rate seen for every N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from src import outcome, theory
+from src.problem import Problem
+from src.sweep import SEED_LR
+
+SEED_N, SEED_STABLE_N = 20, 10
+"""The seed's two dataset sizes: N = 20 overflows at lr 0.01 and N = 10 converges."""
+
+
+def reference_slice(ds: xr.Dataset) -> xr.Dataset:
+    """The map at the first batch size and seed and the largest epoch count."""
+    return ds.isel(batch_size=0, seed=0).sel(epochs=ds.epochs.max())
+
+
+def compress(values: Iterable[int]) -> str:
+    """``[1, 2, 3, 5, 7, 8]`` -> ``"1-3, 5, 7-8"`` (``"none"`` when empty)."""
+    runs: list[list[int]] = []
+    for v in sorted(int(v) for v in values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
+
+def nearest_lr(ds: xr.Dataset, lr: float) -> float:
+    """The grid learning rate closest to ``lr`` in log scale."""
+    grid = ds.lr.values
+    return float(grid[np.argmin(np.abs(np.log(grid) - math.log(lr)))])
+
+
+def statuses_by_n(ref: xr.Dataset, optimizer: str, lr: float) -> dict[str, list[int]]:
+    """For one optimizer and lr: the dataset sizes N in each status."""
+    codes = ref.status.sel(optimizer=optimizer, lr=lr).values
+    return {
+        name: [int(n) for n in ref.n.values[codes == k]] for k, name in enumerate(outcome.STATUSES)
+    }
+
+
+def largest_stable_lr(ref: xr.Dataset) -> dict[str, dict[int, float | None]]:
+    """Per optimizer and N: the largest grid lr that neither overflowed nor diverged."""
+    stable = ref.status <= outcome.SLOW
+    out: dict[str, dict[int, float | None]] = {}
+    for name in ref.optimizer.values:
+        rows = stable.sel(optimizer=name).transpose("n", "lr").values
+        out[str(name)] = {
+            int(n): (float(ref.lr.values[row].max()) if row.any() else None)
+            for n, row in zip(ref.n.values, rows, strict=True)
+        }
+    return out
+
+
+def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
+    """SGD at the seed's lr and N = 20: measured versus full-batch theory (None if absent)."""
+    ref = reference_slice(ds)
+    if "sgd" not in ref.optimizer.values or SEED_N not in ref.n.values:
+        return None
+    lr = nearest_lr(ds, SEED_LR)
+    if not math.isclose(lr, SEED_LR, rel_tol=1e-9):
+        return None
+    x = problem.dataset(SEED_N)[0]
+    eig = theory.hessian_eigenvalues(x)
+    cell = ref.sel(optimizer="sgd", lr=lr, n=SEED_N)
+    batch = int(ds.batch_size.values[0])
+    return {
+        "optimizer": "sgd",
+        "lr": lr,
+        "n": SEED_N,
+        "full_batch": batch >= SEED_N,
+        "hessian_eigenvalues": [float(e) for e in eig],
+        "critical_lr": theory.gd_critical_lr(x),
+        "theory_growth_rate": theory.gd_loss_growth(lr, x),
+        "measured_growth_rate": _finite(cell.growth_rate.item()),
+        "first_nonfinite_epoch": int(cell.first_nonfinite_epoch.item()),
+        "status": outcome.STATUSES[int(cell.status.item())],
+    }
+
+
+def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
+    """All findings as a JSON-ready dict (non-finite numbers become ``None``)."""
+    ref = reference_slice(ds)
+    lr = nearest_lr(ds, SEED_LR)
+    counts = np.bincount(ds.status.values.ravel(), minlength=len(outcome.STATUSES))
+    return {
+        "reference_slice": {
+            "batch_size": int(ref.batch_size.item()),
+            "seed": int(ref.seed.item()),
+            "epochs": int(ref.epochs.item()),
+        },
+        "status_fraction": {
+            name: float(c) / ds.status.size
+            for name, c in zip(outcome.STATUSES, counts, strict=True)
+        },
+        "seed_lr": lr,
+        "statuses_at_seed_lr": {
+            str(o): statuses_by_n(ref, str(o), lr) for o in ref.optimizer.values
+        },
+        "seed_case": seed_case(ds, problem),
+        "largest_stable_lr": largest_stable_lr(ref),
+    }
+
+
+def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str]:
+    """The findings in words, one line each (the main job's stdout)."""
+    lr = findings["seed_lr"]
+    by_opt: dict[str, dict[str, list[int]]] = findings["statuses_at_seed_lr"]  # type: ignore[assignment]
+    lines = [
+        f"At lr {lr:g}"
+        + (" (the seed's)" if math.isclose(lr, SEED_LR) else " (nearest to 0.01)")
+        + ":"
+    ]
+    for name in optimizers:
+        groups = by_opt[name]
+        parts = [f"{s} N = {compress(groups[s])}" for s in reversed(outcome.STATUSES) if groups[s]]
+        if not groups["overflow"]:
+            parts.insert(0, "never overflows")
+        lines.append(f"  {name:<9} " + "; ".join(parts))
+    case = findings["seed_case"]
+    if isinstance(case, dict):
+        sgd = by_opt["sgd"]
+        lines.append(
+            f"The seed's question: with SGD at lr {lr:g} the loss "
+            + (
+                f"overflows for N = {compress(sgd['overflow'])}"
+                if sgd["overflow"]
+                else "never overflows"
+            )
+            + (f", N = {SEED_N} included" if SEED_N in sgd["overflow"] else "")
+            + (
+                f"; N = {SEED_STABLE_N} {_status_of(sgd, SEED_STABLE_N)}"
+                if any(SEED_STABLE_N in v for v in sgd.values())
+                else ""
+            )
+            + "."
+        )
+        if "adam" in by_opt:
+            lines.append(f"Adam at lr {lr:g}, N = {SEED_N}: {_status_of(by_opt['adam'], SEED_N)}.")
+        lam = case["hessian_eigenvalues"][-1]  # type: ignore[index]
+        measured = case["measured_growth_rate"]
+        kind = "full-batch " if case["full_batch"] else ""
+        lines.append(
+            f"Why: {kind}gradient descent multiplies the loss by (1 - lr*lambda_max)^2 per epoch. "
+            f"For N = {SEED_N}, lambda_max = {lam:.2f}, so at lr {lr:g} the factor is "
+            f"{case['theory_growth_rate']:.4f} (measured: "
+            + (f"{measured:.4f}" if measured is not None else "n/a")
+            + f"); the largest stable lr is 2/lambda_max = {case['critical_lr']:.6f}. "
+            + (
+                f"The first non-finite loss came at epoch {case['first_nonfinite_epoch']}."
+                if case["first_nonfinite_epoch"] > 0  # type: ignore[operator]
+                else ""
+            )
+        )
+    return lines
+
+
+def stable_lr_table(
+    findings: dict[str, object], optimizers: Sequence[str], ns: Sequence[int]
+) -> list[str]:
+    """Rows of "largest stable lr" for the given N (a fixed-width text table)."""
+    table: dict[str, dict[int, float | None]] = findings["largest_stable_lr"]  # type: ignore[assignment]
+    head = f"{'N':>5}" + "".join(f"{name:>11}" for name in optimizers)
+    rows = [head]
+    for n in ns:
+        cells = [table[name][n] for name in optimizers]
+        rows.append(f"{n:>5}" + "".join(f"{'-' if v is None else f'{v:.4g}':>11}" for v in cells))
+    return rows
+
+
+def _status_of(groups: dict[str, list[int]], n: int) -> str:
+    for status, members in groups.items():
+        if n in members:
+            return status
+    return "not in the grid"
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None

@@ -1,0 +1,61 @@
+"""The outcome of one configuration: converged, slow, diverging or overflow.
+
+Read off an engine :class:`~src.engine.Summary`, with ``scale = mean(y^2)`` (the loss of the
+zero predictor; 1 where all targets are zero) making the tolerance independent of the data:
+
+* ``overflow``  -- some epoch had a non-finite loss or weight (``first_nonfinite_epoch >= 0``);
+* ``converged`` -- otherwise, ``final_loss / scale <= tol``;
+* ``diverging`` -- otherwise, ``final_loss > diverge_factor * initial_loss``;
+* ``slow``      -- everything else: finite, not worse than at the start, not yet converged.
+
+The order matters only at the edges: a run that overflowed once stays ``overflow`` whatever
+its last loss (in practice nan), and a run whose loss is tiny is ``converged`` even if it rose
+a little from an already tiny start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STATUSES: tuple[str, ...] = ("converged", "slow", "diverging", "overflow")
+"""Status names; a status is stored as its index (CF ``flag_values`` / ``flag_meanings``)."""
+
+CONVERGED, SLOW, DIVERGING, OVERFLOW = range(len(STATUSES))
+
+DEFAULT_TOL = 1e-4
+DEFAULT_DIVERGE_FACTOR = 1.0
+
+
+def classify(
+    initial_loss: np.ndarray,
+    final_loss: np.ndarray,
+    first_nonfinite_epoch: np.ndarray,
+    scale: np.ndarray,
+    tol: float = DEFAULT_TOL,
+    diverge_factor: float = DEFAULT_DIVERGE_FACTOR,
+) -> np.ndarray:
+    """Status codes (``int8``, indices into :data:`STATUSES`) for arrays of runs."""
+    initial = np.asarray(initial_loss, np.float64)
+    final = np.asarray(final_loss, np.float64)
+    scale = np.asarray(scale, np.float64)
+    scale = np.where(scale > 0, scale, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        status = np.select(
+            [
+                (np.asarray(first_nonfinite_epoch) >= 0) | ~np.isfinite(final),
+                final / scale <= tol,
+                final > diverge_factor * initial,
+            ],
+            [OVERFLOW, CONVERGED, DIVERGING],
+            default=SLOW,
+        )
+    return status.astype(np.int8)
+
+
+def cf_attributes() -> dict[str, object]:
+    """CF-convention attributes describing the status codes."""
+    return {
+        "flag_values": np.arange(len(STATUSES), dtype=np.int8),
+        "flag_meanings": " ".join(STATUSES),
+        "long_name": "outcome of training",
+    }

@@ -1,0 +1,116 @@
+"""The regression problem: one ``Dense(1)`` unit fitted to points on a line.
+
+The seed problem is Keras ``Sequential([Dense(1, input_shape=[1])])`` trained with MSE on
+``xs = 1..N`` and ``ys = 0.5 * xs``. Here the dataset of size ``N`` is
+
+    x_i = x_start + x_step * i,   y_i = slope * x_i + intercept,   i = 0 .. N-1,
+
+optionally with the inputs standardised, ``x_i <- (x_i - mean(x)) / std(x)`` (population
+standard deviation; the targets keep the raw ``x``), which is one of the fixes users try.
+Queries such as the prediction at ``x = 25`` are standardised with the same statistics.
+
+Datasets are built in float64 on the host and cast once, so every dtype sees the same
+numbers rounded once. All datasets of a run live in one padded :class:`DataTable`, which the
+engine indexes per configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from src.errors import InputError
+
+QUERY_X = 25.0
+"""The input whose prediction the seed's user printed: ``model.predict([25.0])``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A family of datasets indexed by their size ``N`` (defaults: the seed problem)."""
+
+    slope: float = 0.5
+    intercept: float = 0.0
+    x_start: float = 1.0
+    x_step: float = 1.0
+    standardize: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("slope", "intercept", "x_start", "x_step"):
+            if not np.isfinite(getattr(self, name)):
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.x_step == 0:
+            raise InputError("x_step must be non-zero (all inputs would be equal)")
+
+    def raw_inputs(self, n: int) -> np.ndarray:
+        """The unstandardised inputs ``x_start + x_step * i`` (float64)."""
+        if n < 1:
+            raise InputError(f"dataset size N must be >= 1, got {n}")
+        return self.x_start + self.x_step * np.arange(n, dtype=np.float64)
+
+    def dataset(self, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(x, y, x_query)`` for size ``n`` in float64; ``x_query`` is 25 as the model sees it."""
+        x = self.raw_inputs(n)
+        y = self.slope * x + self.intercept
+        x_model, x_query = standardize(x, QUERY_X) if self.standardize else (x, QUERY_X)
+        return x_model, y, x_query
+
+    def describe(self) -> str:
+        """The dataset formula in words, e.g. ``x = 1, 2, ..., N; y = 0.5 x``."""
+        x = f"x = {_num(self.x_start)} + {_num(self.x_step)} i (i = 0..N-1)"
+        if self.x_start == 1.0 and self.x_step == 1.0:
+            x = "x = 1, 2, ..., N"
+        y = f"y = {_num(self.slope)} x" + (f" + {_num(self.intercept)}" if self.intercept else "")
+        return f"{x}; {y}" + (
+            "; x standardised to zero mean, unit variance" if self.standardize else ""
+        )
+
+
+def standardize(x: np.ndarray, query: float) -> tuple[np.ndarray, float]:
+    """Centre and scale ``x`` by its mean and population std; a constant ``x`` is only centred."""
+    mean = float(np.mean(x))
+    std = float(np.std(x))
+    scale = std if std > 0 else 1.0
+    return (x - mean) / scale, (query - mean) / scale
+
+
+class DataTable(NamedTuple):
+    """Every dataset of a run, one padded row each (engine dtype).
+
+    ``x`` and ``y`` have shape ``(rows, n_max)``; row ``r`` holds its ``n[r]`` points first and
+    zeros after. ``y_sq_mean`` (the loss of the zero predictor, used to make the convergence
+    tolerance scale-free) and ``x_query`` (25 as the model sees it) have shape ``(rows,)``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    y_sq_mean: np.ndarray
+    x_query: np.ndarray
+    n: np.ndarray
+
+
+def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: str) -> DataTable:
+    """Pack ``(x, y, x_query)`` float64 datasets into a padded :class:`DataTable` of ``dtype``."""
+    n = np.array([len(x) for x, _, _ in datasets], dtype=np.int32)
+    n_max = int(n.max())
+    xs = np.zeros((len(datasets), n_max), np.float64)
+    ys = np.zeros_like(xs)
+    for row, (x, y, _) in enumerate(datasets):
+        xs[row, : len(x)] = x
+        ys[row, : len(y)] = y
+    y_sq_mean = np.array([np.mean(np.square(y)) for _, y, _ in datasets])
+    x_query = np.array([q for _, _, q in datasets])
+    return DataTable(
+        x=xs.astype(dtype),
+        y=ys.astype(dtype),
+        y_sq_mean=y_sq_mean.astype(dtype),
+        x_query=x_query.astype(dtype),
+        n=n,
+    )
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"

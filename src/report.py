@@ -1,0 +1,311 @@
+"""Pictures and the page: heatmaps, loss curves and a self-contained ``index.html``.
+
+Heatmaps show the map's reference slice (see :func:`src.findings.reference_slice`): learning
+rate on a log x axis, dataset size N up, colour = log10 of the final loss (cividis, readable
+with colour-blindness) where training stayed finite and did not diverge, and two flat colours
+for ``diverging`` and ``overflow``. The seed's configurations (lr 0.01 at N = 20 and N = 10) are
+marked. ``index.html`` inlines every picture, so it opens from disk with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from src import findings, outcome, store
+from src.problem import Problem
+from src.sweep import SEED_LR, RunStats
+
+LOSS_CMAP = "cividis"
+STATUS_COLOURS = {"diverging": "#CC79A7", "overflow": "#D55E00"}
+"""Okabe-Ito reddish purple and vermillion: distinct from cividis and from each other."""
+
+SEED_MARKS = ((findings.SEED_N, "*"), (findings.SEED_STABLE_N, "o"))
+
+
+def _edges(values: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges around sorted centres (geometric midpoints on a log axis)."""
+    v = np.log(values) if log else np.asarray(values, np.float64)
+    if len(v) == 1:
+        mid = np.array([v[0] - 0.5, v[0] + 0.5])
+    else:
+        inner = (v[1:] + v[:-1]) / 2
+        mid = np.concatenate([[2 * v[0] - inner[0]], inner, [2 * v[-1] - inner[-1]]])
+    return np.exp(mid) if log else mid
+
+
+def loss_colour_limits(ref: xr.Dataset) -> tuple[float, float]:
+    """log10 final-loss limits shared by every heatmap (stable cells only)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(ref.final_loss.where(ref.status <= outcome.SLOW).values.astype(np.float64))
+    finite = logs[np.isfinite(logs)]
+    if finite.size == 0:
+        return -8.0, 2.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo - 1, hi + 1)
+
+
+def draw_heatmap(
+    ax: Axes, ref: xr.Dataset, optimizer: str, limits: tuple[float, float]
+) -> QuadMesh:
+    """One optimizer's lr x N map on ``ax``; returns the loss mesh (for a colour bar)."""
+    cell = ref[["status", "final_loss"]].sel(optimizer=optimizer).transpose("n", "lr")
+    x, y = _edges(ref.lr.values, log=True), _edges(ref.n.values, log=False)
+    status = cell.status.values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(cell.final_loss.values.astype(np.float64))
+    logs = np.where(np.isfinite(logs), logs, limits[0])
+    loss = np.ma.masked_where(status > outcome.SLOW, logs)
+    mesh = ax.pcolormesh(x, y, loss, cmap=LOSS_CMAP, vmin=limits[0], vmax=limits[1], shading="flat")
+    bad = np.ma.masked_where(status <= outcome.SLOW, status - outcome.DIVERGING)
+    ax.pcolormesh(
+        x,
+        y,
+        bad,
+        cmap=ListedColormap(list(STATUS_COLOURS.values())),
+        vmin=-0.5,
+        vmax=1.5,
+        shading="flat",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("dataset size N")
+    ax.set_title(optimizer)
+    if np.any(np.isclose(ref.lr.values, SEED_LR)):
+        for n, marker in SEED_MARKS:
+            if n in ref.n.values:
+                ax.plot(SEED_LR, n, marker, ms=9 if marker == "*" else 6, mfc="white", mec="black")
+    return mesh
+
+
+def _legend_handles() -> list[Patch]:
+    return [Patch(color=c, label=name) for name, c in STATUS_COLOURS.items()]
+
+
+def _slice_note(ref: xr.Dataset) -> str:
+    return (
+        f"batch size {int(ref.batch_size)}, seed {int(ref.seed)}, {int(ref.epochs)} epochs; "
+        f"white star: lr {SEED_LR:g}, N = {findings.SEED_N}; "
+        f"white dot: N = {findings.SEED_STABLE_N}"
+    )
+
+
+def heatmap_figure(ref: xr.Dataset, optimizer: str, limits: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
+    ax = fig.subplots()
+    mesh = draw_heatmap(ax, ref, optimizer, limits)
+    fig.colorbar(mesh, ax=ax, label="log10 final loss (stable runs)")
+    ax.legend(handles=_legend_handles(), loc="lower left", fontsize=8, framealpha=0.9)
+    fig.suptitle(f"Stability map: {optimizer}", fontsize=12)
+    ax.set_title(_slice_note(ref), fontsize=7)
+    return fig
+
+
+def overview_figure(
+    ref: xr.Dataset, optimizers: Sequence[str], limits: tuple[float, float]
+) -> Figure:
+    cols = min(3, len(optimizers))
+    rows = math.ceil(len(optimizers) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    mesh = None
+    for ax, name in zip(axes.flat, optimizers, strict=False):
+        mesh = draw_heatmap(ax, ref, name, limits)
+    for ax in axes.flat[len(optimizers) :]:
+        ax.set_visible(False)
+    fig.colorbar(mesh, ax=axes, label="log10 final loss (stable runs)", shrink=0.8)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=2, fontsize=9)
+    fig.suptitle(f"Where training is stable ({_slice_note(ref)})", fontsize=10)
+    return fig
+
+
+def curves_figure(ds: xr.Dataset) -> Figure:
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for label in ds.curve.values:
+        losses = ds.loss_history.sel(curve=label).values.astype(np.float64)
+        (line,) = ax.semilogy(
+            ds.epoch.values, np.where(np.isfinite(losses), losses, np.nan), label=label
+        )
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size and np.isfinite(losses[: bad[0]]).any():
+            ax.plot(
+                ds.epoch.values[bad[0] - 1], losses[bad[0] - 1], "x", color=line.get_color(), ms=9
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (History)")
+    ax.set_title("Loss curves (x: last finite loss before overflow)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> bytes:
+    """Write ``fig`` as PNG atomically; returns the PNG bytes (for inlining)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    data = buf.getvalue()
+    with store.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def write_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
+    """Every PNG of the report, written to ``out``; returns name -> PNG bytes."""
+    ref = findings.reference_slice(ds)
+    limits = loss_colour_limits(ref)
+    optimizers = [str(o) for o in ds.optimizer.values]
+    pngs = {
+        "heatmaps.png": save_figure(overview_figure(ref, optimizers, limits), out / "heatmaps.png")
+    }
+    for name in optimizers:
+        file = f"heatmap_{name}.png"
+        pngs[file] = save_figure(heatmap_figure(ref, name, limits), out / file)
+    pngs["loss_curves.png"] = save_figure(curves_figure(ds), out / "loss_curves.png")
+    return pngs
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def index_html(
+    ds: xr.Dataset,
+    summary: dict[str, object],
+    lines: Sequence[str],
+    table: Sequence[str],
+    pngs: dict[str, bytes],
+) -> str:
+    """The self-contained report page."""
+    optimizers = [str(o) for o in ds.optimizer.values]
+    esc = html.escape
+    dtype = esc(str(ds.attrs["dtype"]))
+    meta = {k: summary[k] for k in summary if k not in ("findings",)}
+    status_rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(text)}</td></tr>"
+        for name, text in (
+            (
+                "overflow",
+                "a loss or weight became inf/nan at some epoch (first such epoch recorded)",
+            ),
+            ("converged", f"final loss <= tol x mean(y^2), tol = {ds.attrs['tol']:g}"),
+            (
+                "diverging",
+                f"finite, but final loss > {ds.attrs['diverge_factor']:g} x initial loss",
+            ),
+            ("slow", "everything else: finite, no worse than at the start, not yet converged"),
+        )
+    )
+    heatmaps = "".join(
+        f"<figure>{_img(pngs[f'heatmap_{n}.png'], f'heatmap {n}')}</figure>" for n in optimizers
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Stability map</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+        color: #222; line-height: 1.45; }}
+pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 13px; }}
+img {{ max-width: 100%; }}
+figure {{ display: inline-block; margin: .5em; max-width: 48%; vertical-align: top; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .2em .6em; }}
+</style></head><body>
+<h1>Where is training stable?</h1>
+<p>Keras <code>Sequential([Dense(1)])</code> trained with MSE by <code>model.fit</code> on
+{esc(str(ds.attrs["problem"]))}. With <code>optimizer="sgd"</code> (lr 0.01) the loss grows
+every epoch for N = 20 and converges for N = 10: the learning rate is above the stability limit of
+gradient descent on this quadratic loss, a limit that shrinks as N grows. This map shows that
+limit for {len(optimizers)} optimizers, {ds.sizes["lr"]} learning rates and {ds.sizes["n"]}
+dataset sizes, simulated with a vectorized JAX replica of Keras's training loop ({dtype}).</p>
+<h2>Findings</h2>
+<pre>{esc(chr(10).join(lines))}</pre>
+<h2>The map</h2>
+{_img(pngs["heatmaps.png"], "overview of all heatmaps")}
+<p>Colour: log10 of the final training loss where the run stayed finite and did not diverge;
+vermillion: overflow; purple: diverging.</p>
+{heatmaps}
+<h2>Loss curves</h2>
+{_img(pngs["loss_curves.png"], "loss curves")}
+<h2>Largest stable learning rate on the grid</h2>
+<pre>{esc(chr(10).join(table))}</pre>
+<h2>How each run is classified</h2>
+<table>{status_rows}</table>
+<h2>Run</h2>
+<pre>{esc(json.dumps(meta, indent=2))}</pre>
+<p>Data: <code>stability_map.nc</code> (xarray / netCDF, dims {esc(", ".join(ds.status.dims))}),
+<code>summary.json</code>.</p>
+</body></html>
+"""
+
+
+def summary_record(
+    ds: xr.Dataset, stats: RunStats, found: dict[str, object], wall_seconds: float
+) -> dict[str, object]:
+    """The content of ``summary.json``: versions, devices, sizes, timings and findings."""
+    return {
+        "versions": versions(),
+        "devices": list(stats.devices),
+        "grid": {d: int(ds.sizes[d]) for d in ds.status.dims},
+        "n_configs": stats.n_configs,
+        "config_epochs": stats.config_epochs,
+        "compiled_programs": stats.programs,
+        "wall_seconds": round(wall_seconds, 3),
+        "compute_seconds": round(stats.compute_seconds, 3),
+        "compile_seconds": round(stats.compile_seconds, 3),
+        "config_epochs_per_second": stats.config_epochs_per_second,
+        "problem": ds.attrs["problem"],
+        "dtype": ds.attrs["dtype"],
+        "shuffle": bool(ds.attrs["shuffle"]),
+        "tol": ds.attrs["tol"],
+        "diverge_factor": ds.attrs["diverge_factor"],
+        "findings": found,
+    }
+
+
+def versions() -> dict[str, str]:
+    import jax
+    import jaxlib
+    import matplotlib as mpl
+    import optax
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "xarray": xr.__version__,
+        "matplotlib": mpl.__version__,
+    }
+
+
+def publish(
+    ds: xr.Dataset, stats: RunStats, problem: Problem, out: Path, started: float
+) -> tuple[dict[str, object], list[str]]:
+    """Write every output of a run into ``out``; returns the summary and its text lines."""
+    store.write_netcdf(out / "stability_map.nc", ds)
+    found = findings.headline(ds, problem)
+    optimizers = [str(o) for o in ds.optimizer.values]
+    lines = findings.describe(found, optimizers)
+    ns = [int(n) for n in ds.n.values]
+    table = findings.stable_lr_table(found, optimizers, ns)
+    pngs = write_figures(ds, out)
+    summary = summary_record(ds, stats, found, time.perf_counter() - started)
+    store.write_text(out / "index.html", index_html(ds, summary, lines, table, pngs))
+    store.write_json(out / "summary.json", summary)
+    return summary, lines

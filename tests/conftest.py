@@ -1,0 +1,84 @@
+"""Shared helpers: run a few configurations through the engine exactly as the sweep does."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import src  # noqa: F401  (sets XLA's CPU flags before JAX starts its backend)
+from src import engine
+from src import optimizers as opt
+from src.problem import Problem, data_table
+
+
+def simulate(
+    name: str,
+    lr: Sequence[float],
+    n: Sequence[int],
+    batch_size: Sequence[int],
+    epochs: Sequence[int],
+    seed: Sequence[int],
+    *,
+    dtype: str = "float32",
+    shuffle: bool = False,
+    tol: float = 1e-4,
+    problem: Problem | None = None,
+    shapes: engine.Shapes | None = None,
+    hyperparameters: dict[str, float] | None = None,
+) -> tuple[engine.Summary, np.ndarray]:
+    """Run configs (parallel lists) of optimizer ``name`` with history; numpy results."""
+    o = opt.get(name)
+    hp = {**o.defaults, **(hyperparameters or {})}
+    sizes = sorted(set(n))
+    problem = problem or Problem()
+    table = data_table([problem.dataset(k) for k in sizes], dtype)
+    shapes = shapes or engine.Shapes.covering(n, batch_size, epochs)
+    c = len(lr)
+    with jax.enable_x64(dtype == "float64"):
+        return _run(
+            o.family,
+            c,
+            lr,
+            hp,
+            sizes,
+            n,
+            batch_size,
+            epochs,
+            seed,
+            dtype,
+            table,
+            tol,
+            shapes,
+            shuffle,
+        )
+
+
+def _run(family, c, lr, hp, sizes, n, batch_size, epochs, seed, dtype, table, tol, shapes, shuffle):
+    configs = engine.Configs(
+        learning_rate=jnp.asarray(lr, dtype),
+        hyperparameters={k: jnp.full(c, v, dtype) for k, v in family.arguments(hp).items()},
+        data_row=jnp.asarray([sizes.index(k) for k in n], jnp.int32),
+        n=jnp.asarray(n, jnp.int32),
+        batch_size=jnp.asarray(batch_size, jnp.int32),
+        epochs=jnp.asarray(epochs, jnp.int32),
+        seed=jnp.asarray(seed, jnp.uint32),
+    )
+    summary, history = engine.simulate(
+        configs,
+        table,
+        jnp.asarray(tol, dtype),
+        family=family,
+        shapes=shapes,
+        shuffle=shuffle,
+        history=True,
+    )
+    return jax.tree.map(np.asarray, summary), np.asarray(history)

@@ -1,0 +1,198 @@
+"""The main job's command line: outputs, their schema, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from src import store
+from src.cli import main, parse_lr, parse_n
+from src.outcome import STATUSES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("run")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.stability_map",
+            "--optimizers",
+            "sgd,momentum,adam",
+            "--lr",
+            "1e-3:0.1:7",
+            "--n",
+            "5,10,20,40",
+            "--batch-size",
+            "8,32",
+            "--epochs",
+            "60",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_outputs_are_written(small_run: tuple[Path, str]) -> None:
+    out, stdout = small_run
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "stability_map.nc",
+        "summary.json",
+        "index.html",
+        "heatmaps.png",
+        "loss_curves.png",
+        "heatmap_sgd.png",
+        "heatmap_momentum.png",
+        "heatmap_adam.png",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "At lr 0.01 (the seed's):" in stdout and "overflow" in stdout
+
+
+def test_netcdf_schema(small_run: tuple[Path, str]) -> None:
+    out, _ = small_run
+    with xr.open_dataset(out / "stability_map.nc") as ds:
+        assert ds.status.dims == ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
+        assert ds.status.shape == (3, 7, 4, 2, 2, 1)
+        assert list(ds.optimizer.values) == ["sgd", "momentum", "adam"]
+        assert ds.status.dtype == np.int8
+        assert ds.status.attrs["flag_meanings"].split() == list(STATUSES)
+        assert list(ds.status.attrs["flag_values"]) == [0, 1, 2, 3]
+        for name in (
+            "initial_loss",
+            "final_loss",
+            "first_nonfinite_epoch",
+            "first_converged_epoch",
+            "growth_rate",
+            "final_w",
+            "final_b",
+            "prediction",
+        ):
+            assert ds[name].dims == ds.status.dims, name
+        assert ds.final_loss.dtype == np.float32
+        assert np.isclose(ds.lr.values, 0.01).any()
+        # Overflowed configs record where, and their last loss is not finite.
+        over = (ds.status == STATUSES.index("overflow")).values
+        assert over.any() and (ds.first_nonfinite_epoch.values[over] >= 1).all()
+        assert (ds.first_nonfinite_epoch.values[~over] == -1).all()
+        assert ds.loss_history.dims == ("curve", "epoch") and ds.sizes["epoch"] == 60
+        assert ds.attrs["dtype"] == "float32"
+
+
+def test_summary_json(small_run: tuple[Path, str]) -> None:
+    out, _ = small_run
+    s = json.loads((out / "summary.json").read_text())
+    for key in (
+        "versions",
+        "devices",
+        "grid",
+        "n_configs",
+        "wall_seconds",
+        "compute_seconds",
+        "config_epochs_per_second",
+        "findings",
+    ):
+        assert key in s, key
+    assert s["n_configs"] == 3 * 7 * 4 * 2 * 2
+    assert s["grid"] == {"optimizer": 3, "lr": 7, "n": 4, "batch_size": 2, "seed": 2, "epochs": 1}
+    assert s["devices"] and s["config_epochs_per_second"] > 0
+    assert 0 < s["compute_seconds"] <= s["wall_seconds"]
+    assert abs(sum(s["findings"]["status_fraction"].values()) - 1) < 1e-9
+
+
+def test_index_html_is_self_contained(small_run: tuple[Path, str]) -> None:
+    out, _ = small_run
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+
+
+def test_default_lr_grid_holds_the_seed_rates() -> None:
+    grid = parse_lr("1e-5:1:81")
+    assert (
+        len(grid) == 81 and 0.01 in grid and 0.001 in grid and grid[0] == 1e-5 and grid[-1] == 1.0
+    )
+    assert parse_n("1:64") == tuple(range(1, 65)) and parse_n("3,5") == (3, 5)
+
+
+BAD = [
+    (["--optimizers", "sgd,adamx"], "unknown optimizer 'adamx'; valid optimizers: sgd, momentum"),
+    (["--lr", "0"], "--lr values must be > 0"),
+    (["--lr=-0.1,0.2"], "--lr values must be > 0"),
+    (["--lr", "abc"], "--lr must be numbers"),
+    (["--lr", "1e-5:1"], "--lr takes a comma list or start:stop:count"),
+    (["--n", "0"], "N must be >= 1"),
+    (["--n", "5:2"], "start <= stop"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "2.5"], "whole numbers"),
+    (["--dtype", "float16"], "--dtype must be float32 or float64"),
+    (["--tol", "-1"], "tol must be > 0"),
+    (["--curve", "sgd:0.01"], "--curve takes"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--lr", "1e-5:1:100000", "--n", "1:100000"], "split it into runs of at most"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--n", "3", "--lr", "0.01", "--out", str(blocker / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["--n", "3", "--lr", "0.01", "--out", str(blocker)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_bad_input_from_the_real_command_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.stability_map", "--optimizers", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown optimizer 'nope'")
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_atomic_write_leaves_nothing_behind_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "summary.json"
+    store.write_json(target, {"v": 1})
+    with pytest.raises(KeyboardInterrupt), store.atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "half": ')
+        raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"v": 1}  # the old file survives intact
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    store.write_json(target, {"v": float("nan")})
+    assert json.loads(target.read_text()) == {"v": None}  # JSON has no nan

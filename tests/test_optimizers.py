@@ -1,0 +1,126 @@
+"""Each optimizer's update against a NumPy transcription of the Keras equations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from numpy_keras import NumpyOptimizer
+
+from src import optimizers as opt
+from src.engine import Params
+
+
+def run_updates(
+    name: str, lr: float, grads: np.ndarray, dtype: str, **override: float
+) -> np.ndarray:
+    o = opt.get(name)
+    hp = {**o.defaults, **override}
+    args = {k: jnp.asarray(v, dtype) for k, v in o.family.arguments(hp).items()}
+    tx = o.family.build(jnp.asarray(lr, dtype), **args)
+    params = Params(jnp.asarray(0.3, dtype), jnp.asarray(-0.2, dtype))
+    state = tx.init(params)
+    out = []
+    for g in grads:
+        updates, state = tx.update(Params(*jnp.asarray(g, dtype)), state, params)
+        params = optax.apply_updates(params, updates)
+        out.append([float(params.w), float(params.b)])
+    return np.array(out)
+
+
+def run_numpy(
+    name: str, lr: float, grads: np.ndarray, dtype: type, **override: float
+) -> np.ndarray:
+    o = opt.get(name)
+    ref = NumpyOptimizer(o.family.name, lr, {**o.defaults, **override}, dtype)
+    variables = [dtype(0.3), dtype(-0.2)]
+    out = []
+    for g in grads:
+        variables = ref.apply([dtype(g[0]), dtype(g[1])], variables)
+        out.append([float(v) for v in variables])
+    return np.array(out)
+
+
+def gradients(seed: int, steps: int = 60) -> np.ndarray:
+    """Gradients over many scales, tiny ones included (where epsilon placement matters)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(steps, 2)) * 10.0 ** rng.uniform(-9, 2, size=(steps, 1))
+
+
+@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+def test_float32_update_is_keras_to_the_last_bits(name: str) -> None:
+    g = gradients(0)
+    ours = run_updates(name, 0.01, g, "float32")
+    keras = run_numpy(name, 0.01, g, np.float32)
+    # Same equations, same op order and constants: at most a few ulp (XLA vs NumPy sqrt/pow).
+    np.testing.assert_allclose(ours, keras, rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+def test_float64_update_matches(name: str) -> None:
+    g = gradients(1)
+    with jax.enable_x64(True):
+        ours = run_updates(name, 0.003, g, "float64")
+    np.testing.assert_allclose(ours, run_numpy(name, 0.003, g, np.float64), rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("name", "override"),
+    [
+        ("momentum", {"momentum": 0.5}),
+        ("nesterov", {"momentum": 0.99}),
+        ("rmsprop", {"momentum": 0.9}),
+        ("rmsprop", {"rho": 0.5}),
+        ("adam", {"beta_1": 0.5}),
+        ("adagrad", {"initial_accumulator_value": 1.0}),
+    ],
+)
+def test_hyperparameters_other_than_defaults(name: str, override: dict[str, float]) -> None:
+    g = gradients(2)
+    ours = run_updates(name, 0.01, g, "float32", **override)
+    np.testing.assert_allclose(ours, run_numpy(name, 0.01, g, np.float32, **override), rtol=2e-6)
+
+
+def test_hyperparameters_are_vmappable() -> None:
+    # One compiled update serves a vector of learning rates and momenta.
+    def step(lr: jax.Array, mu: jax.Array) -> jax.Array:
+        tx = opt.keras_sgd(lr, mu, 0.0)
+        p = Params(jnp.float32(1.0), jnp.float32(0.0))
+        u, _ = tx.update(Params(jnp.float32(2.0), jnp.float32(1.0)), tx.init(p), p)
+        return u.w
+
+    lrs = jnp.array([0.1, 0.01], jnp.float32)
+    out = jax.jit(jax.vmap(step))(lrs, jnp.array([0.0, 0.9], jnp.float32))
+    np.testing.assert_allclose(out, -2.0 * lrs, rtol=1e-7)
+
+
+def test_keras_defaults() -> None:
+    # The constructor defaults of keras/src/optimizers (keras 3.15).
+    assert opt.get("sgd").learning_rate == 0.01 and opt.get("sgd").defaults["momentum"] == 0
+    assert opt.get("momentum").defaults == {"momentum": 0.9, "nesterov": 0.0}
+    assert opt.get("adam").learning_rate == 0.001
+    assert opt.get("adam").defaults == {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+    assert opt.get("rmsprop").defaults == {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7}
+    assert opt.get("adagrad").defaults == {"initial_accumulator_value": 0.1, "epsilon": 1e-7}
+
+
+def test_optax_adam_differs_from_keras_where_the_gradient_is_tiny() -> None:
+    # Why keras_adam exists: optax adds epsilon after the bias correction (and defaults to 1e-8).
+    g = np.full((5, 2), 1e-8)
+    keras = run_numpy("adam", 0.001, g, np.float64)
+    tx = optax.adam(0.001)
+    with jax.enable_x64(True):
+        p = Params(jnp.float64(0.3), jnp.float64(-0.2))
+        state = tx.init(p)
+        for gi in g:
+            u, state = tx.update(Params(*jnp.asarray(gi)), state, p)
+            p = optax.apply_updates(p, u)
+    step_keras, step_optax = 0.3 - keras[-1, 0], 0.3 - float(p.w)
+    assert abs(step_optax / step_keras - 1) > 0.5
+
+
+def test_unknown_optimizer_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="valid optimizers: sgd, momentum"):
+        opt.get("adamw2")

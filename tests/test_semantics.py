@@ -1,0 +1,110 @@
+"""The engine reproduces Keras ``fit`` semantics: batching, partial batches, the weighted epoch
+loss and every optimizer's equations, checked against a plain NumPy loop (tests/numpy_keras.py)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import simulate
+from numpy_keras import fit
+
+from src import engine
+from src import optimizers as opt
+from src.problem import Problem
+
+# (N, batch size): one full batch, N < batch, N a multiple of the batch, a partial last batch.
+CASES = [(20, 32), (7, 32), (16, 4), (45, 8), (50, 32), (33, 32)]
+
+
+def reference(name: str, lr: float, n: int, bs: int, epochs: int, seed: int, dtype: str):
+    with jax.enable_x64(True):
+        w0 = float(engine.initial_params(seed, dtype).w)
+    x, y, _ = Problem().dataset(n)
+    o = opt.get(name)
+    return fit(x, y, w0, o.family.name, lr, o.defaults, bs, epochs, getattr(np, dtype))
+
+
+def assert_float32_close(actual: np.ndarray, desired: np.ndarray, n: int, what: str) -> None:
+    """Two faithful float32 implementations agree to 1e-5 relative plus residual noise.
+
+    When their weights differ by a few ulp, every residual ``w x + b - y`` differs by a few
+    ``ulp(max |y|)``, which moves ``L = mean(err^2)`` by up to ``2 sqrt(L)`` times that: the
+    loss is exact to 1e-5 while it is large and loses digits as it approaches zero.
+    """
+    y_max = float(np.max(np.abs(Problem().dataset(n)[1])))
+    noise = 8 * np.spacing(np.float32(y_max)) * np.sqrt(np.abs(desired))
+    np.testing.assert_array_less(np.abs(actual - desired), 1e-5 * np.abs(desired) + noise, what)
+
+
+def stable_lr(name: str, n: int) -> float:
+    # Inside SGD's stable region for x <= 50 (the largest curvature is ~5000); adaptive
+    # optimizers stay in their smooth transient (near the optimum their steps turn chaotic
+    # and float32 trajectories part ways, see ../shared/reference/keras-semantics.md).
+    return 3e-5 if opt.get(name).family.name == "sgd" else 1e-3
+
+
+@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+def test_float64_engine_equals_numpy_keras_loop(name: str) -> None:
+    ns, bss = zip(*CASES, strict=True)
+    lrs = [stable_lr(name, n) for n in ns]
+    summary, history = simulate(name, lrs, ns, bss, [12] * len(ns), [5] * len(ns), dtype="float64")
+    for i, (n, bs) in enumerate(CASES):
+        ref, w, b = reference(name, lrs[i], n, bs, 12, 5, "float64")
+        np.testing.assert_allclose(history[i], ref, rtol=1e-11, err_msg=f"N={n} batch={bs}")
+        np.testing.assert_allclose([summary.final_w[i], summary.final_b[i]], [w, b], rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+def test_float32_engine_agrees_with_float32_loop(name: str) -> None:
+    ns, bss = zip(*CASES, strict=True)
+    lrs = [stable_lr(name, n) for n in ns]
+    _, history = simulate(name, lrs, ns, bss, [40] * len(ns), [1] * len(ns))
+    for i, (n, bs) in enumerate(CASES):
+        ref, _, _ = reference(name, lrs[i], n, bs, 40, 1, "float32")
+        assert_float32_close(history[i], ref, n, f"N={n} batch={bs}")
+
+
+def test_unstable_sgd_trajectory_matches_until_overflow() -> None:
+    # The seed itself: lr 0.01, N = 20 grows ~3.55x per epoch; in float32 it reaches inf.
+    summary, history = simulate("sgd", [0.01], [20], [32], [200], [0])
+    ref, _, _ = reference("sgd", 0.01, 20, 32, 200, 0, "float32")
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(history[0][finite], ref[finite], rtol=1e-5)
+    first_bad = int(np.argmin(finite)) + 1
+    assert summary.first_nonfinite_epoch[0] in (first_bad - 1, first_bad)
+    # Keras does not stop: the loss goes to inf, then nan, and so do the weights.
+    assert np.isnan(history[0][-1]) and np.isnan(ref[-1]) and np.isnan(summary.final_w[0])
+
+
+def test_epoch_loss_is_the_batch_size_weighted_mean() -> None:
+    # N = 50, batch 32: batches of 32 and 18. With lr = 0 the weights never move, so the epoch
+    # loss must equal the full-data mean exactly, which the unweighted mean of the two batch
+    # means does not.
+    _, history = simulate("sgd", [1e-30], [50], [32], [2], [0], dtype="float64")
+    x, y, _ = Problem().dataset(50)
+    with jax.enable_x64(True):
+        w0 = float(engine.initial_params(0, "float64").w)
+    sq = (w0 * x - y) ** 2
+    np.testing.assert_allclose(history[0], [sq.mean()] * 2, rtol=1e-12)
+    unweighted = (sq[:32].mean() + sq[32:].mean()) / 2
+    assert abs(unweighted - sq.mean()) / sq.mean() > 0.01
+
+
+def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
+    ws = np.array([float(engine.initial_params(s).w) for s in range(200)])
+    assert np.all(np.abs(ws) <= np.sqrt(3)) and ws.std() > 0.8  # U(-1.73, 1.73) has std 1
+    assert float(engine.initial_params(7).w) == float(engine.initial_params(7).w)
+    assert float(engine.initial_params(0).b) == 0.0
+
+
+def test_shuffle_permutes_each_epoch_and_keeps_the_full_batch_loss() -> None:
+    # Full batch: shuffling only reorders one sum. Minibatches: the trajectory changes.
+    _, full_fixed = simulate("sgd", [1e-3], [20], [32], [20], [0], dtype="float64")
+    _, full_shuf = simulate("sgd", [1e-3], [20], [32], [20], [0], dtype="float64", shuffle=True)
+    np.testing.assert_allclose(full_shuf, full_fixed, rtol=1e-12)
+    _, mini_fixed = simulate("sgd", [1e-3], [20], [4], [20], [0], dtype="float64")
+    _, mini_shuf = simulate("sgd", [1e-3], [20], [4], [20], [0], dtype="float64", shuffle=True)
+    assert not np.allclose(mini_shuf, mini_fixed, rtol=1e-6)
+    _, other_seed = simulate("sgd", [1e-3], [20], [4], [20], [1], dtype="float64", shuffle=True)
+    assert not np.allclose(other_seed, mini_shuf, rtol=1e-6)
