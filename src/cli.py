@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import xarray as xr
+
 from src import findings, optimizers, outcome
 from src.errors import InputError
 from src.problem import Problem
-from src.sweep import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid, run
+from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, run
 
 STDOUT_NS = (1, 2, 5, 10, 16, 17, 20, 24, 32, 33, 48, 64, 128, 256)
 """The dataset sizes of the stdout table of stable learning rates (all are in summary.json)."""
@@ -243,6 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no output file was left half-written", file=sys.stderr)
         return 130
+    try:
+        _print_summary(ds, stats, sweep, summary, lines, out)
+    except BrokenPipeError:  # e.g. piped into `head`: the outputs are written, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _print_summary(
+    ds: xr.Dataset, stats: RunStats, sweep: Sweep, summary: dict, lines: list[str], out: Path
+) -> None:
     dims = " x ".join(f"{ds.sizes[d]} {d}" for d in ds.status.dims if ds.sizes[d] > 1)
     print(
         f"Stability map of {sweep.problem.describe()}: {dims} = {stats.n_configs:,} configurations "
@@ -256,7 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = summary["findings"]
     print("\n".join(findings.stable_lr_table(found, list(sweep.optimizer), shown)))
     print(f"Report: {out / 'index.html'}")
-    return 0
 
 
 def _run_with_progress(sweep: Sweep, quiet: bool):  # noqa: ANN202

@@ -222,7 +222,7 @@ def simulate_one(
     """Train one configuration; ``vmap`` this over a chunk (see :func:`simulate`)."""
     dtype = data.x.dtype
     x_row, y_row = data.x[cfg.data_row], data.y[cfg.data_row]
-    threshold = tol * data.y_sq_mean[cfg.data_row]
+    threshold = tol * data.loss_scale[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
     shuffle_key = _keys(cfg.seed)[1]
     opt = family.build(cfg.learning_rate, **cfg.hyperparameters)

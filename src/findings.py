@@ -84,6 +84,11 @@ def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
         "full_batch": batch >= SEED_N,
         "hessian_eigenvalues": [float(e) for e in eig],
         "critical_lr": theory.gd_critical_lr(x),
+        "theory": (
+            "full-batch GD on L = mean((w x + b - y)^2): e <- (I - lr H) e with "
+            "H = 2 [[mean x^2, mean x], [mean x, 1]]; stable iff lr < 2 / lambda_max; "
+            "the loss grows by (1 - lr lambda_max)^2 per epoch"
+        ),
         "theory_growth_rate": theory.gd_loss_growth(lr, x),
         "measured_growth_rate": _finite(cell.growth_rate.item()),
         "first_nonfinite_epoch": int(cell.first_nonfinite_epoch.item()),

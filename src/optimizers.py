@@ -32,6 +32,14 @@ from src.errors import InputError
 Array = jax.Array
 
 
+def _leafwise(
+    fn: Callable[..., tuple[Array, ...]], grads: optax.Updates, *slots: optax.Updates
+) -> tuple[optax.Updates, ...]:
+    """Apply ``fn(g, *slot_leaves) -> (step, *new_slot_leaves)`` leaf by leaf; one tree each."""
+    out = jax.tree.map(fn, grads, *slots)
+    return tuple(jax.tree.map(lambda _, t, i=i: t[i], grads, out) for i in range(1 + len(slots)))
+
+
 class KerasSGDState(NamedTuple):
     """The momentum slot ``m`` (unused, and left at zero, when ``momentum == 0``)."""
 
@@ -70,9 +78,7 @@ def keras_sgd(
             step = jnp.where(uses_momentum, heavy, -(g * learning_rate))
             return step, jnp.where(uses_momentum, m_new, m)
 
-        steps_and_slots = jax.tree.map(leaf, grads, state.momentum)
-        steps = jax.tree.map(lambda _, pair: pair[0], grads, steps_and_slots)
-        slots = jax.tree.map(lambda _, pair: pair[1], grads, steps_and_slots)
+        steps, slots = _leafwise(leaf, grads, state.momentum)
         return steps, KerasSGDState(slots)
 
     return optax.GradientTransformation(init, update)
@@ -126,9 +132,8 @@ def keras_adam(
             v = v + (jnp.square(g) - v) * c2
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
 
-        out = jax.tree.map(leaf, grads, state.m, state.v)
-        pick = lambda i: jax.tree.map(lambda _, triple: triple[i], grads, out)  # noqa: E731
-        return pick(0), KerasAdamState(count=count, m=pick(1), v=pick(2))
+        steps, m, v = _leafwise(leaf, grads, state.m, state.v)
+        return steps, KerasAdamState(count=count, m=m, v=v)
 
     return optax.GradientTransformation(init, update)
 
@@ -181,9 +186,8 @@ def keras_rmsprop(
                 jnp.where(uses_momentum, mom_new, mom),
             )
 
-        out = jax.tree.map(leaf, grads, state.v, state.mom)
-        pick = lambda i: jax.tree.map(lambda _, triple: triple[i], grads, out)  # noqa: E731
-        return pick(0), KerasRMSpropState(v=pick(1), mom=pick(2))
+        steps, v, mom = _leafwise(leaf, grads, state.v, state.mom)
+        return steps, KerasRMSpropState(v=v, mom=mom)
 
     return optax.GradientTransformation(init, update)
 

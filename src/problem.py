@@ -81,13 +81,14 @@ class DataTable(NamedTuple):
     """Every dataset of a run, one padded row each (engine dtype).
 
     ``x`` and ``y`` have shape ``(rows, n_max)``; row ``r`` holds its ``n[r]`` points first and
-    zeros after. ``y_sq_mean`` (the loss of the zero predictor, used to make the convergence
-    tolerance scale-free) and ``x_query`` (25 as the model sees it) have shape ``(rows,)``.
+    zeros after. ``loss_scale`` (``mean(y^2)``, the loss of the zero predictor, or 1 where all
+    targets are 0; it makes the convergence tolerance scale-free), ``x_query`` (25 as the model
+    sees it) and ``n`` have shape ``(rows,)``.
     """
 
     x: np.ndarray
     y: np.ndarray
-    y_sq_mean: np.ndarray
+    loss_scale: np.ndarray
     x_query: np.ndarray
     n: np.ndarray
 
@@ -102,11 +103,12 @@ def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: 
         xs[row, : len(x)] = x
         ys[row, : len(y)] = y
     y_sq_mean = np.array([np.mean(np.square(y)) for _, y, _ in datasets])
+    loss_scale = np.where(y_sq_mean > 0, y_sq_mean, 1.0)
     x_query = np.array([q for _, _, q in datasets])
     return DataTable(
         x=xs.astype(dtype),
         y=ys.astype(dtype),
-        y_sq_mean=y_sq_mean.astype(dtype),
+        loss_scale=loss_scale.astype(dtype),
         x_query=x_query.astype(dtype),
         n=n,
     )

@@ -150,7 +150,8 @@ def curves_figure(ds: xr.Dataset) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (History)")
     ax.set_title("Loss curves (x: last finite loss before overflow)", fontsize=10)
-    ax.legend(fontsize=8)
+    if ds.sizes["curve"]:
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -36,8 +36,11 @@ SEED_LR = 0.01
 BYTES_PER_CONFIG = 256
 """Host memory per configuration, inputs and results together, generously rounded up."""
 
-CHUNK_ELEMENTS = 1 << 19
-"""Default chunk: about this many batch slots (configs x batches x width) per engine call."""
+CHUNK_ELEMENTS = 1 << 17
+"""Default chunk: about this many batch slots (configs x batches x width) per engine call.
+
+Small enough for the working set to stay in cache (4096 full-batch configs of width 32 ran
+~25% faster than 32768 on the 2-core machine), large enough to amortise the call."""
 
 
 def log_grid(start: float, stop: float, count: int) -> tuple[float, ...]:
@@ -78,13 +81,16 @@ class Curve:
 
 def seed_curves(optimizers: Sequence[str], batch_size: int, seed: int) -> tuple[Curve, ...]:
     """The seed's story: SGD at lr 0.01 on N = 20 (overflows) and N = 10 (converges), and
-    Adam on N = 20 at lr 0.01 and at its Keras default 0.001 -- for the optimizers present."""
+    Adam on N = 20 at lr 0.01 and at its Keras default 0.001 -- for the optimizers present
+    (without either, the first optimizer at lr 0.01 on N = 20 and N = 10)."""
     wanted = [
         ("sgd", SEED_LR, 20),
         ("sgd", SEED_LR, 10),
         ("adam", SEED_LR, 20),
         ("adam", 0.001, 20),
     ]
+    if not {"sgd", "adam"} & set(optimizers):
+        wanted = [(optimizers[0], SEED_LR, 20), (optimizers[0], SEED_LR, 10)]
     return tuple(
         Curve(name, lr, n, batch_size, seed) for name, lr, n in wanted if name in optimizers
     )
@@ -334,9 +340,7 @@ def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Datas
     rows = np.zeros(max(sizes) + 1, np.int64)  # dataset size -> its row of the table
     rows[sizes] = np.arange(len(sizes))
     table = data_table([sweep.problem.dataset(n) for n in sizes], sweep.dtype)
-    shapes = engine.Shapes.covering(
-        sizes, sweep.batch_size + tuple(c.batch_size for c in curves), sweep.epochs
-    )
+    shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
     axes = {d: getattr(sweep, d) for d in DIMS}
     results = {
         k: np.empty(sweep.shape, dtype=_result_dtype(k, sweep.dtype))
@@ -362,9 +366,13 @@ def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Datas
         members = [
             i for i, c in enumerate(curves) if opt.get(c.optimizer).family.name == family_name
         ]
-        flat = _FlatConfigs.of_curves([curves[i] for i in members], family, max(sweep.epochs))
+        chosen = [curves[i] for i in members]
+        flat = _FlatConfigs.of_curves(chosen, family, max(sweep.epochs))
+        curve_shapes = engine.Shapes.covering(
+            [c.n for c in chosen], [c.batch_size for c in chosen], sweep.epochs
+        )
         _, losses, c_s, _ = _simulate_family(
-            flat, family, table, rows, sweep, shapes, history=True, progress=None
+            flat, family, table, rows, sweep, curve_shapes, history=True, progress=None
         )
         compile_s, programs = compile_s + c_s, programs + 1
         histories[members] = losses[:, : histories.shape[1]]
@@ -395,7 +403,7 @@ def _dataset(
     rows: np.ndarray,
 ) -> xr.Dataset:
     n_rows = rows[list(sweep.n)]
-    scale = np.asarray(table.y_sq_mean, np.float64)[n_rows]
+    scale = np.asarray(table.loss_scale, np.float64)[n_rows]
     scale_b = scale.reshape(1, 1, -1, 1, 1, 1)
     status = outcome.classify(
         results["initial_loss"],
@@ -425,7 +433,11 @@ def _dataset(
     for name, (text, units) in descriptions.items():
         data_vars[name] = (DIMS, results[name], {"long_name": text, "units": units})
     xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
-    data_vars["mean_y_squared"] = ("n", scale, {"long_name": "mean(y^2): the loss scale for tol"})
+    data_vars["loss_scale"] = (
+        "n",
+        scale,
+        {"long_name": "mean(y^2) (1 if all y are 0): converged if loss <= tol * this"},
+    )
     data_vars["hessian_max_eigenvalue"] = (
         "n",
         np.array([theory.hessian_eigenvalues(x)[-1] for x in xs]),
