@@ -154,22 +154,26 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
             + "."
         )
         if "adam" in by_opt:
-            lines.append(f"Adam at lr {lr:g}, N = {SEED_N}: {_status_of(by_opt['adam'], SEED_N)}.")
+            adam = _status_of(by_opt["adam"], SEED_N)
+            note = "" if adam == "overflow" else " (it does not overflow)"
+            lines.append(f"Adam at lr {lr:g}, N = {SEED_N}: {adam}{note}.")
         lam = case["hessian_eigenvalues"][-1]  # type: ignore[index]
         measured = case["measured_growth_rate"]
         kind = "full-batch " if case["full_batch"] else ""
         lines.append(
-            f"Why: {kind}gradient descent multiplies the loss by (1 - lr*lambda_max)^2 per epoch. "
-            f"For N = {SEED_N}, lambda_max = {lam:.2f}, so at lr {lr:g} the factor is "
+            f"Why: {kind}gradient descent multiplies the loss by (1 - lr*lambda_max)^2 per epoch,"
+            f" lambda_max being the largest eigenvalue of the loss Hessian."
+        )
+        lines.append(
+            f"  For N = {SEED_N}, lambda_max = {lam:.2f}, so at lr {lr:g} the factor is "
             f"{case['theory_growth_rate']:.4f} (measured: "
             + (f"{measured:.4f}" if measured is not None else "n/a")
-            + f"); the largest stable lr is 2/lambda_max = {case['critical_lr']:.6f}. "
-            + (
-                f"The first non-finite loss came at epoch {case['first_nonfinite_epoch']}."
-                if case["first_nonfinite_epoch"] > 0  # type: ignore[operator]
-                else ""
-            )
+            + f"); the largest stable lr is 2/lambda_max = {case['critical_lr']:.6f}."
         )
+        if case["first_nonfinite_epoch"] > 0:  # type: ignore[operator]
+            lines.append(
+                f"  The loss first became non-finite at epoch {case['first_nonfinite_epoch']}."
+            )
     return lines
 
 

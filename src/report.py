@@ -221,7 +221,8 @@ def index_html(
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
         color: #222; line-height: 1.45; }}
-pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 13px; }}
+pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 13px;
+      white-space: pre-wrap; }}
 img {{ max-width: 100%; }}
 figure {{ display: inline-block; margin: .5em; max-width: 48%; vertical-align: top; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .2em .6em; }}
