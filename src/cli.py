@@ -8,6 +8,7 @@ with one line on stderr naming the problem and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -19,17 +20,22 @@ import xarray as xr
 
 from src import findings, optimizers, outcome
 from src.errors import InputError
-from src.problem import Problem
+from src.problem import Problem, read_xy_csv
 from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, run
-
-STDOUT_NS = (1, 2, 5, 10, 16, 17, 20, 24, 32, 33, 48, 64, 128, 256)
-"""The dataset sizes of the stdout table of stable learning rates (all are in summary.json)."""
 
 MAX_AXIS_POINTS = 10_000_000
 """Refuse larger axes before building them (the grid check then covers the product)."""
 
+EXPLAIN_EXAMPLES = """\
+examples:
+  python -m src.stability_map explain --optimizer sgd --lr 0.01 --n 20
+  python -m src.stability_map explain --optimizer momentum --lr 0.01 --n 30 --batch-size 8
+  python -m src.stability_map explain --optimizer sgd --lr 0.05 --data my_points.csv --json
+"""
+
 EXAMPLES = """\
 examples:
+  python -m src.stability_map explain --optimizer sgd --lr 0.01 --n 20   # one config, why
   python -m src.stability_map                         # the seed problem's default map
   python -m src.stability_map --optimizers sgd,adam --lr 1e-4:1:121 --n 1:32
   python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --shuffle
@@ -164,13 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="diverging when final loss > factor * initial loss (default 1)",
     )
     p.add_argument("--dtype", default="float32", help="float32 (Keras's) or float64")
-    p.add_argument("--slope", default="0.5", help="targets y = slope * x + intercept (default 0.5)")
-    p.add_argument("--intercept", default="0", help="(default 0)")
-    p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
-    p.add_argument("--x-step", default="1", help="(default 1)")
-    p.add_argument(
-        "--standardize", action="store_true", help="standardise x to zero mean, unit variance"
-    )
+    _problem_flags(p)
     p.add_argument(
         "--curve",
         action="append",
@@ -217,20 +217,120 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         tol=_one_float(args.tol, "--tol"),
         diverge_factor=_one_float(args.diverge_factor, "--diverge-factor"),
         dtype=args.dtype,
-        problem=Problem(
-            slope=_one_float(args.slope, "--slope"),
-            intercept=_one_float(args.intercept, "--intercept"),
-            x_start=_one_float(args.x_start, "--x-start"),
-            x_step=_one_float(args.x_step, "--x-step"),
-            standardize=args.standardize,
-        ),
+        problem=_problem(args),
         curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
         chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
     )
 
 
+def build_explain_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m src.stability_map explain",
+        description=(
+            "Diagnose one configuration in plain words: verdict, Hessian, critical lr, predicted "
+            "and simulated growth and overflow, and fixes checked by simulation."
+        ),
+        epilog=EXPLAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--optimizer", default="sgd", help=f"one of {', '.join(optimizers.OPTIMIZERS)}")
+    p.add_argument("--lr", default="0.01", help="learning rate (default 0.01)")
+    p.add_argument("--n", default=None, help="dataset size of the problem (default 20)")
+    p.add_argument("--data", default=None, metavar="FILE.csv", help="your data: CSV, columns x,y")
+    p.add_argument("--batch-size", default="32")
+    p.add_argument("--epochs", default="500")
+    p.add_argument("--seed", default="0")
+    p.add_argument(
+        "--optimizer-args",
+        default="",
+        metavar="K=V,...",
+        help="hyperparameters, e.g. momentum=0.5, beta_1=0.8 or clipnorm=1",
+    )
+    p.add_argument("--dtype", default="float32")
+    _problem_flags(p)
+    p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    return p
+
+
+def _problem_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slope", default="0.5", help="targets y = slope * x + intercept (default 0.5)")
+    p.add_argument("--intercept", default="0", help="(default 0)")
+    p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
+    p.add_argument("--x-step", default="1", help="(default 1)")
+    p.add_argument(
+        "--standardize", action="store_true", help="standardise x to zero mean, unit variance"
+    )
+
+
+def _problem(args: argparse.Namespace) -> Problem:
+    return Problem(
+        slope=_one_float(args.slope, "--slope"),
+        intercept=_one_float(args.intercept, "--intercept"),
+        x_start=_one_float(args.x_start, "--x-start"),
+        x_step=_one_float(args.x_step, "--x-step"),
+        standardize=args.standardize,
+    )
+
+
+def parse_optimizer_args(text: str, name: str) -> dict[str, float]:
+    """``"momentum=0.5,nesterov=1"`` -> a dict, checked against the optimizer's hyperparameters."""
+    allowed = (*optimizers.get(name).family.hyperparameters, *optimizers.BASE_OPTIONS)
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            raise InputError(
+                f"--optimizer-args: {item!r} is not NAME=VALUE with NAME one of "
+                + ", ".join(allowed)
+            )
+        out[key] = _one_float(value, f"--optimizer-args {key}")
+    return out
+
+
+def explain_main(argv: Sequence[str]) -> int:
+    """``explain``: one configuration diagnosed; exit status as :func:`main`."""
+    from src import explain, store
+
+    try:
+        args = build_explain_parser().parse_args(argv)
+        name = args.optimizer.strip()
+        optimizers.get(name)
+        if args.data is not None and args.n is not None:
+            raise InputError("give --n (the problem's dataset) or --data (yours), not both")
+        if args.dtype not in ("float32", "float64"):
+            raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
+        case = explain.Case(
+            optimizer=name,
+            lr=parse_lr(args.lr)[0],
+            n=parse_n(args.n or "20")[0],
+            batch_size=_positive_ints(args.batch_size, "--batch-size")[0],
+            epochs=_positive_ints(args.epochs, "--epochs")[0],
+            seed=_ints(args.seed, "--seed")[0],
+            hyperparameters=parse_optimizer_args(args.optimizer_args, name),
+            problem=_problem(args),
+            data=None if args.data is None else read_xy_csv(args.data),
+            dtype=args.dtype,
+        )
+        report = explain.explain(case)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(store.finite(report), indent=2))
+    else:
+        print("\n".join(explain.describe(report)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the main job; returns the exit status (0, 2 for bad input, 130 if interrupted)."""
+    """Run the main job (or ``explain``); returns the exit status (0, 2 bad input, 130 ^C)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explain"]:
+        return explain_main(argv[1:])
     started = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
@@ -263,11 +363,14 @@ def _print_summary(
         f"{stats.config_epochs_per_second:.3g} config-epochs/s on {', '.join(stats.devices)})."
     )
     print("\n".join(lines))
-    ns = [int(n) for n in ds.n.values]
-    shown = ns if len(ns) <= 12 else [n for n in ns if n in STDOUT_NS or n in (ns[0], ns[-1])]
+    shown = findings.shown_ns([int(n) for n in ds.n.values])
     print("Largest stable lr on the grid (neither overflow nor diverging; all N in summary.json):")
     found = summary["findings"]
     print("\n".join(findings.stable_lr_table(found, list(sweep.optimizer), shown)))
+    critical = findings.critical_lr_table(found, list(sweep.optimizer), shown)
+    if critical:
+        print("Critical lr (smallest that overflows or diverges), measured vs closed form:")
+        print("\n".join(critical))
     print(f"Report: {out / 'index.html'}")
 
 

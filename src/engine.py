@@ -225,7 +225,7 @@ def simulate_one(
     threshold = tol * data.loss_scale[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
     shuffle_key = _keys(cfg.seed)[1]
-    opt = family.build(cfg.learning_rate, **cfg.hyperparameters)
+    opt = family.transformation(cfg.learning_rate, cfg.hyperparameters)
     n_float = cfg.n.astype(dtype)
 
     def epoch_batches(epoch: Array) -> tuple[Array, Array, Array]:

@@ -117,7 +117,27 @@ def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
         },
         "seed_case": seed_case(ds, problem),
         "largest_stable_lr": largest_stable_lr(ref),
+        "critical_lr": critical_lrs(ref),
     }
+
+
+def critical_lrs(ref: xr.Dataset) -> dict[str, dict[str, object]]:
+    """Per optimizer: measured and closed-form critical lr by N, and their largest relative
+    difference where both exist (``None`` where there is no closed form)."""
+    out: dict[str, dict[str, object]] = {}
+    for name in ref.optimizer.values:
+        cell = ref.sel(optimizer=name)
+        measured, closed = cell.critical_lr.values, cell.theory_critical_lr.values
+        both = np.isfinite(measured) & np.isfinite(closed)
+        out[str(name)] = {
+            "measured": {int(n): _finite(v) for n, v in zip(ref.n.values, measured, strict=True)},
+            "theory": {int(n): _finite(v) for n, v in zip(ref.n.values, closed, strict=True)},
+            "max_rel_diff": float(np.max(np.abs(measured[both] / closed[both] - 1)))
+            if both.any()
+            else None,
+            "non_monotone_n": [int(n) for n in ref.n.values[cell.non_monotone.values > 0]],
+        }
+    return out
 
 
 def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str]:
@@ -175,6 +195,39 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
                 f"  The loss first became non-finite at epoch {case['first_nonfinite_epoch']}."
             )
     return lines
+
+
+SHOWN_NS = (1, 2, 5, 10, 16, 17, 20, 24, 32, 33, 48, 64, 128, 256)
+"""The dataset sizes of the text tables when the map has many (all are in summary.json)."""
+
+
+def shown_ns(ns: Sequence[int]) -> list[int]:
+    """All ``ns`` if there are few, else those in :data:`SHOWN_NS` plus the first and last."""
+    ns = list(ns)
+    return ns if len(ns) <= 12 else [n for n in ns if n in SHOWN_NS or n in (ns[0], ns[-1])]
+
+
+def critical_lr_table(
+    findings: dict[str, object], optimizers: Sequence[str], ns: Sequence[int]
+) -> list[str]:
+    """Rows of measured vs closed-form critical lr (optimizers with a closed form)."""
+    crit: dict[str, dict] = findings["critical_lr"]  # type: ignore[assignment]
+    names = [o for o in optimizers if crit[o]["max_rel_diff"] is not None]
+    if not names:
+        return []
+    rows = [f"{'N':>5}" + "".join(f"{o + ' meas.':>17}{'theory':>11}" for o in names)]
+    for n in ns:
+        cells = [(crit[o]["measured"][n], crit[o]["theory"][n]) for o in names]
+        rows.append(f"{n:>5}" + "".join(f"{_g(m):>17}{_g(t):>11}" for m, t in cells))
+    rows.append(
+        "max |measured/theory - 1|: "
+        + ", ".join(f"{o} {crit[o]['max_rel_diff']:.2%}" for o in names)
+    )
+    return rows
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.5g}"
 
 
 def stable_lr_table(

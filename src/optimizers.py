@@ -19,6 +19,7 @@ family, not per name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -38,6 +39,29 @@ def _leafwise(
     """Apply ``fn(g, *slot_leaves) -> (step, *new_slot_leaves)`` leaf by leaf; one tree each."""
     out = jax.tree.map(fn, grads, *slots)
     return tuple(jax.tree.map(lambda _, t, i=i: t[i], grads, out) for i in range(1 + len(slots)))
+
+
+def keras_clip_by_norm(clipnorm: Array | float) -> optax.GradientTransformation:
+    """Keras's ``clipnorm`` base option: each variable's gradient is rescaled to norm <= c.
+
+        g <- g c / max(||g||, c),   ||g|| = sqrt(sum g^2)
+
+    (``keras.src.optimizers.base_optimizer.clip_by_norm``, written the same way so that an
+    overflowing ``g^2`` behaves as in Keras). ``clipnorm = inf`` means off (Keras's None).
+    """
+
+    def update(
+        grads: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.EmptyState]:
+        del params
+
+        def leaf(g: Array) -> Array:
+            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+            return jnp.where(jnp.isfinite(clipnorm), g * clipnorm / jnp.maximum(norm, clipnorm), g)
+
+        return jax.tree.map(leaf, grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 class KerasSGDState(NamedTuple):
@@ -229,11 +253,27 @@ class Family:
     complements: tuple[str, ...] = ()
 
     def arguments(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Builder arguments from float64 hyperparameter values (Keras's rounding kept)."""
+        """Builder arguments from float64 hyperparameter values (Keras's rounding kept).
+
+        Base options (:data:`BASE_OPTIONS`) present in ``values`` are passed through.
+        """
         args = {h: np.asarray(values[h], np.float64) for h in self.hyperparameters}
         args.update({f"one_minus_{h}": 1.0 - args[h] for h in self.complements})
+        args.update({k: np.asarray(values[k], np.float64) for k in BASE_OPTIONS if k in values})
         return args
 
+    def transformation(
+        self, learning_rate: Array, arguments: Mapping[str, Array]
+    ) -> optax.GradientTransformation:
+        """The optimizer with Keras's base options applied first (clipping precedes the step)."""
+        args = dict(arguments)
+        clipnorm = args.pop("clipnorm", None)
+        tx = self.build(learning_rate, **args)
+        return tx if clipnorm is None else optax.chain(keras_clip_by_norm(clipnorm), tx)
+
+
+BASE_OPTIONS: dict[str, float] = {"clipnorm": math.inf}
+"""Keras base-optimizer options every family accepts, with their "off" value."""
 
 SGD = Family("sgd", ("momentum", "nesterov"), keras_sgd)
 ADAM = Family("adam", ("beta_1", "beta_2", "epsilon"), keras_adam, ("beta_1", "beta_2"))

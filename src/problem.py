@@ -16,8 +16,12 @@ engine indexes per configuration.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -116,3 +120,53 @@ def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: 
 
 def _num(v: float) -> str:
     return f"{v:g}"
+
+
+def read_xy_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A user's dataset: a CSV file whose header names columns ``x`` and ``y`` (float64)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"--data {path}: cannot read it ({getattr(e, 'strerror', None) or e})"
+        ) from None
+    reader = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    xs: list[float] = []
+    ys: list[float] = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip().lower() for cell in row]
+            if "x" not in header or "y" not in header:
+                raise InputError(
+                    f"--data {path}: the first line must name the columns x and y, "
+                    f"got {','.join(row)!r}"
+                )
+            continue
+        line = reader.line_num
+        if len(row) != len(header):
+            raise InputError(
+                f"--data {path} line {line}: expected {len(header)} columns, got {len(row)}"
+            )
+        for value, out, name in (
+            (row[header.index("x")], xs, "x"),
+            (row[header.index("y")], ys, "y"),
+        ):
+            try:
+                v = float(value)
+            except ValueError:
+                raise InputError(
+                    f"--data {path} line {line}: {name} = {value.strip()!r} is not a number"
+                ) from None
+            if not math.isfinite(v):
+                raise InputError(
+                    f"--data {path} line {line}: {name} = {value.strip()} is not finite"
+                )
+            out.append(v)
+    if header is None:
+        raise InputError(f"--data {path}: the file is empty")
+    if not xs:
+        raise InputError(f"--data {path}: no data rows after the header")
+    return np.array(xs), np.array(ys)

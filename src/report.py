@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.collections import QuadMesh
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from src import findings, outcome, store
@@ -34,6 +36,14 @@ from src.sweep import SEED_LR, RunStats
 LOSS_CMAP = "cividis"
 STATUS_COLOURS = {"diverging": "#CC79A7", "overflow": "#D55E00"}
 """Okabe-Ito reddish purple and vermillion: distinct from cividis and from each other."""
+
+THEORY_LINE = {
+    "color": "black",
+    "ls": "--",
+    "lw": 1.2,
+    "path_effects": [patheffects.withStroke(linewidth=2.6, foreground="white")],
+}
+"""The closed-form critical lr drawn over heatmaps: dashed black on white, visible on any cell."""
 
 SEED_MARKS = ((findings.SEED_N, "*"), (findings.SEED_STABLE_N, "o"))
 
@@ -82,6 +92,9 @@ def draw_heatmap(
         vmax=1.5,
         shading="flat",
     )
+    closed = ref.theory_critical_lr.sel(optimizer=optimizer).values
+    if np.isfinite(closed).any():
+        ax.step(closed, ref.n.values, where="mid", **THEORY_LINE)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("dataset size N")
@@ -93,8 +106,10 @@ def draw_heatmap(
     return mesh
 
 
-def _legend_handles() -> list[Patch]:
-    return [Patch(color=c, label=name) for name, c in STATUS_COLOURS.items()]
+def _legend_handles() -> list[Patch | Line2D]:
+    return [Patch(color=c, label=name) for name, c in STATUS_COLOURS.items()] + [
+        Line2D([], [], label="theory boundary", **THEORY_LINE)
+    ]
 
 
 def _slice_note(ref: xr.Dataset) -> str:
@@ -177,7 +192,31 @@ def write_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
         file = f"heatmap_{name}.png"
         pngs[file] = save_figure(heatmap_figure(ref, name, limits), out / file)
     pngs["loss_curves.png"] = save_figure(curves_figure(ds), out / "loss_curves.png")
+    pngs["critical_lr.png"] = save_figure(critical_lr_figure(ref), out / "critical_lr.png")
     return pngs
+
+
+def critical_lr_figure(ref: xr.Dataset) -> Figure:
+    """Critical lr against N, log-log: measured (markers) and closed form (lines)."""
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for i, name in enumerate(ref.optimizer.values):
+        cell = ref.sel(optimizer=name)
+        colour = f"C{i}"
+        ax.loglog(ref.n.values, cell.critical_lr.values, "o", ms=3.5, color=colour, label=f"{name}")
+        closed = cell.theory_critical_lr.values
+        if np.isfinite(closed).any():
+            ax.loglog(ref.n.values, closed, "-", lw=1, color=colour, label=f"{name} (theory)")
+    ax.set_xlabel("dataset size N")
+    ax.set_ylabel("critical learning rate")
+    ax.set_title(
+        "Smallest lr that overflows or diverges: measured (dots) and closed form (lines)",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncols=2)
+    return fig
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -190,6 +229,7 @@ def index_html(
     summary: dict[str, object],
     lines: Sequence[str],
     table: Sequence[str],
+    critical: Sequence[str],
     pngs: dict[str, bytes],
 ) -> str:
     """The self-contained report page."""
@@ -243,6 +283,13 @@ vermillion: overflow; purple: diverging.</p>
 {heatmaps}
 <h2>Loss curves</h2>
 {_img(pngs["loss_curves.png"], "loss curves")}
+<h2>Critical learning rate: measured and closed form</h2>
+{_img(pngs["critical_lr.png"], "critical learning rate against N")}
+<p>Measured: the smallest lr at which the run overflows or diverges, bisected from the grid to
+0.1%. Closed form (SGD, momentum, Nesterov): 2 c(mu) / lambda_max for a full batch, the first lr
+at which the epoch map's spectral radius exceeds 1 for minibatches in a fixed order; dashed on the
+heatmaps.</p>
+<pre>{esc(chr(10).join(critical) or "no optimizer with a closed form in this map")}</pre>
 <h2>Largest stable learning rate on the grid</h2>
 <pre>{esc(chr(10).join(table))}</pre>
 <h2>How each run is classified</h2>
@@ -308,6 +355,8 @@ def publish(
     table = findings.stable_lr_table(found, optimizers, ns)
     pngs = write_figures(ds, out)
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
-    store.write_text(out / "index.html", index_html(ds, summary, lines, table, pngs))
+    critical = findings.critical_lr_table(found, optimizers, findings.shown_ns(ns))
+    page = index_html(ds, summary, lines, table, critical, pngs)
+    store.write_text(out / "index.html", page)
     store.write_json(out / "summary.json", summary)
     return summary, lines

@@ -51,17 +51,18 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as JSON; non-finite floats become ``null`` (JSON has no inf or nan)."""
-    text = json.dumps(_finite(obj), indent=2, allow_nan=False, default=_json_default)
+    text = json.dumps(finite(obj), indent=2, allow_nan=False, default=_json_default)
     write_text(path, text + "\n")
 
 
-def _finite(obj: object) -> object:
+def finite(obj: object) -> object:
+    """``obj`` with every non-finite float replaced by None (JSON has no inf or nan)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 

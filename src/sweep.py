@@ -16,15 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import xarray as xr
 
-from src import engine, outcome, theory
+from src import boundary, engine, outcome, theory
 from src import optimizers as opt
 from src.errors import InputError
 from src.problem import QUERY_X, DataTable, Problem, data_table
+from src.simulator import COLUMNS, FlatConfigs, Simulator
 
 DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
 """Dimensions of every per-config variable, in storage order."""
@@ -35,12 +35,6 @@ SEED_LR = 0.01
 
 BYTES_PER_CONFIG = 256
 """Host memory per configuration, inputs and results together, generously rounded up."""
-
-CHUNK_ELEMENTS = 1 << 17
-"""Default chunk: about this many batch slots (configs x batches x width) per engine call.
-
-Small enough for the working set to stay in cache (4096 full-batch configs of width 32 ran
-~25% faster than 32768 on the 2-core machine), large enough to amortise the call."""
 
 
 def log_grid(start: float, stop: float, count: int) -> tuple[float, ...]:
@@ -211,117 +205,11 @@ def _check_all(values: Sequence[float], ok: Callable[[float], bool], what: str, 
             raise InputError(f"{what} must be {rule}, got {v}")
 
 
-@dataclasses.dataclass
-class _FlatConfigs:
-    """Flat per-config columns (host, float64 / int64) for optimizers of one family."""
-
-    columns: dict[str, np.ndarray]  # learning_rate, n, batch_size, seed, epochs
-    hyperparameters: dict[str, np.ndarray]
-
-    @staticmethod
-    def grid(names: Sequence[str], axes: dict[str, Sequence], family: opt.Family) -> _FlatConfigs:
-        """The product ``names x lr x n x batch_size x seed x epochs``, C order."""
-        grids = np.meshgrid(
-            np.arange(len(names)), *(np.asarray(axes[d]) for d in DIMS[1:]), indexing="ij"
-        )
-        which, *rest = (g.ravel() for g in grids)
-        columns = dict(zip(("learning_rate", *DIMS[2:]), rest, strict=True))
-        return _FlatConfigs(columns, _hyperparameters(names, which, family))
-
-    @staticmethod
-    def of_curves(curves: Sequence[Curve], family: opt.Family, epochs: int) -> _FlatConfigs:
-        columns = {
-            "learning_rate": np.array([c.lr for c in curves]),
-            "n": np.array([c.n for c in curves]),
-            "batch_size": np.array([c.batch_size for c in curves]),
-            "seed": np.array([c.seed for c in curves]),
-            "epochs": np.full(len(curves), epochs),
-        }
-        which = np.arange(len(curves))
-        return _FlatConfigs(columns, _hyperparameters([c.optimizer for c in curves], which, family))
-
-    def __len__(self) -> int:
-        return len(self.columns["n"])
-
-    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
-        """Configs ``start .. start+size`` (repeating the last one to fill a short chunk)."""
-        idx = np.minimum(np.arange(start, start + size), len(self) - 1)
-        c = self.columns
-        return engine.Configs(
-            learning_rate=jnp.asarray(c["learning_rate"][idx], dtype),
-            hyperparameters={
-                h: jnp.asarray(v[idx], dtype) for h, v in self.hyperparameters.items()
-            },
-            data_row=jnp.asarray(rows[c["n"][idx]], jnp.int32),
-            n=jnp.asarray(c["n"][idx], jnp.int32),
-            batch_size=jnp.asarray(c["batch_size"][idx], jnp.int32),
-            epochs=jnp.asarray(c["epochs"][idx], jnp.int32),
-            seed=jnp.asarray(c["seed"][idx], jnp.uint32),
-        )
-
-
-def _hyperparameters(
-    names: Sequence[str], which: np.ndarray, family: opt.Family
-) -> dict[str, np.ndarray]:
-    """Builder arguments (Keras defaults) of configs whose optimizer is ``names[which]``."""
-    return family.arguments(
-        {
-            h: np.array([opt.get(m).defaults[h] for m in names])[which]
-            for h in family.hyperparameters
-        }
-    )
-
-
 def _families(names: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(opt.get(name).family.name, []).append(name)
     return groups
-
-
-def _chunk_size(sweep: Sweep, shapes: engine.Shapes, count: int) -> int:
-    if sweep.chunk_size:
-        return min(sweep.chunk_size, count)
-    per_config = shapes.n_batches * shapes.batch_width
-    return max(1, min(count, CHUNK_ELEMENTS // per_config))
-
-
-def _simulate_family(
-    flat: _FlatConfigs,
-    family: opt.Family,
-    table: DataTable,
-    rows: np.ndarray,
-    sweep: Sweep,
-    shapes: engine.Shapes,
-    *,
-    history: bool,
-    progress: Callable[[int], None] | None,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None, float, float]:
-    """Run every config of ``flat``; returns results, histories, compile and compute seconds."""
-    size = _chunk_size(sweep, shapes, len(flat))
-    tol = jnp.asarray(sweep.tol, sweep.dtype)
-    static = dict(family=family, shapes=shapes, shuffle=sweep.shuffle, history=history)
-    t0 = time.perf_counter()
-    compiled = engine.simulate.lower(
-        flat.chunk(0, size, rows, sweep.dtype), table, tol, **static
-    ).compile()
-    compile_s = time.perf_counter() - t0
-    parts: list[engine.Summary] = []
-    curves: list[np.ndarray] = []
-    compute_s = 0.0
-    for start in range(0, len(flat), size):
-        configs = flat.chunk(start, size, rows, sweep.dtype)
-        t0 = time.perf_counter()
-        summary, losses = jax.block_until_ready(compiled(configs, table, tol))
-        compute_s += time.perf_counter() - t0
-        keep = min(size, len(flat) - start)
-        parts.append(engine.Summary(*(np.asarray(a)[:keep] for a in summary)))
-        if history:
-            curves.append(np.asarray(losses)[:keep])
-        if progress:
-            progress(keep)
-    results = {k: np.concatenate([getattr(p, k) for p in parts]) for k in engine.Summary._fields}
-    return results, (np.concatenate(curves) if history else None), compile_s, compute_s
 
 
 def run(sweep: Sweep, progress: Callable[[int], None] | None = None) -> tuple[xr.Dataset, RunStats]:
@@ -340,54 +228,124 @@ def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Datas
     rows = np.zeros(max(sizes) + 1, np.int64)  # dataset size -> its row of the table
     rows[sizes] = np.arange(len(sizes))
     table = data_table([sweep.problem.dataset(n) for n in sizes], sweep.dtype)
+    sim = Simulator(table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size)
     shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
-    axes = {d: getattr(sweep, d) for d in DIMS}
+
     results = {
-        k: np.empty(sweep.shape, dtype=_result_dtype(k, sweep.dtype))
-        for k in engine.Summary._fields
+        k: np.empty(sweep.shape, _result_dtype(k, sweep.dtype)) for k in engine.Summary._fields
     }
-    compile_s = compute_s = 0.0
-    programs = 0
     opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
     for names in _families(sweep.optimizer).values():
-        family = opt.get(names[0]).family
-        flat = _FlatConfigs.grid(names, axes, family)
-        out, _, c_s, r_s = _simulate_family(
-            flat, family, table, rows, sweep, shapes, history=False, progress=progress
+        grids = np.meshgrid(
+            np.arange(len(names)), *(getattr(sweep, d) for d in DIMS[1:]), indexing="ij"
         )
-        compile_s, compute_s, programs = compile_s + c_s, compute_s + r_s, programs + 1
+        which, *cols = (g.ravel() for g in grids)
+        family = opt.get(names[0]).family
+        flat = FlatConfigs.of(
+            [names[i] for i in which], family, **dict(zip(COLUMNS, cols, strict=True))
+        )
+        out, _ = sim.run(family, flat, shapes, progress=progress)
         block = np.array([opt_index[n] for n in names])
-        for k, v in out.items():
+        for k, v in zip(engine.Summary._fields, out, strict=True):
             results[k][block] = v.reshape((len(names), *sweep.shape[1:]))
+    status = _classify(sweep, results, table, rows)
 
     histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
-    for family_name, names in _families([c.optimizer for c in curves]).items():
-        family = opt.get(names[0]).family
-        members = [
-            i for i, c in enumerate(curves) if opt.get(c.optimizer).family.name == family_name
-        ]
+    for names in _families([c.optimizer for c in curves]).values():
+        members = [i for i, c in enumerate(curves) if c.optimizer in names]
         chosen = [curves[i] for i in members]
-        flat = _FlatConfigs.of_curves(chosen, family, max(sweep.epochs))
-        curve_shapes = engine.Shapes.covering(
-            [c.n for c in chosen], [c.batch_size for c in chosen], sweep.epochs
-        )
-        _, losses, c_s, _ = _simulate_family(
-            flat, family, table, rows, sweep, curve_shapes, history=True, progress=None
-        )
-        compile_s, programs = compile_s + c_s, programs + 1
+        family = opt.get(names[0]).family
+        flat = FlatConfigs.of(
+            [c.optimizer for c in chosen], family, learning_rate=np.array([c.lr for c in chosen]),
+            n=np.array([c.n for c in chosen]), batch_size=np.array([c.batch_size for c in chosen]),
+            seed=np.array([c.seed for c in chosen]), epochs=np.full(len(chosen), max(sweep.epochs)),
+        )  # fmt: skip
+        _, losses = sim.run(family, flat, history=True)
         histories[members] = losses[:, : histories.shape[1]]
 
-    ds = _dataset(sweep, results, curves, histories, table, rows)
+    critical = _measured_boundary(sweep, status, sim, shapes, table, rows)
+    ds = _dataset(sweep, results, status, critical, curves, histories, table, rows)
     stats = RunStats(
         n_configs=sweep.n_configs,
         config_epochs=int(sweep.n_configs // len(sweep.epochs) * sum(sweep.epochs)),
-        programs=programs,
-        compile_seconds=compile_s,
-        compute_seconds=compute_s,
+        programs=sim.programs,
+        compile_seconds=sim.compile_seconds,
+        compute_seconds=sim.compute_seconds,
         wall_seconds=time.perf_counter() - wall0,
         devices=tuple(str(d) for d in jax.devices()),
     )
     return ds, stats
+
+
+def _classify(
+    sweep: Sweep, results: dict[str, np.ndarray], table: DataTable, rows: np.ndarray
+) -> np.ndarray:
+    scale = np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]].reshape(1, 1, -1, 1, 1, 1)
+    return outcome.classify(
+        results["initial_loss"], results["final_loss"], results["first_nonfinite_epoch"],
+        np.broadcast_to(scale, sweep.shape), sweep.tol, sweep.diverge_factor,
+    )  # fmt: skip
+
+
+def _measured_boundary(
+    sweep: Sweep,
+    status: np.ndarray,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    table: DataTable,
+    rows: np.ndarray,
+) -> boundary.Boundary:
+    """Critical lr of every cell (all dims but lr), bisected with the engine."""
+    cell_dims = tuple(d for d in DIMS if d != "lr")
+    by_cell = np.moveaxis(status, DIMS.index("lr"), -1)  # (optimizer, n, bs, seed, epochs, lr)
+    cell_shape = by_cell.shape[:-1]
+    coords = [np.ravel(g) for g in np.meshgrid(*(np.arange(k) for k in cell_shape), indexing="ij")]
+    values = {d: np.asarray(getattr(sweep, d))[c] for d, c in zip(cell_dims, coords, strict=True)}
+    families = np.array([opt.get(o).family.name for o in values["optimizer"]])
+    scale = np.asarray(table.loss_scale, np.float64)
+
+    def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
+        out = np.empty(len(cells), bool)
+        for name in dict.fromkeys(families[cells]):
+            pick = np.flatnonzero(families[cells] == name)
+            c = cells[pick]
+            family = opt.get(values["optimizer"][c[0]]).family
+            flat = FlatConfigs.of(
+                values["optimizer"][c], family, learning_rate=lrs[pick], n=values["n"][c],
+                batch_size=values["batch_size"][c], seed=values["seed"][c],
+                epochs=values["epochs"][c],
+            )  # fmt: skip
+            s, _ = sim.run(family, flat, shapes, pad_to=1 << (len(c) - 1).bit_length())
+            st = outcome.classify(
+                s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
+                scale[rows[values["n"][c]]], sweep.tol, sweep.diverge_factor,
+            )  # fmt: skip
+            out[pick] = st >= outcome.DIVERGING
+        return out
+
+    found = boundary.search(
+        np.asarray(sweep.lr),
+        (by_cell >= outcome.DIVERGING).reshape(-1, by_cell.shape[-1]),
+        breaks_at,
+    )
+    return boundary.Boundary(*(a.reshape(cell_shape) for a in found))
+
+
+def theory_critical_lr(sweep: Sweep) -> np.ndarray:
+    """Closed-form critical lr per cell (nan for adaptive optimizers and shuffled minibatches)."""
+    shape = tuple(len(getattr(sweep, d)) for d in DIMS if d != "lr")
+    out = np.full(shape, np.nan)
+    for i, name in enumerate(sweep.optimizer):
+        o = opt.get(name)
+        if o.family is not opt.SGD:
+            continue
+        dyn = theory.Dynamics(o.defaults["momentum"], bool(o.defaults["nesterov"]))
+        for j, n in enumerate(sweep.n):
+            x = sweep.problem.dataset(n)[0]
+            for k, bs in enumerate(sweep.batch_size):
+                if bs >= n or not sweep.shuffle:
+                    out[i, j, k] = theory.critical_lr(x, bs, dyn)
+    return out
 
 
 def _result_dtype(name: str, dtype: str) -> str:
@@ -397,22 +355,14 @@ def _result_dtype(name: str, dtype: str) -> str:
 def _dataset(
     sweep: Sweep,
     results: dict[str, np.ndarray],
+    status: np.ndarray,
+    critical: boundary.Boundary,
     curves: Sequence[Curve],
     histories: np.ndarray,
     table: DataTable,
     rows: np.ndarray,
 ) -> xr.Dataset:
-    n_rows = rows[list(sweep.n)]
-    scale = np.asarray(table.loss_scale, np.float64)[n_rows]
-    scale_b = scale.reshape(1, 1, -1, 1, 1, 1)
-    status = outcome.classify(
-        results["initial_loss"],
-        results["final_loss"],
-        results["first_nonfinite_epoch"],
-        scale_b,
-        sweep.tol,
-        sweep.diverge_factor,
-    )
+    scale = np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]]
     descriptions = {
         "initial_loss": ("loss of the first epoch (History[0])", "1"),
         "final_loss": ("loss of the last epoch (History[-1])", "1"),
@@ -432,6 +382,22 @@ def _dataset(
     data_vars: dict[str, tuple] = {"status": (DIMS, status, outcome.cf_attributes())}
     for name, (text, units) in descriptions.items():
         data_vars[name] = (DIMS, results[name], {"long_name": text, "units": units})
+    cell_dims = tuple(d for d in DIMS if d != "lr")
+    data_vars["critical_lr"] = (
+        cell_dims, critical.critical_lr,
+        {"long_name": "smallest lr at which training overflows or diverges (measured by "
+         f"bisection to {boundary.DEFAULT_RTOL:g} relative; nan: none found)"},
+    )  # fmt: skip
+    data_vars["non_monotone"] = (
+        cell_dims, critical.non_monotone.astype(np.int8),
+        {"long_name": "1 if a grid lr above critical_lr is stable again"},
+    )  # fmt: skip
+    data_vars["theory_critical_lr"] = (
+        cell_dims, theory_critical_lr(sweep),
+        {"long_name": "closed-form critical lr of (Keras) SGD, momentum and Nesterov: "
+         "2 c(mu) / lambda_max for one batch, rho(epoch map) = 1 for fixed-order minibatches "
+         "(nan: no closed form)"},
+    )  # fmt: skip
     xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
     data_vars["loss_scale"] = (
         "n",

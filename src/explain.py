@@ -1,0 +1,316 @@
+"""A plain-words diagnosis of one configuration, with every suggested fix checked by simulation.
+
+``python -m src.stability_map explain --optimizer sgd --lr 0.01 --n 20`` answers: what happens
+(the simulated verdict), why (the Hessian's largest eigenvalue, the critical learning rate and
+by how much the lr exceeds it), what theory predicts (growth factor per epoch, epoch of float32
+overflow) against what the engine measured, from which N this lr breaks on the seed problem,
+and what would fix it: half the critical lr, standardised x, Adam, gradient clipping -- each one
+simulated, never merely asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+from src import boundary, outcome, theory
+from src import optimizers as opt
+from src.engine import initial_params
+from src.problem import QUERY_X, Problem, data_table, standardize
+from src.simulator import FlatConfigs, Simulator
+from src.sweep import default_lr_grid
+
+CLIPNORM_FIX = 1.0
+N_SCAN_LIMIT = 1024
+"""Largest N tried when finding where a learning rate starts to break on the seed problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: an optimizer on a dataset (the problem's size-``n`` one, or ``data``)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    n: int = 20
+    batch_size: int = 32
+    epochs: int = 500
+    seed: int = 0
+    hyperparameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    problem: Problem = dataclasses.field(default_factory=Problem)
+    data: tuple[np.ndarray, np.ndarray] | None = None
+    tol: float = outcome.DEFAULT_TOL
+    dtype: str = "float32"
+
+    def dataset(self, standardized: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(x, y, x_query)`` in float64, optionally with x standardised."""
+        if self.data is None:
+            return dataclasses.replace(self.problem, standardize=standardized).dataset(self.n)
+        x, y = self.data
+        if not standardized:
+            return x, y, QUERY_X
+        xs, query = standardize(x, QUERY_X)
+        return xs, y, query
+
+    @property
+    def size(self) -> int:
+        return self.n if self.data is None else len(self.data[0])
+
+
+class Lab:
+    """Simulates variants of one case's dataset (raw or standardised), compiling each program
+    once however many learning rates or optimizers are tried."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self._sims: dict[bool, Simulator] = {}
+
+    def _simulator(self, standardized: bool) -> Simulator:
+        if standardized not in self._sims:
+            x, y, q = self.case.dataset(standardized)
+            table = data_table([(x, y, q)], self.case.dtype)
+            rows = np.zeros(len(x) + 1, np.int64)
+            self._sims[standardized] = Simulator(table, rows, self.case.dtype, self.case.tol)
+        return self._sims[standardized]
+
+    def run(
+        self, case: Case, lrs: np.ndarray, standardized: bool = False, history: bool = False
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """Statuses, summary columns and histories of ``case`` at each of ``lrs``."""
+        sim = self._simulator(standardized)
+        o = opt.get(case.optimizer)
+        k = len(lrs)
+        with jax.enable_x64(case.dtype == "float64"):
+            flat = FlatConfigs.of(
+                [case.optimizer] * k, o.family, dict(case.hyperparameters),
+                learning_rate=np.asarray(lrs, np.float64), n=np.full(k, case.size),
+                batch_size=np.full(k, case.batch_size), seed=np.full(k, case.seed),
+                epochs=np.full(k, case.epochs),
+            )  # fmt: skip
+            s, hist = sim.run(o.family, flat, history=history, pad_to=1 << (k - 1).bit_length())
+        status = outcome.classify(
+            s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
+            np.broadcast_to(sim.table.loss_scale[0], (k,)), case.tol,
+        )  # fmt: skip
+        return status, s._asdict(), hist
+
+    def simulate(self, case: Case, standardized: bool = False) -> dict[str, object]:
+        """One run's verdict and figures (JSON-ready, with its History)."""
+        status, s, hist = self.run(case, np.array([case.lr]), standardized, history=True)
+        return {
+            "status": outcome.STATUSES[int(status[0])],
+            **{k: (int(v[0]) if k.endswith("_epoch") else _f(v[0])) for k, v in s.items()},
+            "history": [_f(v) for v in hist[0]],  # type: ignore[index]
+        }
+
+    def breaks(self, lrs: np.ndarray) -> np.ndarray:
+        return self.run(self.case, lrs)[0] >= outcome.DIVERGING
+
+
+def dynamics_of(case: Case) -> theory.Dynamics | None:
+    """The SGD dynamics of ``case`` (None for adaptive optimizers or with clipping)."""
+    o = opt.get(case.optimizer)
+    hp = {**o.defaults, **case.hyperparameters}
+    if o.family is not opt.SGD or math.isfinite(hp.get("clipnorm", math.inf)):
+        return None
+    return theory.Dynamics(float(hp["momentum"]), bool(hp["nesterov"]))
+
+
+def measured_critical_lr(lab: Lab) -> float:
+    """The smallest breaking lr of the lab's case, by the map's grid and bisection."""
+    grid = np.array(default_lr_grid())
+    found = boundary.search(grid, lab.breaks(grid)[None, :], lambda _, lrs: lab.breaks(lrs))
+    return float(found.critical_lr[0])
+
+
+def first_breaking_n(case: Case, dyn: theory.Dynamics) -> int | None:
+    """On the problem family, the smallest N at which ``case.lr`` is unstable (theory):
+    ``rho(M) > 1`` for the epoch map of the size-N dataset (None up to N_SCAN_LIMIT)."""
+    lr = np.array([case.lr])
+    for n in range(1, N_SCAN_LIMIT + 1):
+        x = case.problem.dataset(n)[0]
+        if theory.spectral_radius(x, case.batch_size, lr, dyn)[0] > 1 + theory.NEUTRAL:
+            return n
+    return None
+
+
+def explain(case: Case) -> dict[str, object]:
+    """The whole diagnosis as a JSON-ready dict (see :func:`describe` for the words)."""
+    x, y, _ = case.dataset()
+    lab = Lab(case)
+    sim = lab.simulate(case)
+    report: dict[str, object] = {
+        "configuration": {
+            "optimizer": case.optimizer,
+            "lr": case.lr,
+            "n": case.size,
+            "batch_size": case.batch_size,
+            "epochs": case.epochs,
+            "seed": case.seed,
+            "hyperparameters": {**opt.get(case.optimizer).defaults, **case.hyperparameters},
+            "data": "user data" if case.data is not None else case.problem.describe(),
+            "initial_w": float(initial_params(case.seed).w),
+        },
+        "simulated": {k: v for k, v in sim.items() if k != "history"},
+        "hessian_eigenvalues": [float(e) for e in theory.hessian_eigenvalues(x)],
+    }
+    dyn = dynamics_of(case)
+    if dyn is not None:
+        crit = theory.critical_lr(x, case.batch_size, dyn)
+        growth = theory.loss_growth(x, case.batch_size, case.lr, dyn)
+        w0 = float(initial_params(case.seed, case.dtype).w)
+        predicted = theory.predicted_history(
+            x, y, w0, 0.0, case.lr, case.batch_size, case.epochs, dyn
+        )
+        report["theory"] = {
+            "critical_lr": crit,
+            "lr_over_critical": case.lr / crit,
+            "predicted_growth_rate": growth,
+            "predicted_overflow_epoch": theory.predicted_overflow_epoch(predicted, len(x), growth),
+            "formula": _formula(dyn, case.batch_size >= len(x)),
+        }
+        if case.data is None:
+            report["theory"]["first_breaking_n"] = first_breaking_n(case, dyn)  # type: ignore[index]
+        safe = crit / 2
+    else:
+        crit = measured_critical_lr(lab)
+        report["measured_critical_lr"] = _f(crit)
+        safe = crit / 2 if math.isfinite(crit) else None
+    if sim["status"] != "converged":
+        report["fixes"] = _fixes(lab, safe)
+    return report
+
+
+def _fixes(lab: Lab, safe_lr: float | None) -> list[dict[str, object]]:
+    case = lab.case
+    tries = [] if safe_lr is None else [
+        (f"lr {safe_lr:.4g} (half the critical lr)", dataclasses.replace(case, lr=safe_lr), False)
+    ]  # fmt: skip
+    tries += [
+        ("standardise x (zero mean, unit variance)", case, True),
+        ("Adam at its Keras default lr 0.001", _as_adam(case, 0.001), False),
+        (f"Adam at lr {case.lr:g}", _as_adam(case, case.lr), False),
+        (
+            f"gradient clipping (clipnorm={CLIPNORM_FIX:g})",
+            dataclasses.replace(
+                case, hyperparameters={**case.hyperparameters, "clipnorm": CLIPNORM_FIX}
+            ),
+            False,
+        ),
+    ]
+    out = []
+    for label, c, standardized in tries:
+        r = lab.simulate(c, standardized)
+        out.append(
+            {
+                "fix": label,
+                "status": r["status"],
+                "final_loss": r["final_loss"],
+                "prediction_at_25": r["prediction"],
+                "works": r["status"] == "converged",
+            }
+        )
+    return out
+
+
+def _as_adam(case: Case, lr: float) -> Case:
+    return dataclasses.replace(case, optimizer="adam", lr=lr, hyperparameters={})
+
+
+def _formula(dyn: theory.Dynamics, full_batch: bool) -> str:
+    if not full_batch:
+        return "the smallest lr at which the epoch map M = A_B...A_1 has spectral radius > 1"
+    mu = dyn.momentum
+    if mu == 0:
+        return "2 / lambda_max"
+    return (
+        f"2 (1 + {mu:g}) / ((1 + 2*{mu:g}) lambda_max)"
+        if dyn.nesterov
+        else f"2 (1 + {mu:g}) / lambda_max"
+    )
+
+
+def describe(report: Mapping[str, object]) -> list[str]:
+    """The diagnosis in plain words."""
+    cfg: dict = report["configuration"]  # type: ignore[assignment]
+    sim: dict = report["simulated"]  # type: ignore[assignment]
+    lines = [
+        f"Configuration: {cfg['optimizer']} at lr {cfg['lr']:g}, N = {cfg['n']} ({cfg['data']}), "
+        f"batch size {cfg['batch_size']}"
+        + (" (full batch), " if cfg["batch_size"] >= cfg["n"] else ", ")
+        + f"{cfg['epochs']} epochs, seed {cfg['seed']} "
+        + f"(initial w = {cfg['initial_w']:.4f}, b = 0).",
+        "Verdict: " + _verdict(sim),
+    ]
+    eig = report["hessian_eigenvalues"]
+    th = report.get("theory")
+    if isinstance(th, dict):
+        lines.append(
+            f"Why: the loss is a quadratic whose Hessian has eigenvalues {eig[0]:.4g} and "  # type: ignore[index]
+            f"{eig[1]:.4g}; this optimizer is stable only for lr < {th['critical_lr']:.6g} "  # type: ignore[index]
+            f"({th['formula']}). lr {cfg['lr']:g} is {th['lr_over_critical']:.3f} times that"
+            + (" (too large)." if th["lr_over_critical"] > 1 else " (inside the stable range).")
+        )
+        over = th["predicted_overflow_epoch"]
+        lines.append(
+            f"Theory: the loss changes by x{th['predicted_growth_rate']:.4f} per epoch "
+            f"(simulated: x{_num(sim['growth_rate'])})"
+            + (
+                f"; float32 overflow at epoch {over:g} (simulated: "
+                f"{sim['first_nonfinite_epoch'] if sim['first_nonfinite_epoch'] > 0 else 'none'})."
+                if over is not None
+                else "; no overflow."
+            )
+        )
+        if th.get("first_breaking_n") is not None:
+            k = th["first_breaking_n"]
+            lines.append(
+                f"On this problem lr {cfg['lr']:g} is stable up to N = {k - 1} "
+                f"and breaks from N = {k}"
+                f" (batch size {cfg['batch_size']})."
+            )
+    else:
+        crit = report.get("measured_critical_lr")
+        lines.append(
+            f"Why: the loss Hessian has eigenvalues {eig[0]:.4g} and {eig[1]:.4g}; "  # type: ignore[index]
+            "this optimizer has no closed-form limit, and the measured critical lr is "
+            + (f"{crit:.6g}." if crit is not None else "above 1 (it never broke on the grid).")
+        )
+    fixes = report.get("fixes")
+    if fixes:
+        lines.append(f"What would fix it (each simulated for {cfg['epochs']} epochs):")
+        for f in fixes:  # type: ignore[union-attr]
+            lines.append(
+                f"  {'works' if f['works'] else 'no'}: {f['fix']}: {f['status']}, final loss "
+                f"{_num(f['final_loss'])}, prediction at x = 25: {_num(f['prediction_at_25'])}"
+            )
+    else:
+        lines.append("Nothing to fix: the run converged.")
+    return lines
+
+
+def _verdict(sim: Mapping[str, object]) -> str:
+    s = sim["status"]
+    if s == "overflow":
+        return (f"overflow: the loss became inf/nan at epoch {sim['first_nonfinite_epoch']} and "
+                "training ended with nan weights.")  # fmt: skip
+    if s == "diverging":
+        return (f"diverging: the final loss {_num(sim['final_loss'])} is above the initial "
+                f"{_num(sim['initial_loss'])}.")  # fmt: skip
+    if s == "converged":
+        return (f"converged at epoch {sim['first_converged_epoch']} "
+                f"(final loss {_num(sim['final_loss'])}, "
+                f"prediction at x = 25: {_num(sim['prediction'])}).")  # fmt: skip
+    return f"slow: finite, but not converged (final loss {_num(sim['final_loss'])})."
+
+
+def _num(v: object) -> str:
+    return "nan" if v is None else f"{v:.4g}"
+
+
+def _f(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
