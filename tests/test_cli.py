@@ -62,6 +62,7 @@ def test_outputs_are_written(small_run: tuple[Path, str]) -> None:
         "heatmap_sgd.png",
         "heatmap_momentum.png",
         "heatmap_adam.png",
+        "critical_lr.png",
     } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     for png in out.glob("*.png"):
@@ -96,6 +97,10 @@ def test_netcdf_schema(small_run: tuple[Path, str]) -> None:
         assert over.any() and (ds.first_nonfinite_epoch.values[over] >= 1).all()
         assert (ds.first_nonfinite_epoch.values[~over] == -1).all()
         assert ds.loss_history.dims == ("curve", "epoch") and ds.sizes["epoch"] == 60
+        cells = ("optimizer", "n", "batch_size", "seed", "epochs")
+        assert ds.critical_lr.dims == cells and ds.theory_critical_lr.dims == cells
+        assert np.isnan(ds.theory_critical_lr.sel(optimizer="adam")).all()
+        assert np.isfinite(ds.theory_critical_lr.sel(optimizer=["sgd", "momentum"])).all()
         assert ds.attrs["dtype"] == "float32"
 
 
@@ -196,3 +201,26 @@ def test_atomic_write_leaves_nothing_behind_when_interrupted(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
     store.write_json(target, {"v": float("nan")})
     assert json.loads(target.read_text()) == {"v": None}  # JSON has no nan
+
+
+def test_default_main_job(tmp_path: Path) -> None:
+    """The acceptance run: no arguments but where to write."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.stability_map", "--quiet", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with xr.open_dataset(tmp_path / "stability_map.nc") as ds:
+        assert ds.sizes["lr"] >= 64 and ds.sizes["n"] == 64 and ds.sizes["optimizer"] == 6
+        assert {0.01, 0.001} <= set(ds.lr.values.tolist())
+        at = ds.status.sel(lr=0.01, batch_size=32, seed=0, epochs=500)
+        assert STATUSES[int(at.sel(optimizer="sgd", n=20))] == "overflow"
+        assert STATUSES[int(at.sel(optimizer="sgd", n=10))] == "converged"
+        assert STATUSES[int(at.sel(optimizer="adam", n=20))] != "overflow"
+        sgd = ds.sel(optimizer="sgd")
+        rel = np.abs(sgd.critical_lr / sgd.theory_critical_lr - 1).values
+        assert np.all(rel <= 0.005), rel.max()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    case = summary["findings"]["seed_case"]
+    assert abs(case["measured_growth_rate"] / case["theory_growth_rate"] - 1) < 1e-4
+    assert "overflows for N = 17-64, N = 20 included" in proc.stdout
