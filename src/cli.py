@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import xarray as xr
@@ -288,69 +288,73 @@ def parse_optimizer_args(text: str, name: str) -> dict[str, float]:
     return out
 
 
-def explain_main(argv: Sequence[str]) -> int:
-    """``explain``: one configuration diagnosed; exit status as :func:`main`."""
-    from src import explain, store
-
+def _guarded(job: Callable[[], None]) -> int:
+    """Run ``job``: bad input -> one line and status 2, ^C -> 130, a closed stdout -> quiet."""
     try:
-        args = build_explain_parser().parse_args(argv)
-        name = args.optimizer.strip()
-        optimizers.get(name)
-        if args.data is not None and args.n is not None:
-            raise InputError("give --n (the problem's dataset) or --data (yours), not both")
-        if args.dtype not in ("float32", "float64"):
-            raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
-        case = explain.Case(
-            optimizer=name,
-            lr=parse_lr(args.lr)[0],
-            n=parse_n(args.n or "20")[0],
-            batch_size=_positive_ints(args.batch_size, "--batch-size")[0],
-            epochs=_positive_ints(args.epochs, "--epochs")[0],
-            seed=_ints(args.seed, "--seed")[0],
-            hyperparameters=parse_optimizer_args(args.optimizer_args, name),
-            problem=_problem(args),
-            data=None if args.data is None else read_xy_csv(args.data),
-            dtype=args.dtype,
-        )
-        report = explain.explain(case)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(store.finite(report), indent=2))
-    else:
-        print("\n".join(explain.describe(report)))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the main job (or ``explain``); returns the exit status (0, 2 bad input, 130 ^C)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["explain"]:
-        return explain_main(argv[1:])
-    started = time.perf_counter()
-    try:
-        args = build_parser().parse_args(argv)
-        sweep = sweep_from_args(args)
-        from src import report, store  # heavy imports after the input is known to be good
-
-        out = store.prepare_output_dir(Path(args.out))
-        ds, stats = _run_with_progress(sweep, quiet=args.quiet)
-        summary, lines = report.publish(ds, stats, sweep.problem, out, started)
+        job()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: no output file was left half-written", file=sys.stderr)
         return 130
-    try:
-        _print_summary(ds, stats, sweep, summary, lines, out)
-    except BrokenPipeError:  # e.g. piped into `head`: the outputs are written, stop quietly
+    except BrokenPipeError:  # e.g. piped into `head`: what was asked for is done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def explain_job(argv: Sequence[str]) -> None:
+    """``explain``: one configuration diagnosed, in words or JSON."""
+    from src import explain, store
+
+    args = build_explain_parser().parse_args(argv)
+    name = args.optimizer.strip()
+    optimizers.get(name)
+    if args.data is not None and args.n is not None:
+        raise InputError("give --n (the problem's dataset) or --data (yours), not both")
+    if args.dtype not in ("float32", "float64"):
+        raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
+    lrs, ns = parse_lr(args.lr), parse_n(args.n or "20")
+    if len(lrs) != 1 or len(ns) != 1:
+        raise InputError("explain takes one --lr and one --n (the main job sweeps several)")
+    case = explain.Case(
+        optimizer=name,
+        lr=lrs[0],
+        n=ns[0],
+        batch_size=_positive_ints(args.batch_size, "--batch-size")[0],
+        epochs=_positive_ints(args.epochs, "--epochs")[0],
+        seed=_ints(args.seed, "--seed")[0],
+        hyperparameters=parse_optimizer_args(args.optimizer_args, name),
+        problem=_problem(args),
+        data=None if args.data is None else read_xy_csv(args.data),
+        dtype=args.dtype,
+    )
+    report = explain.explain(case)
+    if args.json:
+        print(json.dumps(store.finite(report), indent=2))
+    else:
+        print("\n".join(explain.describe(report)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the main job (or ``explain``); returns the exit status (0, 2 bad input, 130 ^C)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explain"]:
+        return _guarded(lambda: explain_job(argv[1:]))
+    return _guarded(lambda: map_job(argv))
+
+
+def map_job(argv: Sequence[str]) -> None:
+    """The main job: run the sweep, write the report, print the findings."""
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    sweep = sweep_from_args(args)
+    from src import report, store  # heavy imports after the input is known to be good
+
+    out = store.prepare_output_dir(Path(args.out))
+    ds, stats = _run_with_progress(sweep, quiet=args.quiet)
+    summary, lines = report.publish(ds, stats, sweep.problem, out, started)
+    _print_summary(ds, stats, sweep, summary, lines, out)
 
 
 def _print_summary(

@@ -25,6 +25,8 @@ from src.simulator import FlatConfigs, Simulator
 from src.sweep import default_lr_grid
 
 CLIPNORM_FIX = 1.0
+PREDICTED_EPOCHS = 2000
+"""Epochs evaluated exactly for the overflow prediction; later ones are extrapolated."""
 N_SCAN_LIMIT = 1024
 """Largest N tried when finding where a learning rate starts to break on the seed problem."""
 
@@ -162,9 +164,8 @@ def explain(case: Case) -> dict[str, object]:
         crit = theory.critical_lr(x, case.batch_size, dyn)
         growth = theory.loss_growth(x, case.batch_size, case.lr, dyn)
         w0 = float(initial_params(case.seed, case.dtype).w)
-        predicted = theory.predicted_history(
-            x, y, w0, 0.0, case.lr, case.batch_size, case.epochs, dyn
-        )
+        horizon = min(case.epochs, PREDICTED_EPOCHS)
+        predicted = theory.predicted_history(x, y, w0, 0.0, case.lr, case.batch_size, horizon, dyn)
         report["theory"] = {
             "critical_lr": crit,
             "lr_over_critical": case.lr / crit,
