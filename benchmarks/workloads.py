@@ -1,0 +1,120 @@
+"""Workloads shared by the benchmarks: the seed workload and its three implementations.
+
+The seed workload is SGD-family (or any optimizer's) training of ``Dense(1)`` on
+``x = 1..N`` with ``N <= 32`` (full batch, Keras's batch size 32): a log grid of learning
+rates times N. It runs three ways:
+
+* the vectorized engine (:class:`src.simulator.Simulator`): all configurations at once;
+* a per-config jitted JAX loop: what a JAX user writes without ``vmap`` -- one compiled
+  ``train_one`` called config by config;
+* Keras ``model.fit`` (TensorFlow backend), config by config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import numpy as np
+
+import src  # noqa: F401  (XLA's CPU flags, before JAX starts)
+from src import engine
+from src import optimizers as opt
+from src.problem import Problem, data_table
+from src.simulator import FlatConfigs, Simulator
+from src.sweep import log_grid
+
+N_MAX = 32
+BATCH_SIZE = 32
+
+
+def seed_workload(
+    optimizer: str, configs: int, epochs: int
+) -> tuple[Simulator, opt.Family, FlatConfigs]:
+    """``configs`` configurations: lr grid x N = 1..32, ``epochs`` each, seed 0."""
+    ns = np.arange(1, N_MAX + 1)
+    lrs = np.array(log_grid(1e-5, 1.0, math.ceil(configs / len(ns))))
+    lr, n = (g.ravel()[:configs] for g in np.meshgrid(lrs, ns, indexing="ij"))
+    family = opt.get(optimizer).family
+    flat = FlatConfigs.of(
+        [optimizer] * configs, family, learning_rate=lr, n=n,
+        batch_size=np.full(configs, BATCH_SIZE), seed=np.zeros(configs, np.int64),
+        epochs=np.full(configs, epochs),
+    )  # fmt: skip
+    rows = np.arange(N_MAX + 1) - 1
+    table = data_table([Problem().dataset(int(k)) for k in ns], "float32")
+    return Simulator(table, rows, "float32", 1e-4), family, flat
+
+
+def sweep_rate(optimizer: str, configs: int, epochs: int) -> float:
+    """Config-epochs per second of the vectorized engine (after compilation)."""
+    sim, family, flat = seed_workload(optimizer, configs, epochs)
+    sim.run(family, flat)  # compile and warm up
+    t0 = time.perf_counter()
+    sim.run(family, flat)
+    return configs * epochs / (time.perf_counter() - t0)
+
+
+class PerConfigLoop:
+    """The same configurations, one jitted call per configuration (no vmap)."""
+
+    def __init__(self, optimizer: str, configs: int, epochs: int) -> None:
+        sim, family, flat = seed_workload(optimizer, configs, epochs)
+        self.table, self.tol = sim.table, np.float32(1e-4)
+        self.configs = [flat.chunk(i, 1, sim.rows, "float32") for i in range(len(flat))]
+        shapes = engine.Shapes.covering(flat.columns["n"], [BATCH_SIZE], [epochs])
+        self.train_one = jax.jit(
+            functools.partial(
+                engine.simulate_one, family=family, shapes=shapes, shuffle=False, history=False
+            )
+        )
+        self.one = jax.tree.map(lambda a: a[0], self.configs[0])
+
+    def warm_up(self) -> None:
+        jax.block_until_ready(self.train_one(self.one, self.table, self.tol))
+
+    def run(self) -> None:
+        for cfg in self.configs:
+            jax.block_until_ready(
+                self.train_one(jax.tree.map(lambda a: a[0], cfg), self.table, self.tol)
+            )
+
+
+def loop_rate(optimizer: str, configs: int, epochs: int) -> float:
+    loop = PerConfigLoop(optimizer, configs, epochs)
+    loop.warm_up()
+    t0 = time.perf_counter()
+    loop.run()
+    return configs * epochs / (time.perf_counter() - t0)
+
+
+def keras_available() -> bool:
+    from src import keras_reference
+
+    return keras_reference.available()
+
+
+def keras_runs(optimizer: str, configs: int, epochs: int) -> list[tuple]:
+    """Arguments of :func:`src.keras_reference.fit` for the first ``configs`` of the workload."""
+    _, _, flat = seed_workload(optimizer, configs, epochs)
+    w0 = float(engine.initial_params(0).w)
+    out = []
+    for i in range(configs):
+        n = int(flat.columns["n"][i])
+        x, y, _ = Problem().dataset(n)
+        out.append((optimizer, float(flat.columns["learning_rate"][i]), x, y, w0, 0.0,
+                    BATCH_SIZE, epochs))  # fmt: skip
+    return out
+
+
+def keras_rate(optimizer: str, configs: int, epochs: int) -> float:
+    from src import keras_reference
+
+    runs = keras_runs(optimizer, configs, epochs)
+    keras_reference.fit(*runs[0][:-1], 1)  # warm up TensorFlow
+    t0 = time.perf_counter()
+    for args in runs:
+        keras_reference.fit(*args)
+    return configs * epochs / (time.perf_counter() - t0)
