@@ -9,7 +9,7 @@ import src  # noqa: F401
 from src.outcome import STATUSES
 from src.sweep import DEFAULT_OPTIMIZERS, Sweep, run
 
-TRACKED_N = [1, 5, 10, 20, 32, 48, 64]
+TRACKED_N = [5, 20, 33, 64]  # full batch (5, 20) and two-batch epochs (33, 64)
 
 
 def _float(v: float) -> float:
