@@ -5,9 +5,13 @@ Modules, one concept each:
 * :mod:`src.problem` -- the dataset family (xs = 1..N, ys = 0.5 xs by default).
 * :mod:`src.optimizers` -- Keras 3 optimizers as optax gradient transformations.
 * :mod:`src.engine` -- the vectorized JAX simulation of ``model.fit``.
+* :mod:`src.simulator` -- flat configuration lists through cached compiled engine programs.
 * :mod:`src.outcome` -- classifying a run: converged, slow, diverging, overflow.
-* :mod:`src.theory` -- closed forms for gradient descent on the quadratic loss.
+* :mod:`src.theory` -- closed forms for SGD, heavy-ball and Nesterov on the quadratic loss.
+* :mod:`src.boundary` -- measured critical learning rates by vectorized bisection.
 * :mod:`src.sweep` -- a sweep specification and running it into an ``xarray.Dataset``.
+* :mod:`src.explain` -- the plain-words diagnosis of one configuration.
+* :mod:`src.keras_reference` -- the same configuration in real Keras ``model.fit``.
 * :mod:`src.findings` -- the headline answers read off a finished map.
 * :mod:`src.report` -- heatmaps, loss curves and the self-contained ``index.html``.
 * :mod:`src.store` -- atomic output files.
