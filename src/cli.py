@@ -19,6 +19,7 @@ from pathlib import Path
 import xarray as xr
 
 from src import findings, optimizers, outcome
+from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.problem import Problem, read_xy_csv
 from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, run
@@ -183,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", default="0", help="configurations per engine call (default: automatic)"
     )
     p.add_argument(
+        "--boundary-rtol",
+        default=str(DEFAULT_RTOL),
+        help="relative precision of the measured critical lr per cell (default 0.001)",
+    )
+    p.add_argument(
         "--out",
         default="reports/stability_map",
         help="output directory (default reports/stability_map)",
@@ -220,6 +226,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         problem=_problem(args),
         curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
         chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
+        boundary_rtol=_one_float(args.boundary_rtol, "--boundary-rtol"),
     )
 
 

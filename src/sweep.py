@@ -94,7 +94,8 @@ def seed_curves(optimizers: Sequence[str], batch_size: int, seed: int) -> tuple[
 class Sweep:
     """Everything that defines a stability map (defaults: the seed problem's map).
 
-    ``curves=None`` keeps the default :func:`seed_curves`; ``chunk_size=0`` picks one.
+    ``curves=None`` keeps the default :func:`seed_curves`; ``chunk_size=0`` picks one;
+    ``boundary_rtol`` is the relative precision of the measured critical learning rates.
     """
 
     optimizer: tuple[str, ...] = DEFAULT_OPTIMIZERS
@@ -110,6 +111,7 @@ class Sweep:
     problem: Problem = dataclasses.field(default_factory=Problem)
     curves: tuple[Curve, ...] | None = None
     chunk_size: int = 0
+    boundary_rtol: float = boundary.DEFAULT_RTOL
 
     def __post_init__(self) -> None:
         for name in DIMS:
@@ -130,6 +132,8 @@ class Sweep:
             raise InputError(f"diverge_factor must be > 0, got {self.diverge_factor}")
         if self.dtype not in ("float32", "float64"):
             raise InputError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if not (math.isfinite(self.boundary_rtol) and 0 < self.boundary_rtol < 1):
+            raise InputError(f"boundary rtol must be in (0, 1), got {self.boundary_rtol}")
         if self.chunk_size < 0:
             raise InputError(f"chunk size must be >= 0 (0 = automatic), got {self.chunk_size}")
         for c in self.curves or ():
@@ -327,6 +331,7 @@ def _measured_boundary(
         np.asarray(sweep.lr),
         (by_cell >= outcome.DIVERGING).reshape(-1, by_cell.shape[-1]),
         breaks_at,
+        sweep.boundary_rtol,
     )
     return boundary.Boundary(*(a.reshape(cell_shape) for a in found))
 
@@ -386,7 +391,7 @@ def _dataset(
     data_vars["critical_lr"] = (
         cell_dims, critical.critical_lr,
         {"long_name": "smallest lr at which training overflows or diverges (measured by "
-         f"bisection to {boundary.DEFAULT_RTOL:g} relative; nan: none found)"},
+         f"bisection to {sweep.boundary_rtol:g} relative; nan: none found)"},
     )  # fmt: skip
     data_vars["non_monotone"] = (
         cell_dims, critical.non_monotone.astype(np.int8),

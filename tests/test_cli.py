@@ -155,6 +155,11 @@ BAD = [
     (["--tol", "-1"], "tol must be > 0"),
     (["--curve", "sgd:0.01"], "--curve takes"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--boundary-rtol", "0"], "boundary rtol must be in (0, 1)"),
+    (["explain", "--optimizer", "nope"], "unknown optimizer 'nope'"),
+    (["explain", "--lr", "0.01,0.1"], "explain takes one --lr and one --n"),
+    (["explain", "--n", "5", "--data", "x.csv"], "give --n"),
+    (["explain", "--optimizer-args", "beta_1=0.5"], "is not NAME=VALUE with NAME one of"),
     (["--lr", "1e-5:1:100000", "--n", "1:100000"], "split it into runs of at most"),
 ]
 
@@ -163,7 +168,8 @@ BAD = [
 def test_bad_input_is_one_line_and_exit_2(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    out = [] if argv[0] == "explain" else ["--out", str(tmp_path / "o")]
+    assert main([*argv, *out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
