@@ -1,0 +1,84 @@
+"""Make the site of ``asv publish`` work offline: ``python benchmarks/offline_site.py``.
+
+asv's page loads jQuery, flot, bootstrap and two small helpers from CDNs and shows only an
+"external dependencies failed" notice without them. This fetches the same versions from the npm
+registry (``npm pack``; stupidtable, which is not on npm, is replaced by a no-op so that tables
+are just not sortable), stores them under ``.asv/html/vendor/`` and points the page at them.
+Run it after ``asv publish``; ``asv preview`` then shows every graph with no internet access.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+HTML = Path(__file__).resolve().parents[1] / ".asv" / "html"
+STUB = "(function ($) { $.fn.stupidtable = function () { return this; }; })(jQuery);\n"
+
+
+def npm_source(url: str) -> tuple[str, str, str]:
+    """The npm package, version and file inside it that a CDN address serves."""
+    if m := re.fullmatch(r"https://code\.jquery\.com/jquery-([\d.]+)\.min\.js", url):
+        return "jquery", m[1], "dist/jquery.min.js"
+    if m := re.fullmatch(r"https://cdn\.jsdelivr\.net/npm/([\w.-]+)@([\d.]+)/(.+)", url):
+        return m[1], m[2], m[3]
+    if m := re.fullmatch(r"https://cdnjs\.cloudflare\.com/ajax/libs/([\w.-]+)/([\d.]+)/(.+)", url):
+        # flot's npm package has no minified files: take the plain ones.
+        return m[1], m[2], re.sub(r"\.min\.js$", ".js", m[3]) if m[1] == "flot" else m[3]
+    raise ValueError(f"no npm source known for {url}")
+
+
+def npm_file(package: str, version: str, path: str, cache: Path) -> bytes:
+    """One file of an npm package, fetched once with ``npm pack``."""
+    root = cache / f"{package}-{version}"
+    if not root.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                ["npm", "pack", f"{package}@{version}", "--pack-destination", tmp],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            (tarball,) = Path(tmp).glob("*.tgz")
+            with tarfile.open(tarball) as tar:
+                tar.extractall(tmp, filter="data")
+            shutil.copytree(Path(tmp) / "package", root)
+    return (root / path).read_bytes()
+
+
+def localize(html_dir: Path = HTML) -> list[str]:
+    """Rewrite ``index.html`` to vendored copies; returns the addresses it replaced."""
+    page = html_dir / "index.html"
+    text = page.read_text(encoding="utf-8")
+    vendor = html_dir / "vendor"
+    vendor.mkdir(exist_ok=True)
+    cache = Path(tempfile.gettempdir()) / "stability-map-asv-vendor"
+    cache.mkdir(exist_ok=True)
+    replaced = []
+    for tag in re.findall(r"<(?:script|link)\b[^>]*>", text):
+        url = re.search(r'(?:src|href)="(https://[^"]+\.(?:js|css))"', tag)
+        if not url:
+            continue
+        name = url[1].rsplit("/", 1)[-1]
+        if "stupidtable" in url[1]:
+            data = STUB.encode()
+        else:
+            data = npm_file(*npm_source(url[1]), cache)
+        (vendor / name).write_bytes(data)
+        local = re.sub(r'\s(?:integrity|crossorigin|referrerpolicy)="[^"]*"', "", tag)
+        text = text.replace(tag, local.replace(url[1], f"vendor/{name}"))
+        replaced.append(url[1])
+    page.write_text(text, encoding="utf-8")
+    return replaced
+
+
+if __name__ == "__main__":
+    if not (HTML / "index.html").exists():
+        sys.exit("error: no .asv/html/index.html: run `asv publish` first")
+    if shutil.which("npm") is None:
+        sys.exit("error: npm is needed to fetch asv's JavaScript libraries")
+    for url in localize():
+        print(f"vendored {url}")
