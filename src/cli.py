@@ -37,6 +37,7 @@ examples:
 EXAMPLES = """\
 examples:
   python -m src.stability_map explain --optimizer sgd --lr 0.01 --n 20   # one config, why
+  python -m src.stability_map --config reports/stability_map/sweep.toml --out again  # rerun
   python -m src.stability_map                         # the seed problem's default map
   python -m src.stability_map --optimizers sgd,adam --lr 1e-4:1:121 --n 1:32
   python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --shuffle
@@ -194,7 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default reports/stability_map)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="overwrite a map already in --out")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="SWEEP.toml",
+        help="read flags from a sweep file (every run writes one: <out>/sweep.toml); "
+        "flags on the command line override it",
+    )
     return p
+
+
+def parse_main_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The main job's flags: ``--config`` file values first, the command line over them."""
+    from src import sweep_file
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        flags = {
+            a.dest: isinstance(a, argparse._StoreTrueAction)
+            for a in parser._actions
+            if a.dest not in ("help", "config")
+        }
+        parser.set_defaults(**sweep_file.read(args.config, flags))
+        args = parser.parse_args(argv)
+    return args
 
 
 def _one_float(text: str, flag: str) -> float:
@@ -354,13 +380,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def map_job(argv: Sequence[str]) -> None:
     """The main job: run the sweep, write the report, print the findings."""
     started = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    args = parse_main_args(argv)
     sweep = sweep_from_args(args)
-    from src import report, store  # heavy imports after the input is known to be good
+    from src import report, store, sweep_file  # heavy imports once the input is known good
 
     out = store.prepare_output_dir(Path(args.out))
+    if (out / "stability_map.nc").exists() and not args.force:
+        raise InputError(
+            f"--out {out} already holds a stability map; pass --force to overwrite it "
+            "or choose another --out"
+        )
     ds, stats = _run_with_progress(sweep, quiet=args.quiet)
     summary, lines = report.publish(ds, stats, sweep.problem, out, started)
+    store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
     _print_summary(ds, stats, sweep, summary, lines, out)
 
 

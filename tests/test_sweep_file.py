@@ -1,0 +1,78 @@
+"""Sweep files: ``--config`` reads every flag; each run writes the resolved sweep, which
+reproduces the dataset bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from src.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.stability_map", "--quiet", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_rerun_from_the_written_sweep_file_is_identical(tmp_path: Path) -> None:
+    first, again = tmp_path / "first", tmp_path / "again"
+    proc = run_cli("--optimizers", "sgd,adam", "--lr", "1e-3:1e-1:7", "--n", "5,20,40",
+                   "--batch-size", "8,32", "--epochs", "40", "--seeds", "0,3", "--shuffle",
+                   "--out", str(first))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = (first / "sweep.toml").read_text()
+    assert "shuffle = true" in text and "seeds = [0, 3]" in text and "[meta]" in text
+    proc = run_cli("--config", str(first / "sweep.toml"), "--out", str(again))
+    assert proc.returncode == 0, proc.stderr
+    with (
+        xr.open_dataset(first / "stability_map.nc") as a,
+        xr.open_dataset(again / "stability_map.nc") as b,
+    ):
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('optimizers = ["sgd"]\nlr = [0.01]\nn = [10, 20]\nepochs = 30\n')
+    assert main(["--config", str(cfg), "--n", "20", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    with xr.open_dataset(tmp_path / "o" / "stability_map.nc") as ds:
+        assert list(ds.n.values) == [20] and list(ds.epochs.values) == [30]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("optimisers = ['sgd']\n", "unknown key 'optimisers'"),
+        ("epochs = [0]\n", "--epochs must be >= 1"),
+        ("n = 'abc'\n", "--n must be numbers"),
+        ("shuffle = 'yes'\n", "shuffle must be true or false"),
+        ("lr = true\n", "lr must be a number"),
+        ("lr = [0.01\n", "not valid TOML"),
+    ],
+)
+def test_bad_sweep_files_name_the_key(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(content)
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_existing_outputs_need_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--optimizers", "sgd", "--lr", "0.01", "--n", "5", "--epochs", "5", "--quiet",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "pass --force to overwrite" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
