@@ -303,20 +303,23 @@ heatmaps.</p>
 
 
 def summary_record(
-    ds: xr.Dataset, stats: RunStats, found: dict[str, object], wall_seconds: float
+    ds: xr.Dataset, stats: RunStats | None, found: dict[str, object], wall_seconds: float
 ) -> dict[str, object]:
-    """The content of ``summary.json``: versions, devices, sizes, timings and findings."""
-    return {
-        "versions": versions(),
+    """The content of ``summary.json``: versions, devices, sizes, timings and findings
+    (no run figures when the report is rendered from a saved dataset, ``stats=None``)."""
+    run = {} if stats is None else {
         "devices": list(stats.devices),
-        "grid": {d: int(ds.sizes[d]) for d in ds.status.dims},
-        "n_configs": stats.n_configs,
-        "config_epochs": stats.config_epochs,
         "compiled_programs": stats.programs,
         "wall_seconds": round(wall_seconds, 3),
         "compute_seconds": round(stats.compute_seconds, 3),
         "compile_seconds": round(stats.compile_seconds, 3),
         "config_epochs_per_second": stats.config_epochs_per_second,
+    }  # fmt: skip
+    return {
+        "versions": versions(),
+        **run,
+        "grid": {d: int(ds.sizes[d]) for d in ds.status.dims},
+        "n_configs": int(ds.status.size),
         "problem": ds.attrs["problem"],
         "dtype": ds.attrs["dtype"],
         "shuffle": bool(ds.attrs["shuffle"]),
@@ -344,7 +347,7 @@ def versions() -> dict[str, str]:
 
 
 def publish(
-    ds: xr.Dataset, stats: RunStats, problem: Problem, out: Path, started: float
+    ds: xr.Dataset, stats: RunStats | None, problem: Problem, out: Path, started: float
 ) -> tuple[dict[str, object], list[str]]:
     """Write every output of a run into ``out``; returns the summary and its text lines."""
     store.write_netcdf(out / "stability_map.nc", ds)

@@ -1,16 +1,48 @@
-"""The main job: ``python -m src.stability_map`` maps where training is stable.
+"""The main job, and the Python API: build a sweep, run it, get an ``xarray.Dataset``.
 
-With no arguments it runs the seed problem's default map (six Keras optimizers x 81 learning
-rates from 1e-5 to 1 x N = 1..64, 500 epochs) and writes ``reports/stability_map/``. From Python:
+``python -m src.stability_map`` with no arguments runs the seed problem's default map (six
+Keras optimizers x 81 learning rates from 1e-5 to 1 x N = 1..64, 500 epochs) and writes
+``reports/stability_map/``. From Python (a notebook, say)::
 
-    from src.stability_map import Sweep, run
-    ds, stats = run(Sweep(optimizer=("sgd", "adam"), n=(10, 20)))
+    from src.stability_map import Sweep, load, render, run
+
+    ds, stats = run(Sweep(optimizer=("sgd", "adam"), n=(10, 20)))   # the map, in memory
+    render(ds, "reports/mine")                                       # the report, on disk
+    ds = load("reports/mine")                                        # and back
 """
 
-from src.cli import main
-from src.sweep import Curve, RunStats, Sweep, run
+from __future__ import annotations
 
-__all__ = ["Curve", "RunStats", "Sweep", "main", "run"]
+import time
+from pathlib import Path
+
+import xarray as xr
+
+from src.cli import main
+from src.errors import InputError
+from src.sweep import Curve, RunStats, Sweep, problem_of, run
+
+__all__ = ["Curve", "RunStats", "Sweep", "load", "main", "render", "run"]
+
+
+def load(path: str | Path) -> xr.Dataset:
+    """A saved map: a run's output folder or its ``stability_map.nc``, loaded into memory."""
+    path = Path(path)
+    file = path / "stability_map.nc" if path.is_dir() else path
+    if not file.exists():
+        raise InputError(f"no stability map at {file}")
+    return xr.load_dataset(file)
+
+
+def render(ds: xr.Dataset, out: str | Path) -> Path:
+    """Write the full report of a map (netCDF, PNGs, ``index.html``, ``summary.json``) into
+    ``out``; returns the page's path."""
+    from src import report, store
+
+    folder = store.prepare_output_dir(Path(out))
+    report.publish(ds, None, problem_of(ds), folder, time.perf_counter())
+    return folder / "index.html"
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

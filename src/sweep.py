@@ -203,6 +203,18 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def problem_of(ds: xr.Dataset) -> Problem:
+    """The :class:`~src.problem.Problem` a saved map was computed on (from its attributes)."""
+    a = ds.attrs
+    return Problem(
+        slope=float(a["problem_slope"]),
+        intercept=float(a["problem_intercept"]),
+        x_start=float(a["problem_x_start"]),
+        x_step=float(a["problem_x_step"]),
+        standardize=bool(a["problem_standardize"]),
+    )
+
+
 def _check_all(values: Sequence[float], ok: Callable[[float], bool], what: str, rule: str) -> None:
     for v in values:
         if not ok(v):
