@@ -9,10 +9,7 @@ marked. ``index.html`` inlines every picture, so it opens from disk with no netw
 
 from __future__ import annotations
 
-import base64
-import html
 import io
-import json
 import math
 import platform
 import time
@@ -29,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from src import findings, outcome, store
+from src import findings, outcome, page, store
 from src.problem import Problem
 from src.sweep import SEED_LR, RunStats
 
@@ -219,89 +216,6 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
     return fig
 
 
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def index_html(
-    ds: xr.Dataset,
-    summary: dict[str, object],
-    lines: Sequence[str],
-    table: Sequence[str],
-    critical: Sequence[str],
-    pngs: dict[str, bytes],
-) -> str:
-    """The self-contained report page."""
-    optimizers = [str(o) for o in ds.optimizer.values]
-    esc = html.escape
-    dtype = esc(str(ds.attrs["dtype"]))
-    meta = {k: summary[k] for k in summary if k not in ("findings",)}
-    status_rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{esc(text)}</td></tr>"
-        for name, text in (
-            (
-                "overflow",
-                "a loss or weight became inf/nan at some epoch (first such epoch recorded)",
-            ),
-            ("converged", f"final loss <= tol x mean(y^2), tol = {ds.attrs['tol']:g}"),
-            (
-                "diverging",
-                f"finite, but final loss > {ds.attrs['diverge_factor']:g} x initial loss",
-            ),
-            ("slow", "everything else: finite, no worse than at the start, not yet converged"),
-        )
-    )
-    heatmaps = "".join(
-        f"<figure>{_img(pngs[f'heatmap_{n}.png'], f'heatmap {n}')}</figure>" for n in optimizers
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Stability map</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-        color: #222; line-height: 1.45; }}
-pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 13px;
-      white-space: pre-wrap; }}
-img {{ max-width: 100%; }}
-figure {{ display: inline-block; margin: .5em; max-width: 48%; vertical-align: top; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .2em .6em; }}
-</style></head><body>
-<h1>Where is training stable?</h1>
-<p>Keras <code>Sequential([Dense(1)])</code> trained with MSE by <code>model.fit</code> on
-{esc(str(ds.attrs["problem"]))}. With <code>optimizer="sgd"</code> (lr 0.01) the loss grows
-every epoch for N = 20 and converges for N = 10: the learning rate is above the stability limit of
-gradient descent on this quadratic loss, a limit that shrinks as N grows. This map shows that
-limit for {len(optimizers)} optimizers, {ds.sizes["lr"]} learning rates and {ds.sizes["n"]}
-dataset sizes, simulated with a vectorized JAX replica of Keras's training loop ({dtype}).</p>
-<h2>Findings</h2>
-<pre>{esc(chr(10).join(lines))}</pre>
-<h2>The map</h2>
-{_img(pngs["heatmaps.png"], "overview of all heatmaps")}
-<p>Colour: log10 of the final training loss where the run stayed finite and did not diverge;
-vermillion: overflow; purple: diverging.</p>
-{heatmaps}
-<h2>Loss curves</h2>
-{_img(pngs["loss_curves.png"], "loss curves")}
-<h2>Critical learning rate: measured and closed form</h2>
-{_img(pngs["critical_lr.png"], "critical learning rate against N")}
-<p>Measured: the smallest lr at which the run overflows or diverges, bisected from the grid to
-0.1%. Closed form (SGD, momentum, Nesterov): 2 c(mu) / lambda_max for a full batch, the first lr
-at which the epoch map's spectral radius exceeds 1 for minibatches in a fixed order; dashed on the
-heatmaps.</p>
-<pre>{esc(chr(10).join(critical) or "no optimizer with a closed form in this map")}</pre>
-<h2>Largest stable learning rate on the grid</h2>
-<pre>{esc(chr(10).join(table))}</pre>
-<h2>How each run is classified</h2>
-<table>{status_rows}</table>
-<h2>Run</h2>
-<pre>{esc(json.dumps(meta, indent=2))}</pre>
-<p>Data: <code>stability_map.nc</code> (xarray / netCDF, dims {esc(", ".join(ds.status.dims))}),
-<code>summary.json</code>.</p>
-</body></html>
-"""
-
-
 def summary_record(
     ds: xr.Dataset, stats: RunStats | None, found: dict[str, object], wall_seconds: float
 ) -> dict[str, object]:
@@ -359,7 +273,9 @@ def publish(
     pngs = write_figures(ds, out)
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
     critical = findings.critical_lr_table(found, optimizers, findings.shown_ns(ns))
-    page = index_html(ds, summary, lines, table, critical, pngs)
-    store.write_text(out / "index.html", page)
+    limits = loss_colour_limits(ds)
+    store.write_text(
+        out / "index.html", page.index_html(ds, summary, lines, table, critical, pngs, limits)
+    )
     store.write_json(out / "summary.json", summary)
     return summary, lines
