@@ -23,7 +23,9 @@ import numpy as np
 import xarray as xr
 
 from src import outcome
+from src.findings import SEED_N, SEED_STABLE_N
 from src.problem import QUERY_X
+from src.sweep import SEED_LR
 
 MAX_CELLS = 200_000
 """Displayed cells (optimizers x lr x N x slices) above which lr and N are thinned."""
@@ -70,6 +72,9 @@ def page_data(ds: xr.Dataset, limits: tuple[float, float]) -> dict[str, object]:
         "limits": list(limits),
         "cmap": [mpl.colors.to_hex(cmap(t)) for t in np.linspace(0, 1, 32)],
         "query_x": QUERY_X,
+        "marks": [[SEED_LR, n] for n in (SEED_N, SEED_STABLE_N) if n in view.n.values]
+        if np.any(np.isclose(view.lr.values, SEED_LR))
+        else [],
         "stride": k,
         "full_shape": {d: int(ds.sizes[d]) for d in ("lr", "n")},
         "slices": slices,
@@ -126,7 +131,8 @@ sizes, simulated with a vectorized JAX replica of Keras's training loop
 <h2>The map</h2>
 <p>Hover a cell for its configuration and results. Colour: log10 of the final loss (runs that
 stayed finite and did not diverge); <span class="sw" style="background:#D55E00"></span> overflow;
-<span class="sw" style="background:#CC79A7"></span> diverging; dashed: closed-form critical lr.
+<span class="sw" style="background:#CC79A7"></span> diverging; dashed: closed-form critical lr; white dots: the seed, lr 0.01 at N = 20 (large) and
+N = 10.
 Static PNGs of every map are saved beside this page.</p>
 <div id="controls"></div>{note}
 <div id="maps"></div>
@@ -214,6 +220,11 @@ function draw(canvas, o) {
   }
   g.strokeStyle = "#fff"; g.lineWidth = 3; g.stroke(); g.strokeStyle = "#000"; g.lineWidth = 1.3; g.stroke();
   g.setLineDash([]);
+  for (const [lr, n] of D.marks) {  // the seed: lr 0.01 at N = 20 (larger) and N = 10
+    const j = D.n.indexOf(n), y = cellY(j) + (H - B - T) / nN / 2;
+    g.beginPath(); g.arc(lrX(lr), y, n === D.marks[0][1] ? 5 : 3.5, 0, 2 * Math.PI);
+    g.fillStyle = "#fff"; g.fill(); g.strokeStyle = "#000"; g.lineWidth = 1; g.stroke();
+  }
   g.fillStyle = "#222"; g.font = "11px sans-serif"; g.textAlign = "center";
   for (let e = Math.ceil(Math.log10(D.lr[0])); e <= Math.floor(Math.log10(D.lr[nLr - 1])); e++) {
     const x = lrX(Math.pow(10, e));
