@@ -71,3 +71,27 @@ def test_page_renders_and_answers_hover(report: Path) -> None:
         assert not tip.is_visible()
         browser.close()
     assert not errors, errors
+
+
+def test_large_grids_are_thinned_for_display_with_a_note(
+    report: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import re
+
+    from src import page
+    from src.stability_map import load
+
+    ds = load(report.parent)
+    monkeypatch.setattr(page, "MAX_CELLS", 1000)
+    html = page.index_html(ds, {}, [], [], [], {"loss_curves.png": b"", "critical_lr.png": b""},
+                           (-8.0, 2.0))  # fmt: skip
+    data = json.loads(
+        re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)[1]
+    )
+    assert (
+        data["stride"] > 1 and len(data["lr"]) < ds.sizes["lr"] and len(data["n"]) < ds.sizes["n"]
+    )
+    assert "is shown with every" in html and "holds every cell" in html
+    shown = len(data["optimizers"]) * len(data["lr"]) * len(data["n"]) * len(data["slices"])
+    assert shown <= 1000
