@@ -128,7 +128,8 @@ def test_summary_json(small_run: tuple[Path, str]) -> None:
 def test_index_html_is_self_contained(small_run: tuple[Path, str]) -> None:
     out, _ = small_run
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 5
+    assert page.count("data:image/png;base64,") >= 2  # loss curves, critical lr
+    assert '<script type="application/json" id="data">' in page  # the heatmaps' data, inline
     assert "http://" not in page and "https://" not in page and "<script src" not in page
 
 
