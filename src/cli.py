@@ -425,4 +425,6 @@ def _run_with_progress(sweep: Sweep, quiet: bool):  # noqa: ANN202
     with tqdm(
         total=sweep.n_configs, unit="config", file=sys.stderr, desc="simulating", dynamic_ncols=True
     ) as bar:
-        return run(sweep, progress=bar.update)
+        result = run(sweep, progress=bar.update, stage=bar.set_description)
+    print("writing the report ...", file=sys.stderr)
+    return result

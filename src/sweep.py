@@ -228,16 +228,23 @@ def _families(names: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def run(sweep: Sweep, progress: Callable[[int], None] | None = None) -> tuple[xr.Dataset, RunStats]:
+def run(
+    sweep: Sweep,
+    progress: Callable[[int], None] | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> tuple[xr.Dataset, RunStats]:
     """Simulate every configuration of ``sweep``; returns the labelled map and run statistics.
 
-    ``progress(k)`` is called after every chunk with the number of configs it finished.
+    ``progress(k)`` is called after every chunk of the map with the number of configs it
+    finished; ``stage(text)`` names each later phase (loss curves, boundary search).
     """
     with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(sweep, progress)
+        return _run(sweep, progress, stage or (lambda _: None))
 
 
-def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Dataset, RunStats]:
+def _run(
+    sweep: Sweep, progress: Callable[[int], None] | None, stage: Callable[[str], None]
+) -> tuple[xr.Dataset, RunStats]:
     wall0 = time.perf_counter()
     curves = sweep.resolved_curves
     sizes = sorted(set(sweep.n) | {c.n for c in curves})
@@ -266,6 +273,7 @@ def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Datas
             results[k][block] = v.reshape((len(names), *sweep.shape[1:]))
     status = _classify(sweep, results, table, rows)
 
+    stage("loss curves")
     histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
     for names in _families([c.optimizer for c in curves]).values():
         members = [i for i, c in enumerate(curves) if c.optimizer in names]
@@ -279,6 +287,7 @@ def _run(sweep: Sweep, progress: Callable[[int], None] | None) -> tuple[xr.Datas
         _, losses = sim.run(family, flat, history=True)
         histories[members] = losses[:, : histories.shape[1]]
 
+    stage("bisecting critical lr")
     critical = _measured_boundary(sweep, status, sim, shapes, table, rows)
     ds = _dataset(sweep, results, status, critical, curves, histories, table, rows)
     stats = RunStats(
