@@ -12,6 +12,7 @@ Modules, one concept each:
 * :mod:`src.sweep` -- a sweep specification and running it into an ``xarray.Dataset``.
 * :mod:`src.explain` -- the plain-words diagnosis of one configuration.
 * :mod:`src.keras_reference` -- the same configuration in real Keras ``model.fit``.
+* :mod:`src.validation` -- a map's configurations re-run in Keras and compared (``--validate``).
 * :mod:`src.findings` -- the headline answers read off a finished map.
 * :mod:`src.report` -- heatmaps, loss curves and the self-contained ``index.html``.
 * :mod:`src.store` -- atomic output files.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from src import findings, optimizers, outcome
+from src import findings, optimizers, outcome, validation
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.problem import Problem, read_xy_csv
@@ -42,6 +42,7 @@ examples:
   python -m src.stability_map --optimizers sgd,adam --lr 1e-4:1:121 --n 1:32
   python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --shuffle
   python -m src.stability_map --standardize --out reports/standardized
+  python -m src.stability_map --optimizers sgd --sweep momentum=0,0.5,0.9,0.99 --n 1:32
 """
 
 
@@ -190,6 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative precision of the measured critical lr per cell (default 0.001)",
     )
     p.add_argument(
+        "--sweep",
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2,...",
+        help="sweep an optimizer hyperparameter (or base option such as clipnorm) as one more "
+        "axis of the map, e.g. momentum=0,0.5,0.9 (repeatable; optimizers without it are run "
+        "once and repeated along the axis)",
+    )
+    p.add_argument(
+        "--optimizer-args",
+        default="",
+        metavar="K=V,...",
+        help="fixed hyperparameters for every optimizer that has them, e.g. beta_1=0.8 or "
+        "clipnorm=1 (default: Keras's)",
+    )
+    p.add_argument(
+        "--validate",
+        default=None,
+        metavar="K",
+        help="re-run K configurations of the map in real Keras (TensorFlow) and compare "
+        f"(default {validation.DEFAULT_COUNT} when TensorFlow is installed; 0: off)",
+    )
+    p.add_argument(
         "--out",
         default="reports/stability_map",
         help="output directory (default reports/stability_map)",
@@ -219,7 +243,11 @@ def parse_main_args(argv: Sequence[str]) -> argparse.Namespace:
             if a.dest not in ("help", "config")
         }
         parser.set_defaults(**sweep_file.read(args.config, flags))
+        given = args
         args = parser.parse_args(argv)
+        for a in parser._actions:  # a repeatable flag on the command line replaces the file's
+            if isinstance(a, argparse._AppendAction) and getattr(given, a.dest) is not None:
+                setattr(args, a.dest, getattr(given, a.dest))
     return args
 
 
@@ -253,7 +281,40 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
         chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
         boundary_rtol=_one_float(args.boundary_rtol, "--boundary-rtol"),
+        hyperparameters=tuple(parse_sweep_axis(t) for t in args.sweep or ()),
+        optimizer_args=tuple(_key_values(args.optimizer_args, "--optimizer-args").items()),
     )
+
+
+def parse_sweep_axis(text: str) -> tuple[str, tuple[float, ...]]:
+    """``"momentum=0,0.5,0.9"`` -> ``("momentum", (0.0, 0.5, 0.9))`` (names checked by Sweep)."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise InputError(f"--sweep takes NAME=V1,V2,..., got {text!r}")
+    parsed = _floats(values, f"--sweep {name}")
+    if any(math.isnan(v) for v in parsed):
+        raise InputError(f"--sweep {name}: values must be numbers, got {values!r}")
+    if len(set(parsed)) != len(parsed):
+        raise InputError(f"--sweep {name} has repeated values: {values!r}")
+    return name, tuple(parsed)
+
+
+def _key_values(text: str, flag: str) -> dict[str, float]:
+    """``"K=V,K2=V2"`` -> a dict of numbers (``inf`` allowed: clipnorm's "off")."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"{flag}: {item!r} is not NAME=VALUE")
+        if key in out:
+            raise InputError(f"{flag}: {key} is given twice")
+        values = _floats(value, f"{flag} {key}")
+        if len(values) != 1 or math.isnan(values[0]):
+            raise InputError(f"{flag} {key} must be one number, got {value!r}")
+        out[key] = values[0]
+    return out
 
 
 def build_explain_parser() -> argparse.ArgumentParser:
@@ -382,6 +443,7 @@ def map_job(argv: Sequence[str]) -> None:
     started = time.perf_counter()
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
+    checks = _validation_count(args.validate)
     from src import report, store, sweep_file  # heavy imports once the input is known good
 
     out = store.prepare_output_dir(Path(args.out))
@@ -391,9 +453,31 @@ def map_job(argv: Sequence[str]) -> None:
             "or choose another --out"
         )
     ds, stats = _run_with_progress(sweep, quiet=args.quiet)
-    summary, lines = report.publish(ds, stats, sweep.problem, out, started)
+    checked = _validate_with_progress(ds, checks, quiet=args.quiet)
+    if not args.quiet:
+        print("writing the report ...", file=sys.stderr)
+    summary, lines = report.publish(ds, stats, sweep.problem, out, started, validation=checked)
     store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
     _print_summary(ds, stats, sweep, summary, lines, out)
+    print(validation.headline(checked))
+
+
+def _validation_count(text: str | None) -> int:
+    return validation.DEFAULT_COUNT if text is None else validation.parse_count(text)
+
+
+def _validate_with_progress(ds: xr.Dataset, count: int, quiet: bool) -> dict:
+    """The Keras check of the map (:func:`src.validation.validate`), with a progress bar."""
+    started = time.perf_counter()
+    if quiet or validation.not_run(ds, count) is not None:
+        return validation.validate(ds, count, started=started)
+    from tqdm import tqdm
+
+    total = min(count, ds.status.size)
+    with tqdm(
+        total=total, unit="config", file=sys.stderr, desc="checking in Keras", dynamic_ncols=True
+    ) as bar:
+        return validation.validate(ds, count, progress=bar.update, started=started)
 
 
 def _print_summary(
@@ -425,6 +509,4 @@ def _run_with_progress(sweep: Sweep, quiet: bool):  # noqa: ANN202
     with tqdm(
         total=sweep.n_configs, unit="config", file=sys.stderr, desc="simulating", dynamic_ncols=True
     ) as bar:
-        result = run(sweep, progress=bar.update, stage=bar.set_description)
-    print("writing the report ...", file=sys.stderr)
-    return result
+        return run(sweep, progress=bar.update, stage=bar.set_description)

@@ -60,6 +60,13 @@ class Params(NamedTuple):
     b: Array
 
 
+KERAS_SHAPES = Params(
+    w=jax.ShapeDtypeStruct((1, 1), jnp.float32), b=jax.ShapeDtypeStruct((1,), jnp.float32)
+)
+"""Shapes of ``Dense(1)``'s kernel and bias in Keras: optimizers take their steps on these
+(Adafactor factors and Muon orthogonalises 2-D variables)."""
+
+
 class Configs(NamedTuple):
     """A chunk of configurations, one entry per config along the leading axis.
 
@@ -225,7 +232,7 @@ def simulate_one(
     threshold = tol * data.loss_scale[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
     shuffle_key = _keys(cfg.seed)[1]
-    opt = family.transformation(cfg.learning_rate, cfg.hyperparameters)
+    opt = family.transformation(cfg.learning_rate, cfg.hyperparameters, KERAS_SHAPES)
     n_float = cfg.n.astype(dtype)
 
     def epoch_batches(epoch: Array) -> tuple[Array, Array, Array]:
@@ -288,20 +295,21 @@ def simulate_one(
         recent=jnp.full((GROWTH_WINDOW + 1,), jnp.nan, dtype),
         recent_count=jnp.array(0, jnp.int32),
     )
-    (params, _, tr), losses = jax.lax.scan(
+    (params, opt_state, tr), losses = jax.lax.scan(
         run_epoch,
         (params, opt.init(params), tracker),
         jnp.arange(shapes.epochs, dtype=jnp.int32),
     )
+    weights = family.final_weights(cfg.hyperparameters, params, opt_state)
     summary = Summary(
         initial_loss=tr.initial_loss,
         final_loss=tr.final_loss,
         first_nonfinite_epoch=tr.first_nonfinite,
         first_converged_epoch=tr.first_converged,
         growth_rate=_growth_rate(tr.recent, jnp.minimum(tr.recent_count, GROWTH_WINDOW + 1)),
-        final_w=params.w,
-        final_b=params.b,
-        prediction=params.w * data.x_query[cfg.data_row] + params.b,
+        final_w=weights.w,
+        final_b=weights.b,
+        prediction=weights.w * data.x_query[cfg.data_row] + weights.b,
     )
     return summary, losses
 

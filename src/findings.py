@@ -1,30 +1,39 @@
 """The headline answers read off a finished stability map.
 
-Everything here reads the map's *reference slice*: the first batch size and seed and the
-largest epoch count of the sweep (batch 32, seed 0, 500 epochs by default). The findings answer
+Everything here reads the map's *reference slice*: the first batch size and seed, the
+largest epoch count of the sweep (batch 32, seed 0, 500 epochs by default) and the first value
+of every swept hyperparameter. The findings answer
 the seed's question -- which N blow up at lr 0.01 with SGD, does Adam, and why -- and list the
 largest stable learning rate seen for every N.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import xarray as xr
 
-from src import outcome, theory
+from src import optimizers, outcome, theory
 from src.problem import Problem
-from src.sweep import SEED_LR
+from src.sweep import DIMS, SEED_LR
 
 SEED_N, SEED_STABLE_N = 20, 10
 """The seed's two dataset sizes: N = 20 overflows at lr 0.01 and N = 10 converges."""
 
 
+def extra_dims(ds: xr.Dataset) -> list[str]:
+    """The map's dimensions beyond the base ones: its swept hyperparameters."""
+    return [str(d) for d in ds.status.dims if d not in DIMS]
+
+
 def reference_slice(ds: xr.Dataset) -> xr.Dataset:
-    """The map at the first batch size and seed and the largest epoch count."""
-    return ds.isel(batch_size=0, seed=0).sel(epochs=ds.epochs.max())
+    """The map at the first batch size and seed, the largest epoch count and the first value
+    of every swept hyperparameter."""
+    first = {d: 0 for d in ("batch_size", "seed", *extra_dims(ds))}
+    return ds.isel(first).sel(epochs=ds.epochs.max())
 
 
 def compress(values: Iterable[int]) -> str:
@@ -70,6 +79,8 @@ def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
     ref = reference_slice(ds)
     if "sgd" not in ref.optimizer.values or SEED_N not in ref.n.values:
         return None
+    if _sgd_settings(ds, ref) != {**optimizers.BASE_OPTIONS, **optimizers.get("sgd").defaults}:
+        return None  # the reference slice's "sgd" is not Keras's plain SGD
     lr = nearest_lr(ds, SEED_LR)
     if not math.isclose(lr, SEED_LR, rel_tol=1e-9):
         return None
@@ -96,6 +107,18 @@ def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
     }
 
 
+def _sgd_settings(ds: xr.Dataset, ref: xr.Dataset) -> dict[str, float]:
+    """The hyperparameters (base options included) "sgd" ran with in the reference slice."""
+    applies = json.loads(ds.attrs.get("hyperparameters_apply_to", "{}"))
+    settings = {**optimizers.BASE_OPTIONS, **optimizers.get("sgd").defaults}
+    chosen = {
+        **json.loads(ds.attrs.get("optimizer_args", "{}")),
+        **{d: float(ref[d].item()) for d in extra_dims(ds)},
+    }
+    settings.update({h: v for h, v in chosen.items() if "sgd" in applies.get(h, ())})
+    return settings
+
+
 def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
     """All findings as a JSON-ready dict (non-finite numbers become ``None``)."""
     ref = reference_slice(ds)
@@ -106,11 +129,13 @@ def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
             "batch_size": int(ref.batch_size.item()),
             "seed": int(ref.seed.item()),
             "epochs": int(ref.epochs.item()),
+            **{d: float(ref[d].item()) for d in extra_dims(ds)},
         },
         "status_fraction": {
             name: float(c) / ds.status.size
             for name, c in zip(outcome.STATUSES, counts, strict=True)
         },
+        "optimizer_args": json.loads(ds.attrs.get("optimizer_args", "{}")),
         "seed_lr": lr,
         "statuses_at_seed_lr": {
             str(o): statuses_by_n(ref, str(o), lr) for o in ref.optimizer.values
@@ -144,7 +169,21 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
     """The findings in words, one line each (the main job's stdout)."""
     lr = findings["seed_lr"]
     by_opt: dict[str, dict[str, list[int]]] = findings["statuses_at_seed_lr"]  # type: ignore[assignment]
+    ref: dict[str, float] = findings["reference_slice"]  # type: ignore[assignment]
+    swept = {k: v for k, v in ref.items() if k not in DIMS}
     lines = [
+        "Findings and tables read the first value of each swept hyperparameter: "
+        + ", ".join(f"{k} = {v:g}" for k, v in swept.items())
+        + " (where an optimizer has it; every value is in stability_map.nc)."
+    ] if swept else []  # fmt: skip
+    fixed: dict[str, float] = findings.get("optimizer_args") or {}  # type: ignore[assignment]
+    if fixed:
+        lines.append(
+            "Fixed optimizer arguments (where an optimizer has them): "
+            + ", ".join(f"{k} = {v:g}" for k, v in fixed.items())
+            + "."
+        )
+    lines += [
         f"At lr {lr:g}"
         + (" (the seed's)" if math.isclose(lr, SEED_LR) else " (nearest to 0.01)")
         + ":"

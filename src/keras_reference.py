@@ -9,6 +9,7 @@ the package works without it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -32,12 +33,11 @@ class KerasRun(NamedTuple):
 
 
 def available() -> bool:
-    """Whether TensorFlow (and so Keras's TensorFlow backend) can be imported."""
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether TensorFlow (and so Keras's TensorFlow backend) is installed.
+
+    Looks the package up without importing it: the import alone takes seconds, and the
+    main job runs Keras in worker processes."""
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _keras():  # noqa: ANN202
@@ -67,10 +67,8 @@ def fit(
     """Train one configuration in Keras, from the given initial weights."""
     keras = _keras()
     spec = opt.get(optimizer)
-    cls, kwargs = spec.keras
-    args = {**kwargs}
-    for k, v in (hyperparameters or {}).items():
-        args[k] = bool(v) if k == "nesterov" else float(v)
+    cls = spec.keras[0]
+    args = spec.keras_kwargs(hyperparameters or {})
     model = keras.Sequential([keras.Input(shape=(1,)), keras.layers.Dense(1)])
     model.compile(
         optimizer=getattr(keras.optimizers, cls)(learning_rate=lr, **args),

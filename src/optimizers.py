@@ -1,19 +1,15 @@
-"""Keras 3 optimizers as optax gradient transformations with array hyperparameters.
+"""The Keras 3 optimizers of the map: names, defaults, and how the engine builds them.
 
-Every optimizer here is an optax ``(init, update)`` pair whose hyperparameters are plain
-arguments, so a whole vector of learning rates, momenta, ... can be ``vmap``-ed through one
-compiled program. Defaults are Keras 3's (``keras/src/optimizers/*.py``, checked against
-keras 3.15); ``t`` counts steps from 1 and every slot starts at zero unless said otherwise.
-
-Stock optax is used where it computes Keras's update to float32 precision
-(``optax.adagrad``). SGD with momentum, Adam and RMSprop have transformations of their own:
-optax puts the learning rate outside the momentum trace, adds Adam's epsilon after the bias
-correction, and forms RMSprop's ``1 - rho`` from the float32 ``rho``, none of which Keras does
-(../shared/reference/keras-semantics.md; the sizes are measured in the README).
+Every Keras optimizer class is here under its ``model.compile`` name (plus ``momentum`` and
+``nesterov``, two common ``SGD`` settings), with Keras 3's defaults (keras/src/optimizers,
+checked against keras 3.15 by the tests) and its update step as an optax transformation from
+:mod:`src.keras_optax`. Keras's base-optimizer options (``clipnorm``, ``global_clipnorm``,
+``clipvalue``, ``weight_decay``, ``use_ema``, ``ema_momentum``) are accepted by every one.
 
 Optimizers that share update equations share a *family* (``sgd``, ``momentum`` and ``nesterov``
-are one family differing in two hyperparameters), and the engine compiles one program per
-family, not per name.
+are one family differing in two hyperparameters; ``adamw`` is ``adam`` with weight decay), and
+the engine compiles one program per family, not per name. Every hyperparameter is an array
+argument, so any of them can be swept within one program.
 """
 
 from __future__ import annotations
@@ -21,225 +17,42 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from src import keras_optax as kx
 from src.errors import InputError
 
 Array = jax.Array
 
+BASE_OPTIONS: dict[str, float] = {
+    "clipnorm": math.inf,
+    "global_clipnorm": math.inf,
+    "clipvalue": math.inf,
+    "weight_decay": 0.0,
+    "use_ema": 0.0,
+    "ema_momentum": 0.99,
+}
+"""Keras base-optimizer options every optimizer accepts, with their "off" value (Keras's None,
+or False; ``ema_momentum`` is Keras's default)."""
 
-def _leafwise(
-    fn: Callable[..., tuple[Array, ...]], grads: optax.Updates, *slots: optax.Updates
-) -> tuple[optax.Updates, ...]:
-    """Apply ``fn(g, *slot_leaves) -> (step, *new_slot_leaves)`` leaf by leaf; one tree each."""
-    out = jax.tree.map(fn, grads, *slots)
-    return tuple(jax.tree.map(lambda _, t, i=i: t[i], grads, out) for i in range(1 + len(slots)))
+_BASE_ARGUMENTS = (*BASE_OPTIONS, "inverse_global_clipnorm", "adam_weight_decay")
+"""Builder arguments consumed by :func:`~src.keras_optax.keras_base`, not by the step."""
 
-
-def keras_clip_by_norm(clipnorm: Array | float) -> optax.GradientTransformation:
-    """Keras's ``clipnorm`` base option: each variable's gradient is rescaled to norm <= c.
-
-        g <- g c / max(||g||, c),   ||g|| = sqrt(sum g^2)
-
-    (``keras.src.optimizers.base_optimizer.clip_by_norm``, written the same way so that an
-    overflowing ``g^2`` behaves as in Keras). ``clipnorm = inf`` means off (Keras's None).
-    """
-
-    def update(
-        grads: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.EmptyState]:
-        del params
-
-        def leaf(g: Array) -> Array:
-            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
-            return jnp.where(jnp.isfinite(clipnorm), g * clipnorm / jnp.maximum(norm, clipnorm), g)
-
-        return jax.tree.map(leaf, grads), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-class KerasSGDState(NamedTuple):
-    """The momentum slot ``m`` (unused, and left at zero, when ``momentum == 0``)."""
-
-    momentum: optax.Updates
-
-
-def keras_sgd(
-    learning_rate: Array | float,
-    momentum: Array | float = 0.0,
-    nesterov: Array | float = 0.0,
-) -> optax.GradientTransformation:
-    """Keras ``SGD``: plain, heavy-ball or Nesterov, in Keras's form.
-
-    With ``momentum == 0``:  ``var <- var - lr g``.
-    Otherwise:               ``m <- momentum m - lr g``, then
-                             ``var <- var + m``                       (heavy ball), or
-                             ``var <- var + momentum m - lr g``        (``nesterov != 0``).
-
-    Keras keeps the learning rate inside the trace (optax.sgd scales the trace ``g + mu m``
-    afterwards); the two agree in exact arithmetic but not to the last bit. Defaults
-    (Keras): learning_rate 0.01, momentum 0, nesterov False.
-    """
-
-    def init(params: optax.Params) -> KerasSGDState:
-        return KerasSGDState(jax.tree.map(jnp.zeros_like, params))
-
-    def update(
-        grads: optax.Updates, state: KerasSGDState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, KerasSGDState]:
-        del params
-        uses_momentum = momentum != 0
-
-        def leaf(g: Array, m: Array) -> tuple[Array, Array]:
-            m_new = m * momentum - g * learning_rate
-            heavy = jnp.where(nesterov != 0, m_new * momentum - g * learning_rate, m_new)
-            step = jnp.where(uses_momentum, heavy, -(g * learning_rate))
-            return step, jnp.where(uses_momentum, m_new, m)
-
-        steps, slots = _leafwise(leaf, grads, state.momentum)
-        return steps, KerasSGDState(slots)
-
-    return optax.GradientTransformation(init, update)
-
-
-class KerasAdamState(NamedTuple):
-    """Step count and the first and second moment slots."""
-
-    count: Array
-    m: optax.Updates
-    v: optax.Updates
-
-
-def keras_adam(
-    learning_rate: Array | float,
-    beta_1: Array | float = 0.9,
-    beta_2: Array | float = 0.999,
-    epsilon: Array | float = 1e-7,
-    one_minus_beta_1: Array | float | None = None,
-    one_minus_beta_2: Array | float | None = None,
-) -> optax.GradientTransformation:
-    """Keras ``Adam`` (Kingma & Ba, 2015, with the "epsilon hat" of their Section 2).
-
-        m <- m + (g - m)(1 - beta_1)
-        v <- v + (g^2 - v)(1 - beta_2)
-        alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
-        var <- var - alpha m / (sqrt(v) + epsilon)
-
-    Epsilon is added to the *uncorrected* ``sqrt(v)``; optax.adam adds it to the corrected one
-    (and defaults to 1e-8), which changes the early steps. Defaults (Keras): learning_rate
-    0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-7. ``one_minus_beta_*`` default to
-    ``1 - beta_*``; see :class:`Family` for why Keras's own rounding of them is passed in.
-    """
-    c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
-    c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
-
-    def init(params: optax.Params) -> KerasAdamState:
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return KerasAdamState(count=jnp.zeros([], jnp.int32), m=zeros, v=zeros)
-
-    def update(
-        grads: optax.Updates, state: KerasAdamState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, KerasAdamState]:
-        del params
-        count = state.count + 1
-
-        def leaf(g: Array, m: Array, v: Array) -> tuple[Array, Array, Array]:
-            t = count.astype(g.dtype)
-            alpha = learning_rate * jnp.sqrt(1 - beta_2**t) / (1 - beta_1**t)
-            m = m + (g - m) * c1
-            v = v + (jnp.square(g) - v) * c2
-            return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
-
-        steps, m, v = _leafwise(leaf, grads, state.m, state.v)
-        return steps, KerasAdamState(count=count, m=m, v=v)
-
-    return optax.GradientTransformation(init, update)
-
-
-class KerasRMSpropState(NamedTuple):
-    """The mean-square slot ``v`` and the momentum slot ``mom``."""
-
-    v: optax.Updates
-    mom: optax.Updates
-
-
-def keras_rmsprop(
-    learning_rate: Array | float,
-    rho: Array | float = 0.9,
-    momentum: Array | float = 0.0,
-    epsilon: Array | float = 1e-7,
-    one_minus_rho: Array | float | None = None,
-) -> optax.GradientTransformation:
-    """Keras ``RMSprop`` (Hinton, 2012; uncentred).
-
-        v <- rho v + (1 - rho) g^2
-        inc = lr g / sqrt(v + epsilon)                  (epsilon inside the root)
-        mom <- momentum mom + inc;  var <- var - mom    (momentum 0: var <- var - inc)
-
-    ``optax.rmsprop(lr, decay=rho, eps=epsilon, momentum=...)`` computes the same update in
-    exact arithmetic, but in float32 it forms ``1 - rho`` from the rounded ``rho`` (0.1000000238
-    instead of Keras's 0.1000000015) and multiplies by ``rsqrt``; over a few hundred steps that
-    moves the loss by ~1e-5 relative, so the Keras form is written out here. Defaults (Keras):
-    learning_rate 0.001, rho 0.9, momentum 0, epsilon 1e-7.
-    """
-    c = 1 - rho if one_minus_rho is None else one_minus_rho
-
-    def init(params: optax.Params) -> KerasRMSpropState:
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return KerasRMSpropState(v=zeros, mom=zeros)
-
-    def update(
-        grads: optax.Updates, state: KerasRMSpropState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, KerasRMSpropState]:
-        del params
-        uses_momentum = momentum > 0
-
-        def leaf(g: Array, v: Array, mom: Array) -> tuple[Array, Array, Array]:
-            v = rho * v + c * jnp.square(g)
-            inc = (learning_rate * g) / jnp.sqrt(v + epsilon)
-            mom_new = momentum * mom + inc
-            return (
-                -jnp.where(uses_momentum, mom_new, inc),
-                v,
-                jnp.where(uses_momentum, mom_new, mom),
-            )
-
-        steps, v, mom = _leafwise(leaf, grads, state.v, state.mom)
-        return steps, KerasRMSpropState(v=v, mom=mom)
-
-    return optax.GradientTransformation(init, update)
-
-
-def keras_adagrad(
-    learning_rate: Array | float,
-    initial_accumulator_value: Array | float = 0.1,
-    epsilon: Array | float = 1e-7,
-) -> optax.GradientTransformation:
-    """Keras ``Adagrad`` (Duchi et al., 2011) via ``optax.adagrad``.
-
-        acc <- acc + g^2    (acc starts at initial_accumulator_value)
-        var <- var - lr g / sqrt(acc + epsilon)
-
-    Defaults (Keras, and optax's too): learning_rate 0.001, initial_accumulator_value 0.1,
-    epsilon 1e-7.
-    """
-    return optax.adagrad(
-        learning_rate, initial_accumulator_value=initial_accumulator_value, eps=epsilon
-    )
+BOOLEAN = frozenset({"nesterov", "amsgrad", "centered", "relative_step", "use_ema"})
+"""Hyperparameters Keras takes as booleans (0 or 1 here)."""
+INTEGER = frozenset({"ns_steps", "warmup_steps"})
+"""Hyperparameters Keras takes as integers."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
     """Optimizers sharing one update rule: the engine compiles one program per family.
 
-    ``build(learning_rate, **arguments)`` returns the transformation; every argument may be
-    a traced array. :meth:`arguments` turns hyperparameter values (float64, on the host) into
+    ``build(learning_rate, **arguments)`` returns the update step; every argument may be a
+    traced array. :meth:`arguments` turns hyperparameter values (float64, on the host) into
     those arguments. Keras writes ``1 - beta_1`` with ``beta_1`` a Python float, so it rounds
     the *double* complement to float32 (0.1 -> 0.1000000015), whereas ``1 - float32(0.9)``
     is 0.1000000238; the 2e-7 difference in every moment update shifts Adam's loss by ~3e-5
@@ -260,32 +73,89 @@ class Family:
         args = {h: np.asarray(values[h], np.float64) for h in self.hyperparameters}
         args.update({f"one_minus_{h}": 1.0 - args[h] for h in self.complements})
         args.update({k: np.asarray(values[k], np.float64) for k in BASE_OPTIONS if k in values})
+        if "global_clipnorm" in args:
+            with np.errstate(divide="ignore"):
+                args["inverse_global_clipnorm"] = 1.0 / args["global_clipnorm"]
         return args
 
     def transformation(
-        self, learning_rate: Array, arguments: Mapping[str, Array]
+        self,
+        learning_rate: Array,
+        arguments: Mapping[str, Array],
+        shapes: optax.Params | None = None,
     ) -> optax.GradientTransformation:
-        """The optimizer with Keras's base options applied first (clipping precedes the step)."""
+        """The optimizer as Keras applies it: base options (if any argument sets one) around
+        the step, run on the variables' Keras ``shapes`` (if given)."""
         args = dict(arguments)
-        clipnorm = args.pop("clipnorm", None)
+        base = {k: args.pop(k) for k in _BASE_ARGUMENTS if k in args}
         tx = self.build(learning_rate, **args)
-        return tx if clipnorm is None else optax.chain(keras_clip_by_norm(clipnorm), tx)
+        if base:
+            tx = kx.keras_base(tx, learning_rate, **base)
+        return tx if shapes is None else kx.keras_shaped(tx, shapes)
+
+    @staticmethod
+    def final_weights(
+        arguments: Mapping[str, Array], params: optax.Params, state: optax.OptState
+    ) -> optax.Params:
+        """The weights ``fit`` leaves in the model (the moving average with ``use_ema``)."""
+        if "use_ema" not in arguments:
+            return params
+        return kx.final_weights(params, state, arguments["use_ema"])
 
 
-BASE_OPTIONS: dict[str, float] = {"clipnorm": math.inf}
-"""Keras base-optimizer options every family accepts, with their "off" value."""
+SGD = Family("sgd", ("momentum", "nesterov"), kx.keras_sgd)
+ADAM = Family(
+    "adam", ("beta_1", "beta_2", "epsilon", "amsgrad"), kx.keras_adam, ("beta_1", "beta_2")
+)
+RMSPROP = Family("rmsprop", ("rho", "momentum", "epsilon", "centered"), kx.keras_rmsprop, ("rho",))
+ADAGRAD = Family("adagrad", ("initial_accumulator_value", "epsilon"), kx.keras_adagrad)
+ADADELTA = Family("adadelta", ("rho", "epsilon"), kx.keras_adadelta, ("rho",))
+ADAMAX = Family("adamax", ("beta_1", "beta_2", "epsilon"), kx.keras_adamax, ("beta_1",))
+NADAM = Family("nadam", ("beta_1", "beta_2", "epsilon"), kx.keras_nadam)
+FTRL = Family(
+    "ftrl",
+    (
+        "learning_rate_power",
+        "initial_accumulator_value",
+        "l1_regularization_strength",
+        "l2_regularization_strength",
+        "l2_shrinkage_regularization_strength",
+        "beta",
+    ),
+    kx.keras_ftrl,
+)
+LION = Family("lion", ("beta_1", "beta_2"), kx.keras_lion)
+LAMB = Family("lamb", ("beta_1", "beta_2", "epsilon"), kx.keras_lamb, ("beta_1", "beta_2"))
+ADAFACTOR = Family(
+    "adafactor",
+    ("beta_2_decay", "epsilon_1", "epsilon_2", "clip_threshold", "relative_step"),
+    kx.keras_adafactor,
+)
+MUON = Family(
+    "muon",
+    (
+        "adam_beta_1", "adam_beta_2", "adam_weight_decay", "epsilon", "muon_a", "muon_b",
+        "muon_c", "adam_lr_ratio", "momentum", "ns_steps", "nesterov", "rms_rate",
+    ),
+    kx.keras_muon,
+    ("adam_beta_1", "adam_beta_2", "momentum"),
+)  # fmt: skip
 
-SGD = Family("sgd", ("momentum", "nesterov"), keras_sgd)
-ADAM = Family("adam", ("beta_1", "beta_2", "epsilon"), keras_adam, ("beta_1", "beta_2"))
-RMSPROP = Family("rmsprop", ("rho", "momentum", "epsilon"), keras_rmsprop, ("rho",))
-ADAGRAD = Family("adagrad", ("initial_accumulator_value", "epsilon"), keras_adagrad)
+
+SCHEDULE_FREE = Family(
+    "schedule_free_adamw",
+    ("beta_1", "beta_2", "epsilon", "warmup_steps"),
+    kx.keras_schedule_free_adamw,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    """A named optimizer of the map: its family and Keras defaults.
+    """A named optimizer of the map: its family, Keras defaults and Keras class.
 
-    ``keras`` is how to build it in Keras: ``(class name, constructor keyword arguments)``.
+    ``defaults`` holds every hyperparameter of the family and any base option the Keras
+    class sets by default (AdamW's and Muon's ``weight_decay``); ``keras`` is how to build
+    it in Keras: ``(class name, constructor keyword arguments)``.
     """
 
     name: str
@@ -294,11 +164,30 @@ class Optimizer:
     learning_rate: float
     keras: tuple[str, Mapping[str, float | bool]]
 
+    def keras_kwargs(self, hyperparameters: Mapping[str, float]) -> dict[str, object]:
+        """Keras constructor arguments for these hyperparameters (booleans and integers as
+        Keras takes them; base options at their "off" value left out)."""
+        kwargs: dict[str, object] = dict(self.keras[1])
+        for k, v in hyperparameters.items():
+            if k in BASE_OPTIONS and k not in self.defaults and v == BASE_OPTIONS[k]:
+                continue
+            kwargs[k] = bool(v) if k in BOOLEAN else int(v) if k in INTEGER else float(v)
+        return kwargs
+
+
+_ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+
+
+def _optimizer(
+    name: str, family: Family, cls: str, lr: float = 0.001, **defaults: float
+) -> Optimizer:
+    return Optimizer(name, family, defaults, lr, (cls, {}))
+
 
 OPTIMIZERS: dict[str, Optimizer] = {
     o.name: o
     for o in (
-        Optimizer("sgd", SGD, {"momentum": 0.0, "nesterov": 0.0}, 0.01, ("SGD", {})),
+        _optimizer("sgd", SGD, "SGD", 0.01, momentum=0.0, nesterov=0.0),
         Optimizer(
             "momentum", SGD, {"momentum": 0.9, "nesterov": 0.0}, 0.01, ("SGD", {"momentum": 0.9})
         ),
@@ -309,26 +198,41 @@ OPTIMIZERS: dict[str, Optimizer] = {
             0.01,
             ("SGD", {"momentum": 0.9, "nesterov": True}),
         ),
-        Optimizer(
-            "adam", ADAM, {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}, 0.001, ("Adam", {})
+        _optimizer("adam", ADAM, "Adam", **_ADAM, amsgrad=0.0),
+        _optimizer("adamw", ADAM, "AdamW", **_ADAM, amsgrad=0.0, weight_decay=0.004),
+        _optimizer("rmsprop", RMSPROP, "RMSprop", rho=0.9, momentum=0.0, epsilon=1e-7,
+                   centered=0.0),
+        _optimizer("adagrad", ADAGRAD, "Adagrad", initial_accumulator_value=0.1, epsilon=1e-7),
+        _optimizer("adadelta", ADADELTA, "Adadelta", rho=0.95, epsilon=1e-7),
+        _optimizer("adamax", ADAMAX, "Adamax", **_ADAM),
+        _optimizer("nadam", NADAM, "Nadam", **_ADAM),
+        _optimizer(
+            "ftrl", FTRL, "Ftrl", learning_rate_power=-0.5, initial_accumulator_value=0.1,
+            l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+            l2_shrinkage_regularization_strength=0.0, beta=0.0,
         ),
-        Optimizer(
-            "rmsprop",
-            RMSPROP,
-            {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
-            0.001,
-            ("RMSprop", {}),
+        _optimizer("lion", LION, "Lion", beta_1=0.9, beta_2=0.99),
+        _optimizer("lamb", LAMB, "Lamb", **_ADAM),
+        _optimizer(
+            "adafactor", ADAFACTOR, "Adafactor", beta_2_decay=-0.8, epsilon_1=1e-30,
+            epsilon_2=1e-3, clip_threshold=1.0, relative_step=1.0,
         ),
-        Optimizer(
-            "adagrad",
-            ADAGRAD,
-            {"initial_accumulator_value": 0.1, "epsilon": 1e-7},
-            0.001,
-            ("Adagrad", {}),
+        _optimizer(
+            "muon", MUON, "Muon", adam_beta_1=0.9, adam_beta_2=0.999, adam_weight_decay=0.004,
+            epsilon=1e-7, muon_a=3.4445, muon_b=-4.7750, muon_c=2.0315, adam_lr_ratio=1.0,
+            momentum=0.95, ns_steps=5.0, nesterov=1.0, rms_rate=0.2, weight_decay=0.004,
+        ),
+        _optimizer(
+            "schedule_free_adamw", SCHEDULE_FREE, "ScheduleFreeAdamW", 0.0025, beta_1=0.9,
+            beta_2=0.999, epsilon=1e-8, warmup_steps=0.0,
         ),
     )
-}
+}  # fmt: skip
 """Every optimizer of the map by name; ``learning_rate`` is the Keras default."""
+
+KERAS_CLASSES = tuple(dict.fromkeys(o.keras[0] for o in OPTIMIZERS.values()))
+"""The Keras optimizer classes covered: every one in ``keras.optimizers`` but the wrappers
+``LossScaleOptimizer`` and ``MultiOptimizer``."""
 
 
 def get(name: str) -> Optimizer:

@@ -4,7 +4,7 @@ Every optimizer gets a canvas heatmap (lr across, N up), all sharing axes and on
 cividis for log10 of the final loss where the run stayed finite and did not diverge, vermillion
 for overflow, purple for diverging, and the closed-form critical lr as a dashed line. Hovering a
 cell shows its configuration and results; a selector picks the value of every further swept axis
-(batch size, seed, epochs). The data and the script are inlined (no network, no library), and
+(batch size, seed, epochs, and every swept optimizer hyperparameter). The data and the script are inlined (no network, no library), and
 grids too large for a light page are downsampled for display -- with a note saying so; the
 netCDF beside the page always holds everything.
 """
@@ -31,10 +31,18 @@ MAX_CELLS = 200_000
 """Displayed cells (optimizers x lr x N x slices) above which lr and N are thinned."""
 
 SLICE_DIMS = ("batch_size", "seed", "epochs")
+"""The base axes with a selector; every swept hyperparameter of the map gets one too."""
+
+
+def slice_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """Every axis the page selects one value of: :data:`SLICE_DIMS`, then the map's swept
+    hyperparameters (its dimensions after ``epochs``)."""
+    fixed = ("optimizer", "lr", "n", *SLICE_DIMS)
+    return SLICE_DIMS + tuple(str(d) for d in ds.status.dims if d not in fixed)
 
 
 def _stride(ds: xr.Dataset) -> int:
-    slices = math.prod(ds.sizes[d] for d in SLICE_DIMS)
+    slices = math.prod(ds.sizes[d] for d in slice_dims(ds))
     cells = ds.sizes["optimizer"] * ds.sizes["lr"] * ds.sizes["n"] * slices
     return max(1, math.ceil(math.sqrt(cells / MAX_CELLS)))
 
@@ -49,8 +57,9 @@ def page_data(ds: xr.Dataset, limits: tuple[float, float]) -> dict[str, object]:
     view = ds.isel(lr=slice(None, None, k), n=slice(None, None, k))
     cmap = mpl.colormaps["cividis"]
     slices = {}
-    for idx in itertools.product(*(range(ds.sizes[d]) for d in SLICE_DIMS)):
-        cell = view.isel(dict(zip(SLICE_DIMS, idx, strict=True))).transpose(
+    dims = slice_dims(ds)
+    for idx in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        cell = view.isel(dict(zip(dims, idx, strict=True))).transpose(
             "optimizer", "n", "lr", ..., missing_dims="ignore"
         )
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -67,7 +76,8 @@ def page_data(ds: xr.Dataset, limits: tuple[float, float]) -> dict[str, object]:
         "optimizers": [str(o) for o in view.optimizer.values],
         "lr": [float(v) for v in view.lr.values],
         "n": [int(v) for v in view.n.values],
-        "axes": {d: [v.item() for v in ds[d].values] for d in SLICE_DIMS},
+        "slice_dims": list(dims),
+        "axes": {d: [v.item() for v in ds[d].values] for d in dims},
         "statuses": list(outcome.STATUSES),
         "limits": list(limits),
         "cmap": [mpl.colors.to_hex(cmap(t)) for t in np.linspace(0, 1, 32)],
@@ -94,8 +104,10 @@ def index_html(
     critical: Sequence[str],
     pngs: Mapping[str, bytes],
     limits: tuple[float, float],
+    validation: str = "",
 ) -> str:
-    """The page; ``pngs`` holds the static figures inlined beside the interactive maps."""
+    """The page; ``pngs`` holds the static figures inlined beside the interactive maps and
+    ``validation`` the HTML of :func:`validation_section` (none when empty)."""
     esc = html.escape
     data = page_data(ds, limits)
     note = (
@@ -149,6 +161,7 @@ which the epoch map's spectral radius exceeds 1 for minibatches in a fixed order
 <pre>{esc(chr(10).join(critical) or "no optimizer with a closed form in this map")}</pre>
 <h2>Largest stable learning rate on the grid</h2>
 <pre>{esc(chr(10).join(table))}</pre>
+{validation}
 <h2>How each run is classified</h2>
 <table>{status_rows}</table>
 <h2>Run</h2>
@@ -161,6 +174,70 @@ which the epoch map's spectral radius exceeds 1 for minibatches in a fixed order
 """
 
 
+VALIDATION_COLUMNS = (
+    ("optimizer", "optimizer"), ("lr", "lr"), ("n", "N"), ("batch_size", "batch"),
+    ("seed", "seed"), ("epochs", "epochs"), ("hyperparameters", "hyperparameters"),
+    ("stratum", "why"), ("status_jax", "JAX status"), ("status_keras", "Keras status"),
+    ("agree", "agree"), ("max_rel_err", "max rel. loss diff."),
+    ("first_nonfinite_epoch_jax", "first inf/nan epoch JAX"),
+    ("first_nonfinite_epoch_keras", "Keras"), ("prediction_jax", "prediction JAX"),
+    ("prediction_keras", "Keras"),
+)  # fmt: skip
+"""Columns of the validation table: record key and heading."""
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "<b>NO</b>"
+    if isinstance(value, float):
+        return html.escape(f"{value:.4g}") if math.isfinite(value) else "not finite"
+    if isinstance(value, Mapping):
+        return html.escape(", ".join(f"{k}={v:g}" for k, v in value.items()) or "Keras defaults")
+    return html.escape(str(value))
+
+
+def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
+    """The page's "Checked against real Keras" section from a :mod:`src.validation` record."""
+    from src.validation import DONE, MIN_LOSS, headline
+
+    esc = html.escape
+    intro = (
+        "<p>Configurations of this map trained again by real Keras <code>model.fit</code> "
+        "(TensorFlow backend) from the same initial weights, and compared epoch by epoch with "
+        "the JAX engine. Why each was picked: <i>seed</i>, the sweep's loss curves; "
+        "<i>boundary</i>, the grid lr just below and just above a measured critical lr; "
+        "<i>random</i>, anywhere on the map. The Keras status follows the map's rules; the "
+        f"loss difference is the largest |JAX/Keras - 1| where both losses exceed {MIN_LOSS:g}."
+        " Full figures: <code>validation.json</code>.</p>"
+    )
+    if record["status"] != DONE:
+        return (
+            f"<h2 id='validation'>Checked against real Keras</h2>\n<p class='note'>"
+            f"{esc(headline(record))}</p>"
+        )
+    head = "".join(f"<th>{esc(title)}</th>" for _, title in VALIDATION_COLUMNS)
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{'none' if key.startswith('first_') and c.get(key) == -1 else _cell(c.get(key))}"
+            "</td>"
+            for key, _ in VALIDATION_COLUMNS
+        )
+        + "</tr>"
+        for c in record["configs"]  # type: ignore[attr-defined]
+    )
+    share = record["verdict_agreement"]
+    picture = "" if png is None else _img(png, "Keras and JAX loss curves")
+    return f"""<h2 id="validation">Checked against real Keras</h2>
+{intro}
+<p><b>Verdicts agree for {record["agreed"]} of {record["checked"]} configurations \
+({100 * share:.0f}%).</b> {esc(headline(record))}</p>
+<div class="wide"><table id="validation-table"><tr>{head}</tr>{rows}</table></div>
+{picture}"""
+
+
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
@@ -171,6 +248,7 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: .
 .map { margin: 0; } .map figcaption { text-align: center; font-weight: 600; }
 .map canvas { cursor: crosshair; }
 #controls label { margin-right: 1.2em; } .note { color: #8a4b00; }
+.wide { overflow-x: auto; font-size: 13px; }
 .sw { display: inline-block; width: 1em; height: .8em; vertical-align: middle; }
 #tip { position: fixed; display: none; pointer-events: none; background: #fff; border: 1px solid #888;
        padding: .4em .6em; font-size: 12px; box-shadow: 0 2px 6px #0003; white-space: pre; z-index: 9; }
@@ -181,7 +259,8 @@ SCRIPT = r"""
 const D = JSON.parse(document.getElementById("data").textContent);
 const W = 330, H = 260, L = 46, B = 34, T = 8, R = 8;   // canvas size and margins
 const OVER = "#D55E00", DIVERGING = "#CC79A7";
-const choice = {batch_size: 0, seed: 0, epochs: D.axes.epochs.length - 1};
+const choice = Object.fromEntries(  // the reference slice: the largest epochs, else the first
+  D.slice_dims.map(d => [d, d === "epochs" ? D.axes.epochs.length - 1 : 0]));
 const nLr = D.lr.length, nN = D.n.length;
 
 function colour(logLoss) {
@@ -191,7 +270,7 @@ function colour(logLoss) {
   return D.cmap[Math.round(t * (D.cmap.length - 1))];
 }
 function slice() {
-  return D.slices[[choice.batch_size, choice.seed, choice.epochs].join(",")];
+  return D.slices[D.slice_dims.map(d => choice[d]).join(",")];
 }
 function cellX(i) { return L + (W - L - R) * i / nLr; }
 function cellY(j) { return H - B - (H - B - T) * (j + 1) / nN; }
@@ -244,7 +323,8 @@ function describe(o, i, j) {
   return [
     D.optimizers[o] + "  lr = " + D.lr[i].toPrecision(4) + "  N = " + D.n[j],
     "batch size " + D.axes.batch_size[choice.batch_size] + ", seed " + D.axes.seed[choice.seed] +
-      ", " + D.axes.epochs[choice.epochs] + " epochs",
+      ", " + D.axes.epochs[choice.epochs] + " epochs" +
+      D.slice_dims.slice(3).map(d => ", " + d + " " + D.axes[d][choice[d]]).join(""),
     "status: " + D.statuses[+s.status[k]],
     "final loss: " + loss,
     "first non-finite epoch: " + (s.nonfinite[k] < 0 ? "none" : s.nonfinite[k]),
@@ -276,7 +356,8 @@ for (const [axis, values] of Object.entries(D.axes)) {
   sel.id = "select-" + axis;
   values.forEach((v, i) => sel.add(new Option(v, i, false, i === choice[axis])));
   sel.addEventListener("change", () => { choice[axis] = +sel.value; redraw(); });
-  label.append(axis.replace("_", " ") + ": ", sel); document.getElementById("controls").append(label);
+  const name = D.slice_dims.indexOf(axis) < 3 ? axis.replace("_", " ") : axis;
+  label.append(name + ": ", sel); document.getElementById("controls").append(label);
 }
 (function colorbar() {
   const c = document.createElement("canvas"); c.width = 420; c.height = 34;

@@ -28,7 +28,7 @@ from matplotlib.patches import Patch
 
 from src import findings, outcome, page, store
 from src.problem import Problem
-from src.sweep import SEED_LR, RunStats
+from src.sweep import DIMS, SEED_LR, RunStats
 
 LOSS_CMAP = "cividis"
 STATUS_COLOURS = {"diverging": "#CC79A7", "overflow": "#D55E00"}
@@ -110,8 +110,11 @@ def _legend_handles() -> list[Patch | Line2D]:
 
 
 def _slice_note(ref: xr.Dataset) -> str:
+    swept = [c for c in map(str, ref.coords) if ref[c].ndim == 0 and c not in DIMS]
     return (
-        f"batch size {int(ref.batch_size)}, seed {int(ref.seed)}, {int(ref.epochs)} epochs; "
+        f"batch size {int(ref.batch_size)}, seed {int(ref.seed)}, {int(ref.epochs)} epochs"
+        + "".join(f", {c} {float(ref[c]):g}" for c in swept)
+        + "; "
         f"white star: lr {SEED_LR:g}, N = {findings.SEED_N}; "
         f"white dot: N = {findings.SEED_STABLE_N}"
     )
@@ -261,9 +264,17 @@ def versions() -> dict[str, str]:
 
 
 def publish(
-    ds: xr.Dataset, stats: RunStats | None, problem: Problem, out: Path, started: float
+    ds: xr.Dataset,
+    stats: RunStats | None,
+    problem: Problem,
+    out: Path,
+    started: float,
+    validation: dict[str, object] | None = None,
 ) -> tuple[dict[str, object], list[str]]:
-    """Write every output of a run into ``out``; returns the summary and its text lines."""
+    """Write every output of a run into ``out``; returns the summary and its text lines.
+
+    ``validation`` (a :func:`src.validation.validate` record) adds ``validation.json``, the
+    overlaid Keras/JAX curves (``validation_curves.png``) and a section of the page."""
     store.write_netcdf(out / "stability_map.nc", ds)
     found = findings.headline(ds, problem)
     optimizers = [str(o) for o in ds.optimizer.values]
@@ -274,8 +285,19 @@ def publish(
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
     critical = findings.critical_lr_table(found, optimizers, findings.shown_ns(ns))
     limits = loss_colour_limits(ds)
+    checked = ""
+    if validation is not None:
+        from src import validation as keras_check
+
+        store.write_json(out / "validation.json", validation)
+        png = None
+        if validation["curves"]:
+            fig = keras_check.curves_figure(validation)
+            png = save_figure(fig, out / "validation_curves.png")
+        checked = page.validation_section(validation, png)
     store.write_text(
-        out / "index.html", page.index_html(ds, summary, lines, table, critical, pngs, limits)
+        out / "index.html",
+        page.index_html(ds, summary, lines, table, critical, pngs, limits, checked),
     )
     store.write_json(out / "summary.json", summary)
     return summary, lines

@@ -51,9 +51,13 @@ class FlatConfigs:
         config's optimizer unless ``overrides`` gives per-config values."""
         names = sorted(set(optimizers))
         which = np.searchsorted(names, np.asarray(optimizers))
+        defaults = [opt.get(m).defaults for m in names]
+        # Base options only where some optimizer sets one by default (AdamW's weight decay):
+        # the others then get its "off" value, and programs without them stay lean.
+        used = [k for k in opt.BASE_OPTIONS if any(k in d for d in defaults)]
         values = {
-            h: np.array([opt.get(m).defaults[h] for m in names], np.float64)[which]
-            for h in family.hyperparameters
+            h: np.array([d.get(h, opt.BASE_OPTIONS.get(h)) for d in defaults], np.float64)[which]
+            for h in (*family.hyperparameters, *used)
         }
         for h, v in (overrides or {}).items():
             if h not in family.hyperparameters and h not in opt.BASE_OPTIONS:

@@ -10,10 +10,12 @@ history of a few chosen :class:`Curve` configurations.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -27,7 +29,15 @@ from src.problem import QUERY_X, DataTable, Problem, data_table
 from src.simulator import COLUMNS, FlatConfigs, Simulator
 
 DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
-"""Dimensions of every per-config variable, in storage order."""
+"""The base dimensions of every per-config variable, in storage order; a sweep's swept
+hyperparameters follow them (:attr:`Sweep.dims`)."""
+
+RESERVED_NAMES = frozenset(
+    {*DIMS, "learning_rate", "curve", "epoch", "cell", "loss_scale", "hessian_max_eigenvalue",
+     "gd_critical_lr", "loss_history", "status", "critical_lr", "theory_critical_lr",
+     "non_monotone"}
+)  # fmt: skip
+"""Names a swept hyperparameter may not take (they label other parts of the dataset)."""
 
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 SEED_LR = 0.01
@@ -96,6 +106,13 @@ class Sweep:
 
     ``curves=None`` keeps the default :func:`seed_curves`; ``chunk_size=0`` picks one;
     ``boundary_rtol`` is the relative precision of the measured critical learning rates.
+
+    ``hyperparameters`` are swept optimizer hyperparameters, ``((name, values), ...)`` (a
+    mapping works too): each becomes a dimension after ``epochs``. ``optimizer_args`` are
+    fixed overrides, ``((name, value), ...)``. A name is valid if some selected optimizer's
+    family has it, or if it is a Keras base option (:data:`src.optimizers.BASE_OPTIONS`); it
+    applies to exactly those optimizers (:meth:`applies_to`). An optimizer without a swept
+    hyperparameter is run once and its results repeated along that axis.
     """
 
     optimizer: tuple[str, ...] = DEFAULT_OPTIMIZERS
@@ -112,8 +129,12 @@ class Sweep:
     curves: tuple[Curve, ...] | None = None
     chunk_size: int = 0
     boundary_rtol: float = boundary.DEFAULT_RTOL
+    hyperparameters: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    optimizer_args: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hyperparameters", _swept_axes(self.hyperparameters))
+        object.__setattr__(self, "optimizer_args", _fixed_args(self.optimizer_args))
         for name in DIMS:
             if not getattr(self, name):
                 raise InputError(f"the {name} axis is empty")
@@ -140,6 +161,7 @@ class Sweep:
             opt.get(c.optimizer)
             if not (c.lr > 0 and c.n >= 1 and c.batch_size >= 1 and 0 <= c.seed < 2**32):
                 raise InputError(f"bad curve {c.label}: needs lr > 0, N >= 1, batch size >= 1")
+        self._check_hyperparameters()
         needed, available = self.estimated_bytes(), available_memory()
         if needed > available // 2:
             limit = max(1, (available // 2) // BYTES_PER_CONFIG)
@@ -159,9 +181,83 @@ class Sweep:
             + curves * max(self.epochs) * 16
         )
 
+    def _check_hyperparameters(self) -> None:
+        valid = list(
+            dict.fromkeys(
+                [h for o in self.optimizer for h in opt.get(o).family.hyperparameters]
+                + list(opt.BASE_OPTIONS)
+            )
+        )
+        swept = [h for h, _ in self.hyperparameters]
+        fixed = [h for h, _ in self.optimizer_args]
+        for kind, names in (("swept", swept), ("fixed", fixed)):
+            for h in names:
+                if h in RESERVED_NAMES:
+                    raise InputError(f"hyperparameter name {h!r} clashes with a dimension or "
+                                     "variable of the map")  # fmt: skip
+                if h not in valid:
+                    raise InputError(
+                        f"unknown hyperparameter {h!r} ({kind}) for optimizers "
+                        f"{', '.join(self.optimizer)}; valid names: {', '.join(valid)}"
+                    )
+                if names.count(h) > 1:
+                    raise InputError(f"hyperparameter {h!r} is {kind} more than once")
+        both = sorted(set(swept) & set(fixed))
+        if both:
+            raise InputError(f"hyperparameter {both[0]!r} is both swept and fixed; give one")
+        for h, values in self.hyperparameters:
+            if not values:
+                raise InputError(f"the swept hyperparameter {h} has no values")
+            if len(set(values)) != len(values):
+                raise InputError(f"the swept hyperparameter {h} has repeated values: {values}")
+            for v in values:
+                _check_hyperparameter_value(h, v)
+        for h, v in self.optimizer_args:
+            _check_hyperparameter_value(h, v)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Dimensions of every per-config variable: :data:`DIMS`, then swept hyperparameters."""
+        return DIMS + tuple(h for h, _ in self.hyperparameters)
+
+    def axis(self, dim: str) -> tuple:
+        """The coordinate values of dimension ``dim`` (a base axis or a swept hyperparameter)."""
+        if dim in DIMS:
+            return getattr(self, dim)
+        return dict(self.hyperparameters)[dim]
+
+    def applies_to(self, name: str) -> tuple[str, ...]:
+        """The selected optimizers that have hyperparameter (or base option) ``name``."""
+        return tuple(o for o in self.optimizer if _applies(opt.get(o).family, name))
+
+    def overrides_for(self, family: opt.Family) -> dict[str, float]:
+        """Fixed overrides (``optimizer_args``) that apply to ``family``."""
+        return {h: v for h, v in self.optimizer_args if _applies(family, h)}
+
+    def swept_for(self, family: opt.Family) -> tuple[str, ...]:
+        """The swept hyperparameters that ``family`` has (the others are broadcast)."""
+        return tuple(h for h, _ in self.hyperparameters if _applies(family, h))
+
+    def curve_settings(self, optimizer: str) -> dict[str, float]:
+        """Hyperparameters of the loss curves of ``optimizer`` that differ from the Keras
+        defaults' source: fixed overrides, and the *first* value of each swept axis."""
+        family = opt.get(optimizer).family
+        first = {h: dict(self.hyperparameters)[h][0] for h in self.swept_for(family)}
+        return {**self.overrides_for(family), **first}
+
+    def curve_label(self, curve: Curve) -> str:
+        """``curve.label``, plus the hyperparameters it ran with when the sweep sets any."""
+        family = opt.get(curve.optimizer).family
+        swept = set(self.swept_for(family))
+        parts = [
+            f"{h}={v:g}" + (" (first swept value)" if h in swept else "")
+            for h, v in self.curve_settings(curve.optimizer).items()
+        ]
+        return curve.label + (", " + ", ".join(parts) if parts else "")
+
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(len(getattr(self, d)) for d in DIMS)
+        return tuple(len(self.axis(d)) for d in self.dims)
 
     @property
     def n_configs(self) -> int:
@@ -221,6 +317,36 @@ def _check_all(values: Sequence[float], ok: Callable[[float], bool], what: str, 
             raise InputError(f"{what} must be {rule}, got {v}")
 
 
+def _applies(family: opt.Family, name: str) -> bool:
+    return name in family.hyperparameters or name in opt.BASE_OPTIONS
+
+
+def _swept_axes(axes: object) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    items = axes.items() if isinstance(axes, Mapping) else axes
+    try:
+        return tuple((str(h).strip(), tuple(float(v) for v in values)) for h, values in items)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"swept hyperparameters must be (name, numbers) pairs, got {axes!r}"
+        ) from None
+
+
+def _fixed_args(args: object) -> tuple[tuple[str, float], ...]:
+    items = args.items() if isinstance(args, Mapping) else args
+    try:
+        return tuple((str(h).strip(), float(v)) for h, v in items)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"optimizer arguments must be (name, number) pairs, got {args!r}"
+        ) from None
+
+
+def _check_hyperparameter_value(name: str, value: float) -> None:
+    """Finite, or a base option's "off" value (``clipnorm = inf``)."""
+    if not (math.isfinite(value) or value == opt.BASE_OPTIONS.get(name)):
+        raise InputError(f"hyperparameter {name} must be a finite number, got {value}")
+
+
 def _families(names: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in names:
@@ -258,19 +384,35 @@ def _run(
         k: np.empty(sweep.shape, _result_dtype(k, sweep.dtype)) for k in engine.Summary._fields
     }
     opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
+    simulated = 0
     for names in _families(sweep.optimizer).values():
+        family = opt.get(names[0]).family
+        own = sweep.swept_for(family)  # swept axes this family has; the others are broadcast
         grids = np.meshgrid(
-            np.arange(len(names)), *(getattr(sweep, d) for d in DIMS[1:]), indexing="ij"
+            np.arange(len(names)),
+            *(sweep.axis(d) for d in DIMS[1:]),
+            *(sweep.axis(h) for h in own),
+            indexing="ij",
         )
         which, *cols = (g.ravel() for g in grids)
-        family = opt.get(names[0]).family
+        swept = dict(zip(own, cols[len(COLUMNS) :], strict=True))
+        overrides = {**sweep.overrides_for(family), **swept}
         flat = FlatConfigs.of(
-            [names[i] for i in which], family, **dict(zip(COLUMNS, cols, strict=True))
+            [names[i] for i in which], family, overrides,
+            **dict(zip(COLUMNS, cols[: len(COLUMNS)], strict=True)),
+        )  # fmt: skip
+        block_shape = (len(names), *sweep.shape[1:])
+        own_shape = tuple(  # size 1 along the swept axes this family lacks
+            1 if d not in DIMS and d not in own else k
+            for d, k in zip(sweep.dims, block_shape, strict=True)
         )
-        out, _ = sim.run(family, flat, shapes, progress=progress)
+        repeats = math.prod(block_shape) // len(flat)
+        counted = None if progress is None else (lambda k, r=repeats: progress(k * r))
+        out, _ = sim.run(family, flat, shapes, progress=counted)
+        simulated += len(flat)
         block = np.array([opt_index[n] for n in names])
         for k, v in zip(engine.Summary._fields, out, strict=True):
-            results[k][block] = v.reshape((len(names), *sweep.shape[1:]))
+            results[k][block] = np.broadcast_to(v.reshape(own_shape), block_shape)
     status = _classify(sweep, results, table, rows)
 
     stage("loss curves")
@@ -280,7 +422,8 @@ def _run(
         chosen = [curves[i] for i in members]
         family = opt.get(names[0]).family
         flat = FlatConfigs.of(
-            [c.optimizer for c in chosen], family, learning_rate=np.array([c.lr for c in chosen]),
+            [c.optimizer for c in chosen], family, sweep.curve_settings(names[0]),
+            learning_rate=np.array([c.lr for c in chosen]),
             n=np.array([c.n for c in chosen]), batch_size=np.array([c.batch_size for c in chosen]),
             seed=np.array([c.seed for c in chosen]), epochs=np.full(len(chosen), max(sweep.epochs)),
         )  # fmt: skip
@@ -292,7 +435,7 @@ def _run(
     ds = _dataset(sweep, results, status, critical, curves, histories, table, rows)
     stats = RunStats(
         n_configs=sweep.n_configs,
-        config_epochs=int(sweep.n_configs // len(sweep.epochs) * sum(sweep.epochs)),
+        config_epochs=int(simulated // len(sweep.epochs) * sum(sweep.epochs)),
         programs=sim.programs,
         compile_seconds=sim.compile_seconds,
         compute_seconds=sim.compute_seconds,
@@ -305,7 +448,8 @@ def _run(
 def _classify(
     sweep: Sweep, results: dict[str, np.ndarray], table: DataTable, rows: np.ndarray
 ) -> np.ndarray:
-    scale = np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]].reshape(1, 1, -1, 1, 1, 1)
+    scale = np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]]
+    scale = scale.reshape([-1 if d == "n" else 1 for d in sweep.dims])
     return outcome.classify(
         results["initial_loss"], results["final_loss"], results["first_nonfinite_epoch"],
         np.broadcast_to(scale, sweep.shape), sweep.tol, sweep.diverge_factor,
@@ -320,24 +464,41 @@ def _measured_boundary(
     table: DataTable,
     rows: np.ndarray,
 ) -> boundary.Boundary:
-    """Critical lr of every cell (all dims but lr), bisected with the engine."""
-    cell_dims = tuple(d for d in DIMS if d != "lr")
-    by_cell = np.moveaxis(status, DIMS.index("lr"), -1)  # (optimizer, n, bs, seed, epochs, lr)
+    """Critical lr of every cell (all dims but lr), bisected with the engine.
+
+    Cells that differ only in a swept hyperparameter their optimizer does not have are the
+    same run: only the first of them is bisected and its result repeated.
+    """
+    dims = sweep.dims
+    cell_dims = tuple(d for d in dims if d != "lr")
+    by_cell = np.moveaxis(status, dims.index("lr"), -1)  # (optimizer, n, bs, seed, epochs, ..., lr)
     cell_shape = by_cell.shape[:-1]
     coords = [np.ravel(g) for g in np.meshgrid(*(np.arange(k) for k in cell_shape), indexing="ij")]
-    values = {d: np.asarray(getattr(sweep, d))[c] for d, c in zip(cell_dims, coords, strict=True)}
+    values = {d: np.asarray(sweep.axis(d))[c] for d, c in zip(cell_dims, coords, strict=True)}
     families = np.array([opt.get(o).family.name for o in values["optimizer"]])
     scale = np.asarray(table.loss_scale, np.float64)
+    lacks = {  # per swept hyperparameter: which optimizers (by index) do not have it
+        h: np.array([not _applies(opt.get(o).family, h) for o in sweep.optimizer])
+        for h in dims[len(DIMS) :]
+    }
+    searched = np.ones(len(coords[0]), bool)
+    for h, lacking in lacks.items():
+        searched &= ~lacking[coords[0]] | (coords[cell_dims.index(h)] == 0)
+    searched = np.flatnonzero(searched)
 
     def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
+        cells = searched[cells]
         out = np.empty(len(cells), bool)
         for name in dict.fromkeys(families[cells]):
             pick = np.flatnonzero(families[cells] == name)
             c = cells[pick]
             family = opt.get(values["optimizer"][c[0]]).family
+            overrides = {
+                **sweep.overrides_for(family), **{h: values[h][c] for h in sweep.swept_for(family)}
+            }  # fmt: skip
             flat = FlatConfigs.of(
-                values["optimizer"][c], family, learning_rate=lrs[pick], n=values["n"][c],
-                batch_size=values["batch_size"][c], seed=values["seed"][c],
+                values["optimizer"][c], family, overrides, learning_rate=lrs[pick],
+                n=values["n"][c], batch_size=values["batch_size"][c], seed=values["seed"][c],
                 epochs=values["epochs"][c],
             )  # fmt: skip
             s, _ = sim.run(family, flat, shapes, pad_to=1 << (len(c) - 1).bit_length())
@@ -350,27 +511,56 @@ def _measured_boundary(
 
     found = boundary.search(
         np.asarray(sweep.lr),
-        (by_cell >= outcome.DIVERGING).reshape(-1, by_cell.shape[-1]),
+        (by_cell >= outcome.DIVERGING).reshape(-1, by_cell.shape[-1])[searched],
         breaks_at,
         sweep.boundary_rtol,
     )
-    return boundary.Boundary(*(a.reshape(cell_shape) for a in found))
+    critical = np.full(len(coords[0]), np.nan)
+    non_monotone = np.zeros(len(coords[0]), bool)
+    critical[searched], non_monotone[searched] = found
+    result = boundary.Boundary(critical.reshape(cell_shape), non_monotone.reshape(cell_shape))
+    for a in result:
+        for i in range(len(sweep.optimizer)):
+            first = tuple(
+                slice(0, 1) if d in lacks and lacks[d][i] else slice(None) for d in cell_dims[1:]
+            )
+            a[i] = np.broadcast_to(a[i][first], a[i].shape)
+    return result
 
 
 def theory_critical_lr(sweep: Sweep) -> np.ndarray:
-    """Closed-form critical lr per cell (nan for adaptive optimizers and shuffled minibatches)."""
-    shape = tuple(len(getattr(sweep, d)) for d in DIMS if d != "lr")
-    out = np.full(shape, np.nan)
+    """Closed-form critical lr per cell (dims of :attr:`Sweep.dims` but lr).
+
+    Defined for the SGD family at the cell's momentum and nesterov (Keras defaults, fixed
+    overrides or the swept value), with ``0 <= momentum < 1`` and every base option (clipping
+    ...) off; nan otherwise, and for shuffled minibatches.
+    """
+    cell_dims = tuple(d for d in sweep.dims if d != "lr")
+    out = np.full(tuple(len(sweep.axis(d)) for d in cell_dims), np.nan)
+    swept = sweep.hyperparameters
+    cache: dict[tuple, float] = {}
     for i, name in enumerate(sweep.optimizer):
         o = opt.get(name)
         if o.family is not opt.SGD:
             continue
-        dyn = theory.Dynamics(o.defaults["momentum"], bool(o.defaults["nesterov"]))
-        for j, n in enumerate(sweep.n):
-            x = sweep.problem.dataset(n)[0]
-            for k, bs in enumerate(sweep.batch_size):
-                if bs >= n or not sweep.shuffle:
-                    out[i, j, k] = theory.critical_lr(x, bs, dyn)
+        for hidx in itertools.product(*(range(len(v)) for _, v in swept)):
+            settings = {**o.defaults, **sweep.overrides_for(o.family)}
+            settings.update(
+                {h: v[k] for (h, v), k in zip(swept, hidx, strict=True) if _applies(o.family, h)}
+            )
+            if any(settings.get(b, off) != off for b, off in opt.BASE_OPTIONS.items()):
+                continue
+            if not 0 <= settings["momentum"] < 1:
+                continue
+            dyn = theory.Dynamics(float(settings["momentum"]), bool(settings["nesterov"]))
+            for j, n in enumerate(sweep.n):
+                x = sweep.problem.dataset(n)[0]
+                for k, bs in enumerate(sweep.batch_size):
+                    if bs >= n or not sweep.shuffle:
+                        key = (n, min(bs, n), dyn)
+                        if key not in cache:
+                            cache[key] = theory.critical_lr(x, bs, dyn)
+                        out[(i, j, k, slice(None), slice(None), *hidx)] = cache[key]
     return out
 
 
@@ -405,10 +595,11 @@ def _dataset(
         "final_b": ("bias after training", "1"),
         "prediction": (f"model output at x = {QUERY_X:g} after training", "1"),
     }
-    data_vars: dict[str, tuple] = {"status": (DIMS, status, outcome.cf_attributes())}
+    dims = sweep.dims
+    data_vars: dict[str, tuple] = {"status": (dims, status, outcome.cf_attributes())}
     for name, (text, units) in descriptions.items():
-        data_vars[name] = (DIMS, results[name], {"long_name": text, "units": units})
-    cell_dims = tuple(d for d in DIMS if d != "lr")
+        data_vars[name] = (dims, results[name], {"long_name": text, "units": units})
+    cell_dims = tuple(d for d in dims if d != "lr")
     data_vars["critical_lr"] = (
         cell_dims, critical.critical_lr,
         {"long_name": "smallest lr at which training overflows or diverges (measured by "
@@ -422,7 +613,8 @@ def _dataset(
         cell_dims, theory_critical_lr(sweep),
         {"long_name": "closed-form critical lr of (Keras) SGD, momentum and Nesterov: "
          "2 c(mu) / lambda_max for one batch, rho(epoch map) = 1 for fixed-order minibatches "
-         "(nan: no closed form)"},
+         "(nan: no closed form: adaptive optimizers, momentum outside [0, 1), a base option "
+         "such as clipnorm set)"},
     )  # fmt: skip
     xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
     data_vars["loss_scale"] = (
@@ -446,8 +638,17 @@ def _dataset(
         {"long_name": "History losses of selected configurations"},
     )
     coords: dict[str, object] = {d: list(getattr(sweep, d)) for d in DIMS}
+    applies = {
+        h: list(sweep.applies_to(h)) for h in (*dims[len(DIMS) :], *dict(sweep.optimizer_args))
+    }
+    for h, values in sweep.hyperparameters:
+        coords[h] = (h, np.array(values, np.float64), {
+            "long_name": f"swept optimizer hyperparameter {h} (applies to "
+            f"{', '.join(applies[h]) or 'no optimizer'}; the other optimizers ran once, "
+            "their results repeated along this axis)",
+        })  # fmt: skip
     coords["epoch"] = np.arange(1, histories.shape[1] + 1)
-    coords["curve"] = [c.label for c in curves]
+    coords["curve"] = [sweep.curve_label(c) for c in curves]
     for field in ("optimizer", "lr", "n", "batch_size", "seed"):
         coords[f"curve_{field}"] = ("curve", [getattr(c, field) for c in curves])
     p = sweep.problem
@@ -463,6 +664,8 @@ def _dataset(
         "shuffle": int(sweep.shuffle),
         "tol": sweep.tol,
         "diverge_factor": sweep.diverge_factor,
+        "optimizer_args": json.dumps(dict(sweep.optimizer_args)),
+        "hyperparameters_apply_to": json.dumps(applies),
         "status_rules": (
             "overflow: a non-finite loss or weight at some epoch; "
             "converged: final_loss <= tol * mean(y^2); "

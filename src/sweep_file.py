@@ -1,7 +1,8 @@
 """Sweep files: every flag of the main job in TOML, read with ``--config`` and written by each run.
 
 A sweep file holds the command line's flags by their long names with ``_`` for ``-``
-(``batch_size = [8, 32]``, ``lr = "1e-5:1:81"`` or a list, ``shuffle = true``, ...). Keys
+(``batch_size = [8, 32]``, ``lr = "1e-5:1:81"`` or a list, ``shuffle = true``,
+``sweep = ["momentum=0.0,0.9"]``, ``optimizer_args = "clipnorm=1.0"``, ...). Keys
 that are not flags are an error naming the key; values are checked exactly as the flags are.
 Flags given on the command line override the file.
 
@@ -25,6 +26,8 @@ from src.sweep import Sweep
 META = "meta"
 RUN_ONLY = ("out", "quiet", "force", "config")
 """Flags about where and how to run, not about what: never written into a sweep file."""
+LISTS_OF_TEXT = {"curve": '"OPT:LR:N[:BS[:SEED]]"', "sweep": '"NAME=V1,V2,..."'}
+"""Repeatable flags: a list of strings in the file, one per use of the flag."""
 
 
 def read(path: str | Path, flags: Mapping[str, bool]) -> dict[str, str | bool | list[str]]:
@@ -57,9 +60,11 @@ def read(path: str | Path, flags: Mapping[str, bool]) -> dict[str, str | bool | 
 def _as_flag(key: str, value: object, path: str | Path) -> str | bool | list[str]:
     if isinstance(value, bool):
         return value
-    if key == "curve":
+    if key in LISTS_OF_TEXT:
+        if isinstance(value, str):
+            value = [value]
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise InputError(f'--config {path}: curve must be a list of "OPT:LR:N[:BS[:SEED]]"')
+            raise InputError(f"--config {path}: {key} must be a list of {LISTS_OF_TEXT[key]}")
         return value
     if isinstance(value, list):
         if not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
@@ -98,6 +103,8 @@ def resolved(sweep: Sweep, meta: Mapping[str, str]) -> str:
         ],
         "chunk_size": sweep.chunk_size,
         "boundary_rtol": sweep.boundary_rtol,
+        "sweep": [f"{h}=" + ",".join(_toml(v) for v in vs) for h, vs in sweep.hyperparameters],
+        "optimizer_args": ",".join(f"{h}={_toml(v)}" for h, v in sweep.optimizer_args),
     }
     lines = ["# The resolved sweep of this run: `--config` this file to reproduce it exactly."]
     lines += [f"{k} = {_toml(v)}" for k, v in values.items()]

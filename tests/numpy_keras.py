@@ -16,6 +16,8 @@ import numpy as np
 class NumpyOptimizer:
     """One Keras optimizer over a list of scalar variables ``[w, b]``."""
 
+    FAMILIES = ("sgd", "adam", "rmsprop", "adagrad")
+
     def __init__(self, family: str, lr: float, hp: Mapping[str, float], dtype: type) -> None:
         self.family, self.hp, self.dt = family, dict(hp), dtype
         self.lr = dtype(lr)
@@ -102,3 +104,13 @@ def fit(
                 count = count + nb
             history.append(total / count)
     return np.array(history, dtype), float(w), float(b)
+
+
+def transcribed(optimizers: object) -> list[str]:
+    """The optimizer names this transcription covers (the others are checked against real
+    Keras only: tests/test_keras_optimizers.py and tests/test_keras_reference.py)."""
+    return [
+        name
+        for name, o in optimizers.items()  # type: ignore[attr-defined]
+        if o.family.name in NumpyOptimizer.FAMILIES and "weight_decay" not in o.defaults
+    ]

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from numpy_keras import NumpyOptimizer
+from numpy_keras import NumpyOptimizer, transcribed
 
+from src import keras_optax
 from src import optimizers as opt
 from src.engine import Params
 
@@ -49,7 +50,12 @@ def gradients(seed: int, steps: int = 60) -> np.ndarray:
     return rng.normal(size=(steps, 2)) * 10.0 ** rng.uniform(-9, 2, size=(steps, 1))
 
 
-@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+# The families transcribed in numpy_keras (every family is checked against real Keras in
+# test_keras_optimizers.py; this transcription also runs without TensorFlow, and in float64).
+TRANSCRIBED = transcribed(opt.OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", TRANSCRIBED)
 def test_float32_update_is_keras_to_the_last_bits(name: str) -> None:
     g = gradients(0)
     ours = run_updates(name, 0.01, g, "float32")
@@ -58,7 +64,7 @@ def test_float32_update_is_keras_to_the_last_bits(name: str) -> None:
     np.testing.assert_allclose(ours, keras, rtol=2e-6, atol=1e-30)
 
 
-@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+@pytest.mark.parametrize("name", TRANSCRIBED)
 def test_float64_update_matches(name: str) -> None:
     g = gradients(1)
     with jax.enable_x64(True):
@@ -86,7 +92,7 @@ def test_hyperparameters_other_than_defaults(name: str, override: dict[str, floa
 def test_hyperparameters_are_vmappable() -> None:
     # One compiled update serves a vector of learning rates and momenta.
     def step(lr: jax.Array, mu: jax.Array) -> jax.Array:
-        tx = opt.keras_sgd(lr, mu, 0.0)
+        tx = keras_optax.keras_sgd(lr, mu, 0.0)
         p = Params(jnp.float32(1.0), jnp.float32(0.0))
         u, _ = tx.update(Params(jnp.float32(2.0), jnp.float32(1.0)), tx.init(p), p)
         return u.w
@@ -101,8 +107,13 @@ def test_keras_defaults() -> None:
     assert opt.get("sgd").learning_rate == 0.01 and opt.get("sgd").defaults["momentum"] == 0
     assert opt.get("momentum").defaults == {"momentum": 0.9, "nesterov": 0.0}
     assert opt.get("adam").learning_rate == 0.001
-    assert opt.get("adam").defaults == {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
-    assert opt.get("rmsprop").defaults == {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7}
+    adam = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": 0.0}
+    assert opt.get("adam").defaults == adam
+    assert opt.get("adamw").defaults == {**adam, "weight_decay": 0.004}
+    assert opt.get("rmsprop").defaults == {
+        "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": 0.0
+    }  # fmt: skip
+    assert opt.get("schedule_free_adamw").learning_rate == 0.0025
     assert opt.get("adagrad").defaults == {"initial_accumulator_value": 0.1, "epsilon": 1e-7}
 
 

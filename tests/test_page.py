@@ -30,7 +30,8 @@ ARGS = [
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("page")
     proc = subprocess.run(
-        [sys.executable, "-m", "src.stability_map", "--quiet", "--optimizers", "sgd,momentum,adam",
+        [sys.executable, "-m", "src.stability_map", "--quiet", "--validate", "0",
+         "--optimizers", "sgd,momentum,adam",
          "--lr", "1e-4:1:21", "--n", "1:24", "--batch-size", "8,32", "--epochs", "60",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

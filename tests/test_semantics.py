@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import simulate
-from numpy_keras import fit
+from numpy_keras import fit, transcribed
 
 from src import engine
 from src import optimizers as opt
@@ -44,7 +44,7 @@ def stable_lr(name: str, n: int) -> float:
     return 3e-5 if opt.get(name).family.name == "sgd" else 1e-3
 
 
-@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+@pytest.mark.parametrize("name", transcribed(opt.OPTIMIZERS))
 def test_float64_engine_equals_numpy_keras_loop(name: str) -> None:
     ns, bss = zip(*CASES, strict=True)
     lrs = [stable_lr(name, n) for n in ns]
@@ -55,7 +55,7 @@ def test_float64_engine_equals_numpy_keras_loop(name: str) -> None:
         np.testing.assert_allclose([summary.final_w[i], summary.final_b[i]], [w, b], rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+@pytest.mark.parametrize("name", transcribed(opt.OPTIMIZERS))
 def test_float32_engine_agrees_with_float32_loop(name: str) -> None:
     ns, bss = zip(*CASES, strict=True)
     lrs = [stable_lr(name, n) for n in ns]

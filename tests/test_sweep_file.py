@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "src.stability_map", "--quiet", *argv],
+        [sys.executable, "-m", "src.stability_map", "--quiet", "--validate", "0", *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -26,10 +26,12 @@ def test_rerun_from_the_written_sweep_file_is_identical(tmp_path: Path) -> None:
     first, again = tmp_path / "first", tmp_path / "again"
     proc = run_cli("--optimizers", "sgd,adam", "--lr", "1e-3:1e-1:7", "--n", "5,20,40",
                    "--batch-size", "8,32", "--epochs", "40", "--seeds", "0,3", "--shuffle",
+                   "--sweep", "momentum=0,0.9", "--optimizer-args", "beta_1=0.8",
                    "--out", str(first))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     text = (first / "sweep.toml").read_text()
     assert "shuffle = true" in text and "seeds = [0, 3]" in text and "[meta]" in text
+    assert 'sweep = ["momentum=0.0,0.9"]' in text and 'optimizer_args = "beta_1=0.8"' in text
     proc = run_cli("--config", str(first / "sweep.toml"), "--out", str(again))
     assert proc.returncode == 0, proc.stderr
     with (
@@ -42,7 +44,10 @@ def test_rerun_from_the_written_sweep_file_is_identical(tmp_path: Path) -> None:
 def test_flags_override_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text('optimizers = ["sgd"]\nlr = [0.01]\nn = [10, 20]\nepochs = 30\n')
-    assert main(["--config", str(cfg), "--n", "20", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    out = str(tmp_path / "o")
+    assert (
+        main(["--config", str(cfg), "--n", "20", "--quiet", "--validate", "0", "--out", out]) == 0
+    )
     with xr.open_dataset(tmp_path / "o" / "stability_map.nc") as ds:
         assert list(ds.n.values) == [20] and list(ds.epochs.values) == [30]
 
@@ -56,6 +61,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("shuffle = 'yes'\n", "shuffle must be true or false"),
         ("lr = true\n", "lr must be a number"),
         ("lr = [0.01\n", "not valid TOML"),
+        ("sweep = [1]\n", 'sweep must be a list of "NAME=V1,V2,..."'),
+        ("sweep = ['beta_9=1']\noptimizers = 'sgd'\n", "unknown hyperparameter 'beta_9'"),
     ],
 )
 def test_bad_sweep_files_name_the_key(
@@ -70,7 +77,7 @@ def test_bad_sweep_files_name_the_key(
 
 def test_existing_outputs_need_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--optimizers", "sgd", "--lr", "0.01", "--n", "5", "--epochs", "5", "--quiet",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--validate", "0", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2

@@ -1,0 +1,888 @@
+"""Keras 3 optimizers' update steps as optax gradient transformations.
+
+One transformation per Keras optimizer class, each an optax ``(init, update)`` pair whose
+hyperparameters are plain arguments (so a vector of them can be ``vmap``-ed through one
+compiled program), written in Keras's own operation order so that float32 results match
+``keras/src/optimizers/*.py`` (keras 3.15) to a few ulp. ``t`` counts steps from 1 and slots
+start at zero unless said otherwise.
+
+Keras mixes two kinds of constants, and the difference is visible in float32: a complement
+written ``1 - self.beta_1`` is formed from the *Python* float (0.1 -> 0.1000000015), while one
+written after ``beta_1 = ops.cast(self.beta_1, dtype)`` is formed in float32
+(0.1000000238). Transformations that need the first kind take ``one_minus_<name>`` arguments,
+which :class:`src.optimizers.Family` computes in float64; those that need the second derive it
+from the float32 argument, as Keras does.
+
+:func:`keras_base` adds the base-optimizer options every Keras optimizer has (gradient
+clipping, decoupled weight decay, an exponential moving average of the weights) around any of
+them, in the order of ``BaseOptimizer.apply``; :func:`keras_shaped` runs an update on the
+variables' Keras shapes (a ``Dense(1)`` kernel is ``(1, 1)``, which Adafactor factors and Muon
+orthogonalises).
+
+Where stock optax computes the same update it could be used instead; where it does not, the
+README's table gives the measured size of the difference on the seed problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+Scalar = Array | float
+
+
+def _leafwise(
+    fn: Callable[..., tuple[Array, ...]], grads: optax.Updates, *trees: optax.Updates
+) -> tuple[optax.Updates, ...]:
+    """Apply ``fn(g, *leaves) -> (step, *new_leaves)`` leaf by leaf; returns one tree each."""
+    leaves, treedef = jax.tree.flatten(grads)
+    others = [treedef.flatten_up_to(t) for t in trees]
+    results = [fn(*args) for args in zip(leaves, *others, strict=True)]
+    return tuple(treedef.unflatten(r) for r in zip(*results, strict=True))
+
+
+def _zeros(params: optax.Params) -> optax.Params:
+    return jax.tree.map(jnp.zeros_like, params)
+
+
+def _count(state_count: Array, like: Array) -> tuple[Array, Array]:
+    """The new step count ``t`` and ``t`` as a float of ``like``'s dtype."""
+    count = state_count + 1
+    return count, count.astype(like.dtype)
+
+
+def _first_leaf(tree: optax.Updates) -> Array:
+    return jax.tree.leaves(tree)[0]
+
+
+def _rms(x: Array) -> Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+# --- SGD ---------------------------------------------------------------------------------
+
+
+class SGDState(NamedTuple):
+    """The momentum slot ``m`` (left at zero when ``momentum == 0``)."""
+
+    momentum: optax.Updates
+
+
+def keras_sgd(
+    learning_rate: Scalar, momentum: Scalar = 0.0, nesterov: Scalar = 0.0
+) -> optax.GradientTransformation:
+    """Keras ``SGD``: plain, heavy-ball or Nesterov (defaults: lr 0.01, momentum 0, nesterov
+    False).
+
+        momentum == 0:  var <- var - lr g
+        otherwise:      m <- momentum m - lr g;  var <- var + m                (heavy ball)
+                                                  var <- var + momentum m - lr g  (nesterov)
+
+    Keras keeps the learning rate inside the trace; ``optax.sgd`` scales the trace
+    ``g + mu m`` afterwards (equal in exact arithmetic, not to the last bit).
+    """
+
+    def init(params: optax.Params) -> SGDState:
+        return SGDState(_zeros(params))
+
+    def update(
+        grads: optax.Updates, state: SGDState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, SGDState]:
+        del params
+        uses_momentum = momentum != 0
+
+        def leaf(g: Array, m: Array) -> tuple[Array, Array]:
+            m_new = m * momentum - g * learning_rate
+            heavy = jnp.where(nesterov != 0, m_new * momentum - g * learning_rate, m_new)
+            step = jnp.where(uses_momentum, heavy, -(g * learning_rate))
+            return step, jnp.where(uses_momentum, m_new, m)
+
+        steps, slots = _leafwise(leaf, grads, state.momentum)
+        return steps, SGDState(slots)
+
+    return optax.GradientTransformation(init, update)
+
+
+# --- Adam, AdamW, Adamax, Nadam, Lamb -----------------------------------------------------
+
+
+class AdamState(NamedTuple):
+    """Step count, first and second moments, and AMSGrad's running maximum of ``v``."""
+
+    count: Array
+    m: optax.Updates
+    v: optax.Updates
+    v_max: optax.Updates
+
+
+def keras_adam(
+    learning_rate: Scalar,
+    beta_1: Scalar = 0.9,
+    beta_2: Scalar = 0.999,
+    epsilon: Scalar = 1e-7,
+    amsgrad: Scalar = 0.0,
+    one_minus_beta_1: Scalar | None = None,
+    one_minus_beta_2: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``Adam`` and ``AdamW`` (Kingma & Ba, 2015, with Section 2's "epsilon hat";
+    AMSGrad: Reddi et al., 2018). Defaults: lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-7.
+
+        m <- m + (g - m)(1 - beta_1);   v <- v + (g^2 - v)(1 - beta_2)
+        amsgrad: v_max <- max(v_max, v) and v_max replaces v below
+        alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
+        var <- var - alpha m / (sqrt(v) + epsilon)
+
+    ``optax.adam`` adds epsilon to the bias-corrected ``sqrt(v)`` (and defaults to 1e-8);
+    ``optax.amsgrad`` takes the maximum of the bias-corrected ``v``. AdamW is this step after
+    the base optimizer's decoupled weight decay (:func:`keras_base`).
+    """
+    c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
+    c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
+
+    def init(params: optax.Params) -> AdamState:
+        zeros = _zeros(params)
+        return AdamState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: AdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AdamState]:
+        del params
+        count, t = _count(state.count, _first_leaf(grads))
+        alpha = learning_rate * jnp.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+
+        def leaf(g: Array, m: Array, v: Array, v_max: Array) -> tuple[Array, ...]:
+            m = m + (g - m) * c1
+            v = v + (jnp.square(g) - v) * c2
+            v_max = jnp.where(amsgrad != 0, jnp.maximum(v_max, v), v_max)
+            denominator = jnp.sqrt(jnp.where(amsgrad != 0, v_max, v)) + epsilon
+            return -((m * alpha) / denominator), m, v, v_max
+
+        steps, m, v, v_max = _leafwise(leaf, grads, state.m, state.v, state.v_max)
+        return steps, AdamState(count, m, v, v_max)
+
+    return optax.GradientTransformation(init, update)
+
+
+class AdamaxState(NamedTuple):
+    """Step count, first moment ``m`` and the exponentially weighted infinity norm ``u``."""
+
+    count: Array
+    m: optax.Updates
+    u: optax.Updates
+
+
+def keras_adamax(
+    learning_rate: Scalar,
+    beta_1: Scalar = 0.9,
+    beta_2: Scalar = 0.999,
+    epsilon: Scalar = 1e-7,
+    one_minus_beta_1: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``Adamax`` (Kingma & Ba, 2015, Section 7.1). Defaults: lr 0.001, beta_1 0.9,
+    beta_2 0.999, epsilon 1e-7.
+
+        m <- m + (g - m)(1 - beta_1);   u <- max(beta_2 u, |g|)
+        var <- var - lr m / ((1 - beta_1^t)(u + epsilon))
+
+    ``optax.adamax`` puts epsilon inside the maximum.
+    """
+    c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
+
+    def init(params: optax.Params) -> AdamaxState:
+        zeros = _zeros(params)
+        return AdamaxState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: AdamaxState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AdamaxState]:
+        del params
+        count, t = _count(state.count, _first_leaf(grads))
+
+        def leaf(g: Array, m: Array, u: Array) -> tuple[Array, ...]:
+            m = m + (g - m) * c1
+            u = jnp.maximum(beta_2 * u, jnp.abs(g))
+            return -((learning_rate * m) / ((1 - beta_1**t) * (u + epsilon))), m, u
+
+        steps, m, u = _leafwise(leaf, grads, state.m, state.u)
+        return steps, AdamaxState(count, m, u)
+
+    return optax.GradientTransformation(init, update)
+
+
+class NadamState(NamedTuple):
+    """Step count, moments and ``u_product`` = prod_{i<=t} u_i (one scalar, starts at 1)."""
+
+    count: Array
+    u_product: Array
+    m: optax.Updates
+    v: optax.Updates
+
+
+NADAM_DECAY = 0.96
+"""Keras's momentum-schedule constant (Dozat, 2016): u_t = beta_1 (1 - 0.5 * 0.96^t)."""
+
+
+def keras_nadam(
+    learning_rate: Scalar, beta_1: Scalar = 0.9, beta_2: Scalar = 0.999, epsilon: Scalar = 1e-7
+) -> optax.GradientTransformation:
+    """Keras ``Nadam`` (Dozat, 2016) with its momentum schedule. Defaults: lr 0.001, beta_1
+    0.9, beta_2 0.999, epsilon 1e-7.
+
+        u_t = beta_1 (1 - 0.5 * 0.96^t);  P_t = P_{t-1} beta_1 (1 - 0.5 * 0.96^t),  P_0 = 1
+        m <- m + (g - m)(1 - beta_1);     v <- v + (g^2 - v)(1 - beta_2)
+        m_hat = u_{t+1} m / (1 - P_t u_{t+1}) + (1 - u_t) g / (1 - P_t)
+        var <- var - lr m_hat / (sqrt(v / (1 - beta_2^t)) + epsilon)
+
+    Unlike most Keras optimizers, Nadam casts beta_1 and beta_2 to float32 before forming
+    the complements. ``optax.nadam`` has no schedule, so its results differ O(1).
+    """
+
+    def init(params: optax.Params) -> NadamState:
+        zeros = _zeros(params)
+        dtype = _first_leaf(params).dtype
+        return NadamState(jnp.zeros([], jnp.int32), jnp.ones([], dtype), zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: NadamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, NadamState]:
+        del params
+        count, t = _count(state.count, _first_leaf(grads))
+        decay = jnp.asarray(NADAM_DECAY, t.dtype)
+        # Keras updates the shared product first, with its own operation order.
+        u_product = state.u_product * beta_1 * (1.0 - 0.5 * decay**t)
+        u_t = beta_1 * (1.0 - 0.5 * decay**t)
+        u_next = beta_1 * (1.0 - 0.5 * decay ** (t + 1))
+        u_product_next = u_product * u_next
+
+        def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
+            m = m + (g - m) * (1 - beta_1)
+            v = v + (jnp.square(g) - v) * (1 - beta_2)
+            m_hat = (u_next * m) / (1 - u_product_next) + ((1 - u_t) * g) / (1 - u_product)
+            v_hat = v / (1 - beta_2**t)
+            return -((m_hat * learning_rate) / (jnp.sqrt(v_hat) + epsilon)), m, v
+
+        steps, m, v = _leafwise(leaf, grads, state.m, state.v)
+        return steps, NadamState(count, u_product, m, v)
+
+    return optax.GradientTransformation(init, update)
+
+
+class LambState(NamedTuple):
+    """Step count and the first and second moments."""
+
+    count: Array
+    m: optax.Updates
+    v: optax.Updates
+
+
+def keras_lamb(
+    learning_rate: Scalar,
+    beta_1: Scalar = 0.9,
+    beta_2: Scalar = 0.999,
+    epsilon: Scalar = 1e-7,
+    one_minus_beta_1: Scalar | None = None,
+    one_minus_beta_2: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``Lamb`` (You et al., 2020). Defaults: lr 0.001, beta_1 0.9, beta_2 0.999,
+    epsilon 1e-7 (``optax.lamb``: 1e-6, and epsilon after the square root as here).
+
+        m, v as in Adam;  upd = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+        ratio = ||var|| / ||upd|| per variable (1 if either norm is 0)
+        var <- var - ratio lr upd
+    """
+    c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
+    c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
+
+    def init(params: optax.Params) -> LambState:
+        zeros = _zeros(params)
+        return LambState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: LambState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, LambState]:
+        assert params is not None, "Lamb's trust ratio needs the parameters"
+        count, t = _count(state.count, _first_leaf(grads))
+
+        def leaf(g: Array, m: Array, v: Array, var: Array) -> tuple[Array, ...]:
+            m = m + (g - m) * c1
+            v = v + (jnp.square(g) - v) * c2
+            upd = (m / (1.0 - beta_1**t)) / (jnp.sqrt(v / (1.0 - beta_2**t)) + epsilon)
+            w_norm = jnp.sqrt(jnp.sum(jnp.square(var)))
+            g_norm = jnp.sqrt(jnp.sum(jnp.square(upd)))
+            ratio = jnp.where(w_norm > 0, jnp.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
+            return -(ratio * learning_rate * upd), m, v
+
+        steps, m, v = _leafwise(leaf, grads, state.m, state.v, params)
+        return steps, LambState(count, m, v)
+
+    return optax.GradientTransformation(init, update)
+
+
+# --- RMSprop, Adagrad, Adadelta -----------------------------------------------------------
+
+
+class RMSpropState(NamedTuple):
+    """Mean square ``v``, momentum ``mom`` and (centred) mean gradient ``g_avg``."""
+
+    v: optax.Updates
+    mom: optax.Updates
+    g_avg: optax.Updates
+
+
+def keras_rmsprop(
+    learning_rate: Scalar,
+    rho: Scalar = 0.9,
+    momentum: Scalar = 0.0,
+    epsilon: Scalar = 1e-7,
+    centered: Scalar = 0.0,
+    one_minus_rho: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``RMSprop`` (Hinton, 2012; centred: Graves, 2013). Defaults: lr 0.001, rho 0.9,
+    momentum 0, epsilon 1e-7, centered False.
+
+        v <- rho v + (1 - rho) g^2
+        centered: g_avg <- rho g_avg + (1 - rho) g;  d = v - g_avg^2 + epsilon
+        otherwise: d = v + epsilon
+        inc = lr g / sqrt(d)
+        momentum > 0: mom <- momentum mom + inc;  var <- var - mom
+        otherwise:    var <- var - inc
+
+    ``optax.rmsprop`` is the same in exact arithmetic but forms ``1 - rho`` in float32 and
+    multiplies by ``rsqrt``: ~1e-5 relative on the loss within a few hundred steps.
+    """
+    c = 1 - rho if one_minus_rho is None else one_minus_rho
+
+    def init(params: optax.Params) -> RMSpropState:
+        zeros = _zeros(params)
+        return RMSpropState(zeros, zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: RMSpropState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, RMSpropState]:
+        del params
+        uses_momentum = momentum > 0
+
+        def leaf(g: Array, v: Array, mom: Array, g_avg: Array) -> tuple[Array, ...]:
+            v = rho * v + c * jnp.square(g)
+            g_avg = jnp.where(centered != 0, rho * g_avg + c * g, g_avg)
+            denominator = jnp.where(centered != 0, v - jnp.square(g_avg) + epsilon, v + epsilon)
+            inc = (learning_rate * g) / jnp.sqrt(denominator)
+            mom_new = momentum * mom + inc
+            step = -jnp.where(uses_momentum, mom_new, inc)
+            return step, v, jnp.where(uses_momentum, mom_new, mom), g_avg
+
+        steps, v, mom, g_avg = _leafwise(leaf, grads, state.v, state.mom, state.g_avg)
+        return steps, RMSpropState(v, mom, g_avg)
+
+    return optax.GradientTransformation(init, update)
+
+
+def keras_adagrad(
+    learning_rate: Scalar, initial_accumulator_value: Scalar = 0.1, epsilon: Scalar = 1e-7
+) -> optax.GradientTransformation:
+    """Keras ``Adagrad`` (Duchi et al., 2011), which ``optax.adagrad`` computes exactly.
+
+        acc <- acc + g^2   (acc starts at initial_accumulator_value)
+        var <- var - lr g / sqrt(acc + epsilon)
+
+    Defaults (Keras's and optax's): lr 0.001, initial_accumulator_value 0.1, epsilon 1e-7.
+    """
+    return optax.adagrad(
+        learning_rate, initial_accumulator_value=initial_accumulator_value, eps=epsilon
+    )
+
+
+class AdadeltaState(NamedTuple):
+    """Running means of squared gradients ``Eg`` and of squared steps ``Ex``."""
+
+    e_g: optax.Updates
+    e_x: optax.Updates
+
+
+def keras_adadelta(
+    learning_rate: Scalar,
+    rho: Scalar = 0.95,
+    epsilon: Scalar = 1e-7,
+    one_minus_rho: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``Adadelta`` (Zeiler, 2012). Defaults: lr 0.001, rho 0.95, epsilon 1e-7.
+
+        Eg <- rho Eg + (1 - rho) g^2
+        d = -sqrt(Ex + epsilon) g / sqrt(Eg + epsilon)
+        Ex <- rho Ex + (1 - rho) d^2
+        var <- var + lr d
+
+    ``optax.adadelta(lr, rho=0.95, eps=1e-7)`` is the same update up to float32 rounding.
+    """
+    c = 1 - rho if one_minus_rho is None else one_minus_rho
+
+    def init(params: optax.Params) -> AdadeltaState:
+        zeros = _zeros(params)
+        return AdadeltaState(zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: AdadeltaState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AdadeltaState]:
+        del params
+
+        def leaf(g: Array, e_g: Array, e_x: Array) -> tuple[Array, ...]:
+            e_g = rho * e_g + c * jnp.square(g)
+            d = -((jnp.sqrt(e_x + epsilon) * g) / jnp.sqrt(e_g + epsilon))
+            e_x = rho * e_x + c * jnp.square(d)
+            return learning_rate * d, e_g, e_x
+
+        steps, e_g, e_x = _leafwise(leaf, grads, state.e_g, state.e_x)
+        return steps, AdadeltaState(e_g, e_x)
+
+    return optax.GradientTransformation(init, update)
+
+
+# --- Ftrl, Lion, Adafactor, Muon, ScheduleFreeAdamW ------------------------------------
+
+
+class FtrlState(NamedTuple):
+    """The accumulator ``n`` (starts at initial_accumulator_value) and the linear term ``z``."""
+
+    accumulator: optax.Updates
+    linear: optax.Updates
+
+
+def keras_ftrl(
+    learning_rate: Scalar,
+    learning_rate_power: Scalar = -0.5,
+    initial_accumulator_value: Scalar = 0.1,
+    l1_regularization_strength: Scalar = 0.0,
+    l2_regularization_strength: Scalar = 0.0,
+    l2_shrinkage_regularization_strength: Scalar = 0.0,
+    beta: Scalar = 0.0,
+) -> optax.GradientTransformation:
+    """Keras ``Ftrl`` (McMahan et al., 2013, FTRL-Proximal). Defaults: lr 0.001,
+    learning_rate_power -0.5, initial_accumulator_value 0.1, every regularizer and beta 0.
+
+        p = -learning_rate_power;  l2 = l2_regularization_strength + beta / (2 lr)
+        n' = n + g^2
+        z <- z + (g + 2 l2_shrinkage var) - (n'^p - n^p) / lr * var
+        var <- (clip(z, -l1, l1) - z) / (n'^p / lr + 2 l2);   n <- n'
+
+    Keras assigns the new weight outright; as an optax update it is ``new - var``, which
+    carries the new weight to within half an ulp of the *old* one (the first step from
+    w = 0.3 lands near 3e-6 with an absolute error of ~1e-8). optax has no FTRL.
+    """
+
+    def init(params: optax.Params) -> FtrlState:
+        acc = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
+        return FtrlState(acc, _zeros(params))
+
+    def update(
+        grads: optax.Updates, state: FtrlState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, FtrlState]:
+        assert params is not None, "Ftrl's update needs the parameters"
+        l1 = l1_regularization_strength
+        l2 = l2_regularization_strength + beta / (2.0 * learning_rate)
+
+        def leaf(g: Array, acc: Array, z: Array, var: Array) -> tuple[Array, ...]:
+            shrunk = g + (2 * l2_shrinkage_regularization_strength) * var
+            new_acc = acc + jnp.square(g)
+            power_new = jnp.power(new_acc, -learning_rate_power)
+            z = z + (shrunk - ((power_new - jnp.power(acc, -learning_rate_power)) / learning_rate)
+                     * var)  # fmt: skip
+            quadratic = power_new / learning_rate + 2 * l2
+            new_var = (jnp.clip(z, -l1, l1) - z) / quadratic
+            return new_var - var, new_acc, z
+
+        steps, acc, z = _leafwise(leaf, grads, state.accumulator, state.linear, params)
+        return steps, FtrlState(acc, z)
+
+    return optax.GradientTransformation(init, update)
+
+
+class LionState(NamedTuple):
+    """The momentum slot ``m``."""
+
+    m: optax.Updates
+
+
+def keras_lion(
+    learning_rate: Scalar, beta_1: Scalar = 0.9, beta_2: Scalar = 0.99
+) -> optax.GradientTransformation:
+    """Keras ``Lion`` (Chen et al., 2023). Defaults: lr 0.001, beta_1 0.9, beta_2 0.99.
+
+        var <- var - lr sign(beta_1 m + (1 - beta_1) g)
+        m <- beta_2 m + (1 - beta_2) g
+
+    Complements in float32 (Keras casts the betas first). ``optax.lion(lr, weight_decay=0)``
+    is the same update.
+    """
+
+    def init(params: optax.Params) -> LionState:
+        return LionState(_zeros(params))
+
+    def update(
+        grads: optax.Updates, state: LionState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, LionState]:
+        del params
+
+        def leaf(g: Array, m: Array) -> tuple[Array, ...]:
+            step = -(learning_rate * jnp.sign(m * beta_1 + g * (1.0 - beta_1)))
+            return step, m * beta_2 + g * (1.0 - beta_2)
+
+        steps, m = _leafwise(leaf, grads, state.m)
+        return steps, LionState(m)
+
+    return optax.GradientTransformation(init, update)
+
+
+class AdafactorState(NamedTuple):
+    """Step count, row and column factors ``r``, ``c`` (>= 2-D variables) and ``v``."""
+
+    count: Array
+    r: optax.Updates
+    c: optax.Updates
+    v: optax.Updates
+
+
+def keras_adafactor(
+    learning_rate: Scalar,
+    beta_2_decay: Scalar = -0.8,
+    epsilon_1: Scalar = 1e-30,
+    epsilon_2: Scalar = 1e-3,
+    clip_threshold: Scalar = 1.0,
+    relative_step: Scalar = 1.0,
+) -> optax.GradientTransformation:
+    """Keras ``Adafactor`` (Shazeer & Stern, 2018). Defaults: lr 0.001, beta_2_decay -0.8,
+    epsilon_1 1e-30, epsilon_2 1e-3, clip_threshold 1, relative_step True.
+
+        rho_t = min(lr, 1 / sqrt(t));  alpha_t = max(epsilon_2, rms(var)) rho_t
+        beta_t = 1 - t^beta_2_decay;   s = g^2 + epsilon_1
+        >= 2-D: r <- beta_t r + (1 - beta_t) mean_{last axis}(s)
+                c <- beta_t c + (1 - beta_t) mean_{second-last axis}(s)
+                v = (r / mean(r)) c   (outer product over the last two axes)
+        else:   v <- beta_t v + (1 - beta_t) s
+        u = g / sqrt(v);  var <- var - alpha_t u / max(1, rms(u) / clip_threshold)
+
+    With a constant learning rate ``relative_step`` changes nothing (rho_t already caps the
+    rate). Works on the Keras shapes of the variables (see :func:`keras_shaped`).
+    """
+    del relative_step
+
+    def init(params: optax.Params) -> AdafactorState:
+        def factors(p: Array) -> tuple[Array, Array]:
+            if p.ndim < 2:  # unfactored: placeholders, as in Keras
+                return jnp.zeros((), p.dtype), jnp.zeros((), p.dtype)
+            return jnp.zeros(p.shape[:-1], p.dtype), jnp.zeros(p.shape[:-2] + p.shape[-1:], p.dtype)
+
+        r = jax.tree.map(lambda p: factors(p)[0], params)
+        c = jax.tree.map(lambda p: factors(p)[1], params)
+        return AdafactorState(jnp.zeros([], jnp.int32), r, c, _zeros(params))
+
+    def update(
+        grads: optax.Updates, state: AdafactorState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AdafactorState]:
+        assert params is not None, "Adafactor's step size needs the parameters"
+        count, t = _count(state.count, _first_leaf(grads))
+        rho_t = jnp.minimum(learning_rate, 1 / jnp.sqrt(t))
+        beta_t = 1 - jnp.power(t, beta_2_decay)
+
+        def leaf(g: Array, r: Array, c: Array, v: Array, var: Array) -> tuple[Array, ...]:
+            alpha = jnp.maximum(epsilon_2, _rms(var)) * rho_t
+            s = jnp.square(g) + epsilon_1
+            if g.ndim >= 2:
+                r = beta_t * r + (1 - beta_t) * jnp.mean(s, axis=-1)
+                c = beta_t * c + (1 - beta_t) * jnp.mean(s, axis=-2)
+                v = jnp.expand_dims(r / jnp.mean(r, axis=-1, keepdims=True), -1) * (
+                    jnp.expand_dims(c, -2)
+                )
+            else:
+                v = beta_t * v + (1 - beta_t) * s
+            u = g / jnp.sqrt(v)
+            u = u / jnp.maximum(1.0, _rms(u) / clip_threshold)
+            return -(alpha * u), r, c, v
+
+        steps, r, c, v = _leafwise(leaf, grads, state.r, state.c, state.v, params)
+        return steps, AdafactorState(count, r, c, v)
+
+    return optax.GradientTransformation(init, update)
+
+
+class MuonState(NamedTuple):
+    """Step count, momentum (every variable) and Adam's second moment (non-matrices)."""
+
+    count: Array
+    m: optax.Updates
+    v: optax.Updates
+
+
+def newton_schulz(x: Array, steps: Scalar, a: Scalar, b: Scalar, c: Scalar) -> Array:
+    """Keras Muon's quintic Newton-Schulz orthogonalisation of a matrix (Jordan et al., 2024).
+
+        X <- G / (||G||_F + 1e-7);  repeat steps times:  A = X X^T;  X <- a X + (b A + c A A) X
+
+    on the wide orientation (transposed when there are more rows than columns).
+    """
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = jnp.swapaxes(x, -1, -2)
+    x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)) + 1e-7)
+
+    def iterate(_: Array, x: Array) -> Array:
+        gram = x @ jnp.swapaxes(x, -1, -2)
+        return a * x + (b * gram + (c * gram) @ gram) @ x
+
+    x = jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), iterate, x)
+    return jnp.swapaxes(x, -1, -2) if tall else x
+
+
+def keras_muon(
+    learning_rate: Scalar,
+    adam_beta_1: Scalar = 0.9,
+    adam_beta_2: Scalar = 0.999,
+    epsilon: Scalar = 1e-7,
+    muon_a: Scalar = 3.4445,
+    muon_b: Scalar = -4.7750,
+    muon_c: Scalar = 2.0315,
+    adam_lr_ratio: Scalar = 1.0,
+    momentum: Scalar = 0.95,
+    ns_steps: Scalar = 5,
+    nesterov: Scalar = 1.0,
+    rms_rate: Scalar = 0.2,
+    one_minus_adam_beta_1: Scalar | None = None,
+    one_minus_adam_beta_2: Scalar | None = None,
+    one_minus_momentum: Scalar | None = None,
+) -> optax.GradientTransformation:
+    """Keras ``Muon`` (Jordan et al., 2024; the scaling of Liu et al., 2025, "Moonlight").
+    Defaults: lr 0.001, momentum 0.95, nesterov True, ns_steps 5, (a, b, c) = (3.4445,
+    -4.7750, 2.0315), rms_rate 0.2, adam_lr_ratio 1, Adam betas 0.9/0.999, epsilon 1e-7;
+    weight_decay and adam_weight_decay 0.004 are applied by :func:`keras_base`.
+
+    2-D variables (the kernel):
+        m <- m + g + m (momentum - 1);  G = g + momentum m (nesterov) or m
+        var <- var - lr NS(G) sqrt(max(rows, cols)) rms_rate
+    every other variable (the bias): the Keras Adam step with lr * adam_lr_ratio.
+
+    ``optax.contrib.muon`` keeps a different momentum form and Adam branch. Works on the
+    Keras shapes of the variables (see :func:`keras_shaped`).
+    """
+    c1 = 1 - adam_beta_1 if one_minus_adam_beta_1 is None else one_minus_adam_beta_1
+    c2 = 1 - adam_beta_2 if one_minus_adam_beta_2 is None else one_minus_adam_beta_2
+    mu_minus_one = momentum - 1 if one_minus_momentum is None else -one_minus_momentum
+
+    def init(params: optax.Params) -> MuonState:
+        zeros = _zeros(params)
+        return MuonState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: MuonState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, MuonState]:
+        del params
+        count, t = _count(state.count, _first_leaf(grads))
+
+        def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
+            if g.ndim == 2:
+                m = m + (g + m * mu_minus_one)
+                direction = jnp.where(nesterov != 0, g + momentum * m, m)
+                scale = jnp.sqrt(jnp.asarray(max(g.shape), g.dtype))
+                step = learning_rate * newton_schulz(direction, ns_steps, muon_a, muon_b, muon_c)
+                return -(step * scale * rms_rate), m, v
+            lr = learning_rate * adam_lr_ratio
+            alpha = lr * jnp.sqrt(1 - adam_beta_2**t) / (1 - adam_beta_1**t)
+            m = m + (g - m) * c1
+            v = v + (jnp.square(g) - v) * c2
+            return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
+
+        steps, m, v = _leafwise(leaf, grads, state.m, state.v)
+        return steps, MuonState(count, m, v)
+
+    return optax.GradientTransformation(init, update)
+
+
+class ScheduleFreeState(NamedTuple):
+    """Step count, the base sequence ``z`` and Adam's ``v``."""
+
+    count: Array
+    z: optax.Updates
+    v: optax.Updates
+
+
+def keras_schedule_free_adamw(
+    learning_rate: Scalar,
+    beta_1: Scalar = 0.9,
+    beta_2: Scalar = 0.999,
+    epsilon: Scalar = 1e-8,
+    warmup_steps: Scalar = 0,
+) -> optax.GradientTransformation:
+    """Keras ``ScheduleFreeAdamW`` (Defazio et al., 2024, "The Road Less Scheduled").
+    Defaults: lr 0.0025, beta_1 0.9, beta_2 0.999, epsilon 1e-8, warmup_steps 0.
+
+        lr_t = lr min(t / warmup_steps, 1)  (warmup_steps > 0)
+        v <- v + (g^2 - v)(1 - beta_2)
+        z' = z - lr_t g / (sqrt(v / (1 - beta_2^t)) + epsilon)
+        x = (y - (1 - beta_1) z') / beta_1                 (y: the model's weights)
+        x' = (1 - 1/t) x + (1/t) z';   y <- (1 - beta_1) z' + beta_1 x'
+
+    The paper recovers ``x`` from the *old* ``z``; Keras 3.15 reads ``momentum.value`` after
+    assigning to it, which on the TensorFlow backend is the variable itself, so it uses the
+    new ``z'``. This is Keras's behaviour, so it is reproduced. The model holds the
+    interpolated point ``y``, which Keras assigns (as an optax update, ``y' - y``).
+    Complements in float32, as Keras forms them after casting.
+
+    ``z`` starts at zero: ``build`` copies the weights into it, but under ``model.fit`` (keras
+    3.15.1, TensorFlow backend) that copy does not survive the trainer's symbolic build, and
+    the first step starts from z = 0 (measured; an explicit ``optimizer.build`` keeps it).
+    """
+
+    def init(params: optax.Params) -> ScheduleFreeState:
+        zeros = _zeros(params)
+        return ScheduleFreeState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(
+        grads: optax.Updates, state: ScheduleFreeState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScheduleFreeState]:
+        assert params is not None, "the schedule-free step needs the parameters"
+        count, t = _count(state.count, _first_leaf(grads))
+        warm = jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0)
+        lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
+        weight = 1.0 / t
+
+        def leaf(g: Array, z: Array, v: Array, y: Array) -> tuple[Array, ...]:
+            v = v + (jnp.square(g) - v) * (1 - beta_2)
+            denominator = jnp.sqrt(v / (1 - beta_2**t)) + epsilon
+            z_new = z - (lr * g) / denominator
+            x = (y - (1 - beta_1) * z_new) / beta_1  # sic: see the docstring
+            x = (1 - weight) * x + weight * z_new
+            return (1 - beta_1) * z_new + beta_1 * x - y, z_new, v
+
+        steps, z, v = _leafwise(leaf, grads, state.z, state.v, params)
+        return steps, ScheduleFreeState(count, z, v)
+
+    return optax.GradientTransformation(init, update)
+
+
+# --- What every Keras optimizer shares ----------------------------------------------------
+
+
+def keras_shaped(
+    inner: optax.GradientTransformation, shapes: optax.Params
+) -> optax.GradientTransformation:
+    """Run ``inner`` on the variables reshaped to ``shapes`` (a tree of objects with a
+    ``.shape``, e.g. ``jax.ShapeDtypeStruct``); updates come back in the callers' shapes.
+
+    Elementwise updates do not care, but Adafactor factors and Muon orthogonalises variables
+    of two or more dimensions, as the ``(1, 1)`` kernel of ``Dense(1)`` is in Keras.
+    """
+
+    def to_keras(tree: optax.Params) -> optax.Params:
+        return jax.tree.map(lambda x, s: jnp.reshape(x, s.shape), tree, shapes)
+
+    def init(params: optax.Params) -> optax.OptState:
+        return inner.init(to_keras(params))
+
+    def update(
+        grads: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+        steps, state = inner.update(
+            to_keras(grads), state, None if params is None else to_keras(params)
+        )
+        return jax.tree.map(lambda s, g: jnp.reshape(s, g.shape), steps, grads), state
+
+    return optax.GradientTransformation(init, update)
+
+
+class BaseState(NamedTuple):
+    """The wrapped optimizer's state, the step count and the weights' moving average."""
+
+    inner: optax.OptState
+    count: Array
+    average: optax.Params
+
+
+def keras_base(
+    inner: optax.GradientTransformation,
+    learning_rate: Scalar,
+    *,
+    clipnorm: Scalar = math.inf,
+    global_clipnorm: Scalar = math.inf,
+    inverse_global_clipnorm: Scalar | None = None,
+    clipvalue: Scalar = math.inf,
+    weight_decay: Scalar = 0.0,
+    adam_weight_decay: Scalar | None = None,
+    use_ema: Scalar = 0.0,
+    ema_momentum: Scalar = 0.99,
+) -> optax.GradientTransformation:
+    """Keras's base-optimizer options around ``inner``, in ``BaseOptimizer.apply``'s order.
+
+    1. Clip the gradients (Keras allows one of the three; inf means off):
+       clipnorm, per variable:  g <- g c / max(||g||, c)
+       global_clipnorm:         g <- g c min(1 / ||(all g)||, 1 / c)   (nan if the norm is not
+                                finite, as Keras's ``+ (n - n)`` makes it)
+       clipvalue:               g <- clip(g, -c, c)
+    2. Decoupled weight decay ``var <- var - var wd lr`` (0 means off). Muon decays 2-D
+       variables by ``weight_decay`` and the others by ``adam_weight_decay``.
+    3. ``inner``'s step, computed from the decayed weights.
+    4. ``use_ema``: ``avg <- mu avg + (1 - mu) var`` after the step, mu = 0 on the first step
+       (so the average starts at the weights) and ema_momentum after; ``fit`` then leaves
+       the average in the model (:func:`final_weights`).
+
+    Steps are returned as optax updates; with weight decay on, an update is
+    ``(decayed + step) - var``, which may differ from Keras's two assignments in the last bit.
+    """
+    inverse = 1 / global_clipnorm if inverse_global_clipnorm is None else inverse_global_clipnorm
+
+    def init(params: optax.Params) -> BaseState:
+        return BaseState(inner.init(params), jnp.zeros([], jnp.int32), _zeros(params))
+
+    def clip(grads: optax.Updates) -> optax.Updates:
+        by_norm = jnp.isfinite(clipnorm)
+        by_global = jnp.isfinite(global_clipnorm) & ~by_norm
+        by_value = jnp.isfinite(clipvalue) & ~by_norm & ~by_global
+        total = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        scale = global_clipnorm * jnp.minimum(1.0 / total, inverse) + (total - total)
+
+        def leaf(g: Array) -> Array:
+            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+            g = jnp.where(by_norm, g * clipnorm / jnp.maximum(norm, clipnorm), g)
+            g = jnp.where(by_global, g * scale, g)
+            return jnp.where(by_value, jnp.clip(g, -clipvalue, clipvalue), g)
+
+        return jax.tree.map(leaf, grads)
+
+    def decay_of(var: Array) -> Scalar:
+        return weight_decay if adam_weight_decay is None or var.ndim == 2 else adam_weight_decay
+
+    def update(
+        grads: optax.Updates, state: BaseState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, BaseState]:
+        assert params is not None, "weight decay and EMA need the parameters"
+        decayed = jax.tree.map(
+            lambda v: jnp.where(decay_of(v) != 0, v - v * decay_of(v) * learning_rate, v), params
+        )
+        steps, inner_state = inner.update(clip(grads), state.inner, decayed)
+        new = optax.apply_updates(decayed, steps)
+        updates = jax.tree.map(
+            lambda v, n, s: jnp.where(decay_of(v) != 0, n - v, s), params, new, steps
+        )
+
+        def average(a: Array, v: Array) -> Array:
+            mu = jnp.where(state.count > 0, ema_momentum, 0.0).astype(v.dtype)
+            return jnp.where(use_ema != 0, mu * a + (1 - mu) * v, a)
+
+        averages = jax.tree.map(average, state.average, new)
+        return updates, BaseState(inner_state, state.count + 1, averages)
+
+    return optax.GradientTransformation(init, update)
+
+
+def final_weights(params: optax.Params, state: optax.OptState, use_ema: Scalar) -> optax.Params:
+    """What ``fit`` leaves in the model: the weights, or their moving average with
+    ``use_ema`` (``finalize_variable_values``). ``state`` is a :class:`BaseState`, possibly
+    inside :func:`keras_shaped` (which keeps its inner state as it is)."""
+    if not isinstance(state, BaseState):
+        return params
+    return jax.tree.map(
+        lambda p, a: jnp.where(use_ema != 0, jnp.reshape(a, p.shape), p), params, state.average
+    )

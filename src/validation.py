@@ -1,0 +1,617 @@
+"""The map checked against real Keras: a few of its configurations re-run in ``model.fit``.
+
+After the map is computed, ``--validate K`` picks ``K`` of its configurations and trains each
+one in Keras 3 (TensorFlow backend, :func:`src.keras_reference.fit`) from the engine's initial
+weights, in parallel worker processes, then compares epoch by epoch with the engine's own loss
+history of the same configuration. The picks are stratified and deterministic given a seed:
+
+1. ``seed`` -- the sweep's first two curves when they lie on the grid (by default the seed's
+   SGD at lr 0.01 with N = 20, which overflows, and N = 10, which converges);
+2. ``boundary`` -- both sides of each optimizer's stability boundary: for one cell (chosen at
+   random) the grid lr just below and the grid lr just above its measured ``critical_lr``;
+3. ``seed`` again -- the sweep's other curves on the grid;
+4. ``random`` -- uniformly random configurations of the whole map.
+
+For every configuration the record holds the map's status and the status of the Keras
+``History`` under the map's own rules (:func:`src.outcome.classify`), whether they agree, the
+largest relative difference of the two loss histories over the epochs where both are finite
+and above :data:`MIN_LOSS`, the first epoch whose loss is not finite in each, and each
+prediction at x = 25. Everything is JSON-ready and goes to ``validation.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from src import keras_reference, outcome
+from src import optimizers as opt
+
+DEFAULT_COUNT = 2
+"""Configurations checked by default on every main-job run: the seed's two. Measured on the
+2-core machine at 500 epochs: ~30 s (2.7 s to import TensorFlow here, ~5 s to start the
+workers, ~22 s for two ``fit`` runs side by side: Keras spends ~27 ms per epoch alone and
+~43 ms with a second run beside it, as each one keeps both cores partly busy)."""
+
+MIN_LOSS = 1e-2
+"""Relative loss differences are taken only where both losses exceed this (tiny losses carry
+no relative precision in float32)."""
+
+PLOTTED = 4
+"""Configurations whose Keras and JAX loss curves are overlaid in the report."""
+
+BASE_DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
+"""Per-config dims every map has; any further dim of ``status`` is a swept hyperparameter."""
+
+OFF, DONE, UNAVAILABLE, SKIPPED, FAILED = "off", "done", "unavailable", "skipped", "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    """One configuration of the map chosen for re-running, and why (``stratum``).
+
+    ``index`` is its position along every dim of ``ds.status`` (for ``ds.isel``).
+    """
+
+    index: Mapping[str, int]
+    optimizer: str
+    lr: float
+    n: int
+    batch_size: int
+    seed: int
+    epochs: int
+    hyperparameters: Mapping[str, float]
+    stratum: str
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v:g}" for k, v in self.hyperparameters.items())
+        return f"{self.optimizer} lr={self.lr:.4g} N={self.n} batch={self.batch_size}{extra}"
+
+
+class KerasResult(NamedTuple):
+    """One Keras run: ``History`` losses, final weights, prediction (nan after an error)."""
+
+    history: np.ndarray
+    w: float
+    b: float
+    prediction: float
+    seconds: float
+    error: str | None
+    versions: Mapping[str, str]
+
+
+def parse_count(text: str) -> int:
+    """``--validate K``: a whole number >= 0 (0 turns validation off)."""
+    from src.errors import InputError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--validate must be a whole number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise InputError(f"--validate must be a whole number >= 0, got {text!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- picking
+
+
+def hyperparameters_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict:
+    """The optimizer's non-default hyperparameters at a position of the map.
+
+    Fixed overrides (``ds.attrs["optimizer_args"]``, a JSON dict -- optionally with per-optimizer
+    sub-dicts) first, then the value of every swept-hyperparameter dim; only names the optimizer
+    takes (its family's hyperparameters and :data:`~src.optimizers.BASE_OPTIONS`) are kept, and
+    a base option at its "off" value (``clipnorm = inf``; not one the optimizer sets itself,
+    such as AdamW's ``weight_decay``) is dropped, as :meth:`~src.optimizers.Optimizer.keras_kwargs`
+    drops it.
+    """
+    allowed = (*opt.get(optimizer).family.hyperparameters, *opt.BASE_OPTIONS)
+    fixed = json.loads(ds.attrs.get("optimizer_args") or "{}")
+    values: dict[str, float] = {}
+    for key, value in fixed.items():
+        if isinstance(value, Mapping):
+            if key == optimizer:
+                values.update({k: float(v) for k, v in value.items()})
+        else:
+            values[key] = float(value)
+    for dim in extra_dims(ds):
+        values[dim] = float(ds[dim].values[index[dim]])
+    off, defaults = opt.BASE_OPTIONS, opt.get(optimizer).defaults
+    return {
+        k: v
+        for k, v in values.items()
+        if k in allowed and not (k in off and k not in defaults and v == off[k])
+    }
+
+
+def extra_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """The map's swept-hyperparameter dims (any per-config dim beyond :data:`BASE_DIMS`)."""
+    return tuple(d for d in ds.status.dims if d not in BASE_DIMS)
+
+
+def pick_at(ds: xr.Dataset, index: Mapping[str, int], stratum: str) -> Pick:
+    """The configuration at ``index`` (a position along every dim of ``ds.status``)."""
+    index = {d: int(index[d]) for d in ds.status.dims}
+    value = {d: ds[d].values[index[d]] for d in BASE_DIMS}
+    name = str(value["optimizer"])
+    return Pick(
+        index=index,
+        optimizer=name,
+        lr=float(value["lr"]),
+        n=int(value["n"]),
+        batch_size=int(value["batch_size"]),
+        seed=int(value["seed"]),
+        epochs=int(value["epochs"]),
+        hyperparameters=hyperparameters_at(ds, name, index),
+        stratum=stratum,
+    )
+
+
+def _position(ds: xr.Dataset, dim: str, value: object) -> int | None:
+    values = ds[dim].values
+    if values.dtype.kind == "f":
+        hits = np.flatnonzero(np.isclose(values, float(value), rtol=1e-9, atol=0))  # type: ignore[arg-type]
+    else:
+        hits = np.flatnonzero(values == value)
+    return int(hits[0]) if hits.size else None
+
+
+def curve_indices(ds: xr.Dataset) -> list[dict[str, int]]:
+    """Positions of the sweep's curves that lie on the grid (largest epochs, first value of
+    every swept hyperparameter), in the curves' order."""
+    if "curve" not in ds.dims:
+        return []
+    out = []
+    for i in range(ds.sizes["curve"]):
+        index: dict[str, int] = {"epochs": int(np.argmax(ds.epochs.values))}
+        for dim in ("optimizer", "lr", "n", "batch_size", "seed"):
+            at = _position(ds, dim, ds[f"curve_{dim}"].values[i])
+            if at is None:
+                break
+            index[dim] = at
+        else:
+            index.update({d: 0 for d in extra_dims(ds)})
+            out.append(index)
+    return out
+
+
+def boundary_indices(
+    ds: xr.Dataset, rng: np.random.Generator, taken: Sequence[Mapping[str, int]] = ()
+) -> list[dict[str, int]]:
+    """For each optimizer, one cell chosen at random among those with a measured critical lr
+    strictly inside the grid (and no stable grid lr above it): the grid lr just below the
+    critical lr, then the one just above. Cells with a side among ``taken`` are avoided while
+    others remain."""
+    cells = ds.critical_lr.transpose("optimizer", ...)
+    flags = ds.non_monotone.transpose(*cells.dims).values.astype(bool)
+    crit = cells.values.astype(np.float64)
+    grid = ds.lr.values.astype(np.float64)
+    order = np.argsort(grid)  # the lr axis need not be sorted (``--lr 0.01,0.001``)
+    seen = {tuple(sorted(t.items())) for t in taken}
+    out = []
+    for o in range(ds.sizes["optimizer"]):
+        c = crit[o]
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(c) & ~flags[o] & (c > grid.min()) & (c <= grid.max())
+        candidates = rng.permutation(np.flatnonzero(ok.ravel()))
+        pairs = (_sides(cells.dims[1:], c, flat, grid, order, o) for flat in candidates)
+        first = None
+        for pair in pairs:
+            first = first or pair
+            if not any(tuple(sorted(side.items())) in seen for side in pair):
+                first = pair
+                break
+        out += first or []
+    return out
+
+
+def _sides(
+    dims: Sequence[str], crit: np.ndarray, flat: int, grid: np.ndarray, order: np.ndarray, o: int
+) -> list[dict[str, int]]:
+    """The grid lr just below and just above the critical lr of one cell (flat index)."""
+    where = dict(zip(dims, np.unravel_index(int(flat), crit.shape), strict=True))
+    above = int(np.searchsorted(grid[order], crit.ravel()[flat], side="left"))
+    rest = {str(k): int(v) for k, v in where.items()}
+    return [{"optimizer": o, "lr": int(i), **rest} for i in order[[above - 1, above]]]
+
+
+def pick(ds: xr.Dataset, count: int, seed: int = 0) -> list[Pick]:
+    """``count`` distinct configurations of the map, stratified (see the module docstring) and
+    deterministic given ``seed``; every configuration when ``count`` exceeds the map."""
+    dims = ds.status.dims
+    shape = ds.status.shape
+    total = math.prod(shape)
+    rng = np.random.default_rng(seed)
+    curves = curve_indices(ds)
+    ordered = [(i, "seed") for i in curves[:2]]
+    ordered += [(i, "boundary") for i in boundary_indices(ds, rng, curves[:2])]
+    ordered += [(i, "seed") for i in curves[2:]]
+    chosen: dict[int, Pick] = {}
+    for index, stratum in ordered:
+        if len(chosen) >= count:
+            break
+        flat = int(np.ravel_multi_index(tuple(index[d] for d in dims), shape))
+        if flat not in chosen:
+            chosen[flat] = pick_at(ds, index, stratum)
+    left = min(count, total) - len(chosen)
+    if left > 0:
+        free = np.setdiff1d(np.arange(total), np.fromiter(chosen, np.int64), assume_unique=True)
+        for flat in rng.choice(free, size=left, replace=False):
+            where = np.unravel_index(int(flat), shape)
+            chosen[int(flat)] = pick_at(ds, dict(zip(dims, where, strict=True)), "random")
+    return list(chosen.values())
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
+    """The engine's ``History`` losses of each pick (float64, one entry per epoch)."""
+    import jax
+
+    from src.problem import data_table
+    from src.simulator import FlatConfigs, Simulator
+    from src.sweep import problem_of
+
+    dtype = str(ds.attrs["dtype"])
+    problem = problem_of(ds)
+    sizes = sorted({p.n for p in picks})
+    rows = np.zeros(max(sizes) + 1, np.int64)
+    rows[sizes] = np.arange(len(sizes))
+    table = data_table([problem.dataset(n) for n in sizes], dtype)
+    sim = Simulator(table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]))
+    out: list[np.ndarray] = [np.empty(0)] * len(picks)
+    families: dict[str, list[int]] = {}
+    for i, p in enumerate(picks):
+        families.setdefault(opt.get(p.optimizer).family.name, []).append(i)
+    with jax.enable_x64(dtype == "float64"):
+        for members in families.values():
+            chosen = [picks[i] for i in members]
+            family = opt.get(chosen[0].optimizer).family
+            names = sorted({h for p in chosen for h in p.hyperparameters})
+            overrides = {
+                h: np.array([_hyperparameter(p, h) for p in chosen], np.float64) for h in names
+            }
+            flat = FlatConfigs.of(
+                [p.optimizer for p in chosen], family, overrides,
+                learning_rate=np.array([p.lr for p in chosen], np.float64),
+                **{c: np.array([getattr(p, c) for p in chosen]) for c in _INT_COLUMNS},
+            )  # fmt: skip
+            _, losses = sim.run(family, flat, history=True)
+            for i, p, row in zip(members, chosen, losses, strict=True):  # type: ignore[arg-type]
+                out[i] = np.asarray(row[: p.epochs], np.float64)
+    return out
+
+
+_INT_COLUMNS = ("n", "batch_size", "seed", "epochs")
+
+
+def _hyperparameter(p: Pick, name: str) -> float:
+    if name in p.hyperparameters:
+        return float(p.hyperparameters[name])
+    defaults = opt.get(p.optimizer).defaults
+    return float(defaults[name]) if name in defaults else float(opt.BASE_OPTIONS[name])
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: TensorFlow's C++ start-up lines ("oneDNN
+    custom operations are on", ...) ignore ``TF_CPP_MIN_LOG_LEVEL``."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def tensorflow_available() -> bool:
+    """:func:`src.keras_reference.available`, without TensorFlow's start-up log lines."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_stderr():
+        return keras_reference.available()
+
+
+def _init_worker() -> None:
+    """A Keras worker: TensorFlow's op thread pools cut to one thread each (the workers are the
+    parallelism; two runs side by side measured 37 ms per epoch each, against 57 ms without),
+    and its start-up lines kept off the terminal."""
+    for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ[key] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        with quiet_stderr():
+            import keras  # noqa: F401
+            import tensorflow as tf
+    except ImportError:
+        return  # reported per run by keras_reference
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def keras_run(job: Mapping[str, object]) -> KerasResult:
+    """One configuration in Keras (runs in a worker process; errors are returned, not raised)."""
+    t0 = time.perf_counter()
+    args = dict(job)
+    try:
+        run = keras_reference.fit(**args)  # type: ignore[arg-type]
+    except Exception as e:  # one failed run must not lose the others
+        nan = math.nan
+        return KerasResult(np.full(0, nan), nan, nan, nan, time.perf_counter() - t0, repr(e), {})
+    import keras
+    import tensorflow as tf
+
+    return KerasResult(
+        history=run.history,
+        w=run.w,
+        b=run.b,
+        prediction=run.prediction,
+        seconds=time.perf_counter() - t0,
+        error=None,
+        versions={"keras": keras.__version__, "tensorflow": tf.__version__},
+    )
+
+
+def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[dict[str, object]]:
+    """Arguments of :func:`src.keras_reference.fit` for each pick (the engine's initial weights)."""
+    from src.engine import initial_params
+    from src.sweep import problem_of
+
+    problem = problem_of(ds)
+    jobs = []
+    for p in picks:
+        x, y, x_query = problem.dataset(p.n)
+        jobs.append({
+            "optimizer": p.optimizer, "lr": p.lr, "x": x, "y": y,
+            "w0": float(initial_params(p.seed).w), "b0": 0.0, "batch_size": p.batch_size,
+            "epochs": p.epochs, "hyperparameters": dict(p.hyperparameters), "x_query": x_query,
+        })  # fmt: skip
+    return jobs
+
+
+def keras_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes, each with one TensorFlow thread (:func:`_init_worker`)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def submit_keras(pool: ProcessPoolExecutor, jobs: Sequence[Mapping[str, object]]) -> dict:
+    """Every job handed to ``pool``, longest first; returns future -> job index."""
+    cost = [int(j["epochs"]) * -(-len(j["x"]) // int(j["batch_size"])) for j in jobs]  # type: ignore[arg-type, call-overload]
+    order = sorted(range(len(jobs)), key=lambda i: -cost[i])
+    return {pool.submit(keras_run, jobs[i]): i for i in order}
+
+
+def collect_keras(futures: Mapping, progress: Callable[[int], None] | None) -> list[KerasResult]:
+    """The results of :func:`submit_keras`'s futures, in job order, as they complete."""
+    results: list[KerasResult | None] = [None] * len(futures)
+    for future in as_completed(futures):
+        results[futures[future]] = future.result()
+        if progress:
+            progress(1)
+    return [r for r in results if r is not None]
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def first_nonfinite(history: np.ndarray) -> int:
+    """First epoch (from 1) whose loss is not finite; -1 if none."""
+    bad = np.flatnonzero(~np.isfinite(history))
+    return int(bad[0]) + 1 if bad.size else -1
+
+
+def max_relative_error(a: np.ndarray, b: np.ndarray, floor: float = MIN_LOSS) -> float:
+    """Largest ``|a/b - 1|`` over epochs where both are finite and above ``floor`` (nan: none)."""
+    k = min(len(a), len(b))
+    a, b = np.asarray(a[:k], np.float64), np.asarray(b[:k], np.float64)
+    with np.errstate(invalid="ignore"):
+        both = np.isfinite(a) & np.isfinite(b) & (a > floor) & (b > floor)
+    return float(np.max(np.abs(a[both] / b[both] - 1))) if both.any() else math.nan
+
+
+def keras_status(run: KerasResult, scale: float, tol: float, diverge_factor: float) -> int:
+    """The map's rules applied to a Keras run (non-finite final weights count as overflow)."""
+    h = run.history
+    nonfinite = first_nonfinite(h)
+    if nonfinite < 0 and not (math.isfinite(run.w) and math.isfinite(run.b)):
+        nonfinite = len(h)
+    return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor))
+
+
+def compare(ds: xr.Dataset, p: Pick, jax_history: np.ndarray, run: KerasResult) -> dict:
+    """The JSON record of one re-run configuration."""
+    at = ds.isel(p.index)
+    status_jax = int(at.status)
+    record: dict[str, object] = {
+        "optimizer": p.optimizer, "lr": p.lr, "n": p.n, "batch_size": p.batch_size,
+        "seed": p.seed, "epochs": p.epochs, "hyperparameters": dict(p.hyperparameters),
+        "stratum": p.stratum, "status_jax": outcome.STATUSES[status_jax],
+    }  # fmt: skip
+    if run.error is not None or len(run.history) == 0:
+        return {**record, "status_keras": None, "agree": False, "error": run.error}
+    scale = float(ds.loss_scale.sel(n=p.n))
+    status_keras = keras_status(
+        run, scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"])
+    )
+    return {
+        **record,
+        "status_keras": outcome.STATUSES[status_keras],
+        "agree": status_keras == status_jax,
+        "max_rel_err": max_relative_error(jax_history, run.history),
+        "first_nonfinite_epoch_jax": first_nonfinite(jax_history),
+        "first_nonfinite_epoch_keras": first_nonfinite(run.history),
+        "prediction_jax": float(at.prediction),
+        "prediction_keras": run.prediction,
+        "keras_seconds": round(run.seconds, 3),
+    }
+
+
+def _plotted(picks: Sequence[Pick]) -> list[int]:
+    """Up to :data:`PLOTTED` picks to draw: the first of each stratum, then the next ones."""
+    firsts = list(dict.fromkeys(p.stratum for p in picks))
+    chosen = [next(i for i, p in enumerate(picks) if p.stratum == s) for s in firsts]
+    chosen += [i for i in range(len(picks)) if i not in chosen]
+    return sorted(chosen[:PLOTTED])
+
+
+def _base_record(ds: xr.Dataset, count: int, status: str, reason: str | None) -> dict:
+    return {
+        "status": status,
+        "reason": reason,
+        "requested": count,
+        "checked": 0,
+        "rules": {
+            "tol": float(ds.attrs["tol"]),
+            "diverge_factor": float(ds.attrs["diverge_factor"]),
+            "min_loss_for_relative_error": MIN_LOSS,
+            "first_nonfinite_epoch": "first epoch whose History loss is not finite (-1: none)",
+        },
+        "verdict_agreement": None,
+        "max_rel_err": None,
+        "keras_version": None,
+        "tensorflow_version": None,
+        "seconds": 0.0,
+        "configs": [],
+        "curves": [],
+    }
+
+
+def not_run(ds: xr.Dataset, count: int) -> dict | None:
+    """The record of a validation that cannot or need not run (None when it should run)."""
+    if count == 0:
+        return _base_record(ds, 0, OFF, "turned off (--validate 0)")
+    if not tensorflow_available():
+        reason = (
+            "TensorFlow is not installed, so the map was not checked against real Keras; "
+            f"install it with: {keras_reference.INSTALL_HINT}"
+        )
+        return {
+            **_base_record(ds, count, UNAVAILABLE, reason),
+            "install": keras_reference.INSTALL_HINT,
+        }
+    if bool(ds.attrs.get("shuffle", 0)):
+        reason = (
+            "the map reshuffles every epoch, and Keras's shuffle order cannot be reproduced; "
+            "validate a map without --shuffle"
+        )
+        return _base_record(ds, count, SKIPPED, reason)
+    return None
+
+
+def validate(
+    ds: xr.Dataset,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+    started: float | None = None,
+) -> dict:
+    """Re-run ``count`` configurations of ``ds`` in Keras and compare (the record of
+    ``validation.json``). ``workers`` 0 means ``min(count, os.cpu_count())``; ``started`` is
+    the ``time.perf_counter()`` the check's seconds count from (default: now)."""
+    t0 = time.perf_counter() if started is None else started
+    skipped = not_run(ds, count)
+    if skipped is not None:
+        return skipped
+    picks = pick(ds, count, seed)
+    jobs = keras_jobs(ds, picks)
+    workers = workers or max(1, min(len(picks), os.cpu_count() or 1))
+    try:
+        with keras_pool(workers) as pool:
+            futures = submit_keras(pool, jobs)
+            histories = engine_histories(ds, picks)  # meanwhile, in this process
+            runs = collect_keras(futures, progress)
+    except (BrokenProcessPool, OSError) as e:  # the map is still worth writing
+        return _base_record(ds, count, FAILED, f"the Keras worker processes failed ({e})")
+    configs = [compare(ds, p, h, r) for p, h, r in zip(picks, histories, runs, strict=True)]
+    errors = [c["max_rel_err"] for c in configs if c.get("max_rel_err") is not None]
+    finite = [e for e in errors if math.isfinite(e)]  # type: ignore[arg-type]
+    versions = next((r.versions for r in runs if r.versions), {})
+    note = None if len(picks) == count else f"the map has only {len(picks)} configurations"
+    curves = [
+        {"label": picks[i].label, "stratum": picks[i].stratum,
+         "jax": histories[i].tolist(), "keras": runs[i].history.tolist()}
+        for i in _plotted(picks)
+    ]  # fmt: skip
+    return {
+        **_base_record(ds, count, DONE, note),
+        "checked": len(configs),
+        "agreed": sum(bool(c["agree"]) for c in configs),
+        "verdict_agreement": sum(bool(c["agree"]) for c in configs) / len(configs),
+        "max_rel_err": max(finite) if finite else None,
+        "keras_version": versions.get("keras"),
+        "tensorflow_version": versions.get("tensorflow"),
+        "map_dtype": str(ds.attrs["dtype"]),
+        "seed": seed,
+        "workers": workers,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "configs": configs,
+        "curves": curves,
+    }
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def headline(record: Mapping[str, object]) -> str:
+    """One line: how the check went (or why it did not run)."""
+    status = record["status"]
+    if status == OFF:
+        return "Keras check: off (--validate 0)."
+    if status != DONE:
+        return f"Keras check: {'failed' if status == FAILED else 'not run'}: {record['reason']}."
+    err = record["max_rel_err"]
+    worst = "no comparable epochs" if err is None else f"largest loss difference {err:.2g} relative"
+    return (
+        f"Keras check: {record['checked']} configurations re-run in Keras "
+        f"{record['keras_version']} (TensorFlow {record['tensorflow_version']}) in "
+        f"{record['seconds']:.1f} s: verdicts agree for {record['agreed']}/{record['checked']}, "
+        f"{worst} (validation.json)."
+    )
+
+
+def curves_figure(record: Mapping[str, object]):  # noqa: ANN201 -- matplotlib Figure
+    """Keras (solid) and JAX (dashed) loss curves of the plotted configurations, log y."""
+    from matplotlib.figure import Figure
+
+    curves: list[Mapping] = list(record["curves"])  # type: ignore[call-overload]
+    cols = min(2, max(1, len(curves)))
+    rows = max(1, math.ceil(len(curves) / cols))
+    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, curve in zip(axes.flat, curves, strict=False):
+        for key, style in (("keras", {"lw": 2.4, "alpha": 0.55, "color": "C0"}),
+                           ("jax", {"lw": 1.1, "ls": "--", "color": "C3"})):  # fmt: skip
+            h = np.array([np.nan if v is None else v for v in curve[key]], np.float64)
+            with np.errstate(invalid="ignore"):
+                h = np.where(np.isfinite(h) & (h > 0), h, np.nan)
+            label = "Keras model.fit" if key == "keras" else "JAX engine"
+            ax.semilogy(np.arange(1, len(h) + 1), h, label=label, **style)
+        ax.set_title(f"{curve['label']} ({curve['stratum']})", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (History)")
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle("Real Keras against the JAX engine (gaps: loss became inf/nan)", fontsize=10)
+    return fig
