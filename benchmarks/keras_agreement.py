@@ -21,7 +21,8 @@ CHECKED = 2 * len(opt.OPTIMIZERS) + 2
 
 
 class KerasAgreement:
-    """Verdict agreement (fraction) and the largest relative loss difference with Keras."""
+    """Verdict agreement (fraction) and the largest relative loss difference with Keras, over
+    the float32-determined picks, and how many picks were sensitive to rounding."""
 
     timeout = 1800
 
@@ -34,10 +35,11 @@ class KerasAgreement:
         )  # fmt: skip
         ds, _ = run(sweep)
         record = validation.validate(ds, CHECKED)
-        err = record["max_rel_err"]
+        err, share = record["max_rel_err"], record["verdict_agreement"]
         return {
-            "agreement": float(record["verdict_agreement"]),
+            "agreement": math.nan if share is None else float(share),
             "max_rel_err": math.nan if err is None else float(err),
+            "sensitive": float(record["sensitive"]),
         }
 
     def track_verdict_agreement(self, cache: dict[str, float]) -> float:
@@ -49,3 +51,8 @@ class KerasAgreement:
         return cache["max_rel_err"]
 
     track_max_rel_loss_error.unit = "relative"  # type: ignore[attr-defined]
+
+    def track_sensitive_configs(self, cache: dict[str, float]) -> float:
+        return cache["sensitive"]
+
+    track_sensitive_configs.unit = "configurations"  # type: ignore[attr-defined]

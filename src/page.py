@@ -179,6 +179,7 @@ VALIDATION_COLUMNS = (
     ("seed", "seed"), ("epochs", "epochs"), ("hyperparameters", "hyperparameters"),
     ("stratum", "why"), ("status_jax", "JAX status"), ("status_keras", "Keras status"),
     ("agree", "agree"), ("max_rel_err", "max rel. loss diff."),
+    ("float32_sensitivity", "float32 sensitivity"), ("sensitive", "sensitive"),
     ("first_nonfinite_epoch_jax", "first inf/nan epoch JAX"),
     ("first_nonfinite_epoch_keras", "Keras"), ("prediction_jax", "prediction JAX"),
     ("prediction_keras", "Keras"),
@@ -198,9 +199,16 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
+def _flag(key: str, c: Mapping[str, object]) -> str:
+    """A table cell; ``sensitive`` reads as a plain yes/no, not as a failure."""
+    if key == "sensitive":
+        return "yes" if c.get(key) else "no"
+    return _cell(c.get(key))
+
+
 def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
     """The page's "Checked against real Keras" section from a :mod:`src.validation` record."""
-    from src.validation import DONE, MIN_LOSS, headline
+    from src.validation import DONE, MIN_LOSS, SENSITIVE, SENSITIVITY_ULPS, headline
 
     esc = html.escape
     intro = (
@@ -210,7 +218,11 @@ def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
         "<i>boundary</i>, the grid lr just below and just above a measured critical lr; "
         "<i>random</i>, anywhere on the map. The Keras status follows the map's rules; the "
         f"loss difference is the largest |JAX/Keras - 1| where both losses exceed {MIN_LOSS:g}."
-        " Full figures: <code>validation.json</code>.</p>"
+        " <i>float32 sensitivity</i>: how far the engine's own loss moves when the learning "
+        f"rate moves by up to {max(SENSITIVITY_ULPS)} ulp. Above {SENSITIVE:g} the run is "
+        "<i>sensitive</i>: rounding decides its path (chaotic limit cycles, long exponential "
+        "growth), two faithful float32 implementations part ways, and it is counted apart from "
+        "the agreement totals. Full figures: <code>validation.json</code>.</p>"
     )
     if record["status"] != DONE:
         return (
@@ -221,19 +233,18 @@ def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
     rows = "".join(
         "<tr>"
         + "".join(
-            f"<td>{'none' if key.startswith('first_') and c.get(key) == -1 else _cell(c.get(key))}"
-            "</td>"
+            f"<td>{'none' if key.startswith('first_') and c.get(key) == -1 else _flag(key, c)}</td>"
             for key, _ in VALIDATION_COLUMNS
         )
         + "</tr>"
         for c in record["configs"]  # type: ignore[attr-defined]
     )
     share = record["verdict_agreement"]
+    agreement = "" if share is None else f" ({100 * share:.0f}%)"
     picture = "" if png is None else _img(png, "Keras and JAX loss curves")
     return f"""<h2 id="validation">Checked against real Keras</h2>
 {intro}
-<p><b>Verdicts agree for {record["agreed"]} of {record["checked"]} configurations \
-({100 * share:.0f}%).</b> {esc(headline(record))}</p>
+<p><b>Verdicts agree for {record["agreed"]} of {record["determined"]} float32-determined configurations{agreement}.</b> {esc(headline(record))}</p>
 <div class="wide"><table id="validation-table"><tr>{head}</tr>{rows}</table></div>
 {picture}"""
 
