@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import src  # noqa: F401
+from src import optimizers as opt
 from src.sweep import Sweep, log_grid, run
 
 from .workloads import seed_workload
 
-OPTIMIZERS = ["sgd", "adam", "rmsprop", "adagrad"]  # one per family
+
+def one_per_family() -> list[str]:
+    """The first optimizer name of every family (a family is one compiled program)."""
+    first: dict[str, str] = {}
+    for name, o in opt.OPTIMIZERS.items():
+        first.setdefault(o.family.name, name)
+    return list(first.values())
+
+
+OPTIMIZERS = one_per_family()
 EPOCHS = 100
 
 
