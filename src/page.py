@@ -158,9 +158,9 @@ Static PNGs of every map are saved beside this page.</p>
 {ds.critical_lr.attrs.get("long_name", "").split("bisection to ")[-1].split(" ")[0]} relative.
 Closed form (SGD, momentum, Nesterov): 2 c(mu) / lambda_max for a full batch, the first lr at
 which the epoch map's spectral radius exceeds 1 for minibatches in a fixed order.</p>
-<pre>{esc(chr(10).join(critical) or "no optimizer with a closed form in this map")}</pre>
+<pre class="table">{esc(chr(10).join(critical) or "no optimizer with a closed form in this map")}</pre>
 <h2>Largest stable learning rate on the grid</h2>
-<pre>{esc(chr(10).join(table))}</pre>
+<pre class="table">{esc(chr(10).join(table))}</pre>
 {validation}
 <h2>How each run is classified</h2>
 <table>{status_rows}</table>
@@ -253,6 +253,7 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
 pre { background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 13px; white-space: pre-wrap; }
+pre.table { white-space: pre; }
 img { max-width: 100%; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: .2em .6em; }
 #maps { display: flex; flex-wrap: wrap; gap: 8px; }
