@@ -377,6 +377,8 @@ def _init_worker() -> None:
         return  # reported per run by keras_reference
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    # Every run builds a fresh model, whose predict function TensorFlow then warns it retraced.
+    tf.get_logger().setLevel("ERROR")
 
 
 def keras_run(job: Mapping[str, object]) -> KerasResult:
