@@ -5,7 +5,9 @@ Modules, one concept each:
 * :mod:`src.problem` -- the dataset family (xs = 1..N, ys = 0.5 xs by default).
 * :mod:`src.optimizers` -- Keras 3 optimizers as optax gradient transformations.
 * :mod:`src.engine` -- the vectorized JAX simulation of ``model.fit``.
-* :mod:`src.simulator` -- flat configuration lists through cached compiled engine programs.
+* :mod:`src.simulator` -- flat configuration lists through cached compiled engine programs,
+  split over all devices.
+* :mod:`src.distributed` -- one map over several processes or hosts (``jax.distributed``).
 * :mod:`src.outcome` -- classifying a run: converged, slow, diverging, overflow.
 * :mod:`src.theory` -- closed forms for SGD, heavy-ball and Nesterov on the quadratic loss.
 * :mod:`src.boundary` -- measured critical learning rates by vectorized bisection.

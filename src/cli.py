@@ -218,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="reports/stability_map",
         help="output directory (default reports/stability_map)",
     )
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="run over several processes/hosts with jax.distributed: process 0's address "
+        "(every process runs the same command with its own --process-id)",
+    )
+    p.add_argument("--num-processes", default="1", help="processes in all (with --coordinator)")
+    p.add_argument("--process-id", default="0", help="this process, 0 .. K-1 (0 writes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="overwrite a map already in --out")
     p.add_argument(
@@ -444,6 +453,17 @@ def map_job(argv: Sequence[str]) -> None:
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
     checks = _validation_count(args.validate)
+    if args.coordinator is not None:
+        from src import distributed
+
+        distributed.initialize(
+            args.coordinator,
+            _ints(args.num_processes, "--num-processes")[0],
+            _ints(args.process_id, "--process-id")[0],
+        )
+        if not distributed.is_writer():  # computes its shard of every chunk; writes nothing
+            run(sweep)
+            return
     from src import report, store, sweep_file  # heavy imports once the input is known good
 
     out = store.prepare_output_dir(Path(args.out))

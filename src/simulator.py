@@ -4,6 +4,12 @@ The sweep, the boundary search and ``explain`` all reduce their work to
 :class:`FlatConfigs` -- one row per configuration of one optimizer family -- and hand it to a
 :class:`Simulator`, which compiles each ``(family, shapes, chunk size, history)`` program once,
 pads the last chunk by repeating its last row, and keeps compile and compute seconds apart.
+
+With several devices (GPUs, or CPU devices from
+``XLA_FLAGS=--xla_force_host_platform_device_count=K``), every chunk is split along its config
+axis over all of them (``jax.sharding``: a one-axis mesh, the data table replicated). The
+configurations are independent, so the partitioned program needs no communication and each
+one is computed exactly as on one device.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from src import engine
 from src import optimizers as opt
@@ -100,17 +107,28 @@ class Simulator:
     chunk_size: int = 0
     compile_seconds: float = 0.0
     compute_seconds: float = 0.0
+    devices: tuple[jax.Device, ...] = ()
     _compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.devices = self.devices or tuple(jax.devices())
+        mesh = Mesh(np.array(self.devices), ("configs",))
+        self._split = NamedSharding(mesh, PartitionSpec("configs"))
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self._table = jax.device_put(_host(self.table), self._replicated)
 
     @property
     def programs(self) -> int:
         return len(self._compiled)
 
     def chunk_size_for(self, shapes: engine.Shapes, count: int) -> int:
+        """Configs per engine call: a multiple of the device count (the last chunk is padded)."""
         if self.chunk_size:
-            return min(self.chunk_size, count)
-        per_config = shapes.n_batches * shapes.batch_width
-        return max(1, min(count, CHUNK_ELEMENTS // per_config))
+            size = min(self.chunk_size, count)
+        else:
+            per_config = shapes.n_batches * shapes.batch_width
+            size = max(1, min(count, CHUNK_ELEMENTS * len(self.devices) // per_config))
+        return -(-size // len(self.devices)) * len(self.devices)
 
     def run(
         self,
@@ -130,12 +148,12 @@ class Simulator:
         c = flat.columns
         shapes = shapes or engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
-        tol = jnp.asarray(self.tol, self.dtype)
+        tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
         key = (family, tuple(flat.arguments), shapes, size, history, self.shuffle, self.dtype)
         if key not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[key] = engine.simulate.lower(
-                flat.chunk(0, size, self.rows, self.dtype), self.table, tol,
+                self._place(flat.chunk(0, size, self.rows, self.dtype)), self._table, tol,
                 family=family, shapes=shapes, shuffle=self.shuffle, history=history,
             ).compile()  # fmt: skip
             self.compile_seconds += time.perf_counter() - t0
@@ -143,9 +161,9 @@ class Simulator:
         parts: list[engine.Summary] = []
         curves: list[np.ndarray] = []
         for start in range(0, len(flat), size):
-            configs = flat.chunk(start, size, self.rows, self.dtype)
+            configs = self._place(flat.chunk(start, size, self.rows, self.dtype))
             t0 = time.perf_counter()
-            summary, losses = jax.block_until_ready(compiled(configs, self.table, tol))
+            summary, losses = _gather(jax.block_until_ready(compiled(configs, self._table, tol)))
             self.compute_seconds += time.perf_counter() - t0
             keep = min(size, len(flat) - start)
             parts.append(engine.Summary(*(np.asarray(a)[:keep] for a in summary)))
@@ -155,3 +173,21 @@ class Simulator:
                 progress(keep)
         merged = engine.Summary(*(np.concatenate(k) for k in zip(*parts, strict=True)))
         return merged, (np.concatenate(curves) if history else None)
+
+    def _place(self, configs: engine.Configs) -> engine.Configs:
+        """A chunk split along its config axis over the devices (of every process)."""
+        return jax.device_put(_host(configs), self._split)
+
+
+def _host(tree: object) -> object:
+    """Host (NumPy) copies: what every process holds alike and places on a global sharding."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def _gather(tree: object) -> object:
+    """Results as host arrays; across processes (``jax.distributed``) every process gets all."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
