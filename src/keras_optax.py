@@ -169,6 +169,15 @@ def keras_adam(
     return optax.GradientTransformation(init, update)
 
 
+class MomentState(NamedTuple):
+    """Step count and two slots: Lamb's moments ``m``, ``v``; Muon's momentum (every variable)
+    and Adam's second moment (non-matrices)."""
+
+    count: Array
+    m: optax.Updates
+    v: optax.Updates
+
+
 class AdamaxState(NamedTuple):
     """Step count, first moment ``m`` and the exponentially weighted infinity norm ``u``."""
 
@@ -273,14 +282,6 @@ def keras_nadam(
     return optax.GradientTransformation(init, update)
 
 
-class LambState(NamedTuple):
-    """Step count and the first and second moments."""
-
-    count: Array
-    m: optax.Updates
-    v: optax.Updates
-
-
 def keras_lamb(
     learning_rate: Scalar,
     beta_1: Scalar = 0.9,
@@ -299,13 +300,13 @@ def keras_lamb(
     c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
     c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
 
-    def init(params: optax.Params) -> LambState:
+    def init(params: optax.Params) -> MomentState:
         zeros = _zeros(params)
-        return LambState(jnp.zeros([], jnp.int32), zeros, zeros)
+        return MomentState(jnp.zeros([], jnp.int32), zeros, zeros)
 
     def update(
-        grads: optax.Updates, state: LambState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, LambState]:
+        grads: optax.Updates, state: MomentState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, MomentState]:
         assert params is not None, "Lamb's trust ratio needs the parameters"
         count, t = _count(state.count, _first_leaf(grads))
 
@@ -319,7 +320,7 @@ def keras_lamb(
             return -(ratio * learning_rate * upd), m, v
 
         steps, m, v = _leafwise(leaf, grads, state.m, state.v, params)
-        return steps, LambState(count, m, v)
+        return steps, MomentState(count, m, v)
 
     return optax.GradientTransformation(init, update)
 
@@ -610,14 +611,6 @@ def keras_adafactor(
     return optax.GradientTransformation(init, update)
 
 
-class MuonState(NamedTuple):
-    """Step count, momentum (every variable) and Adam's second moment (non-matrices)."""
-
-    count: Array
-    m: optax.Updates
-    v: optax.Updates
-
-
 def newton_schulz(x: Array, steps: Scalar, a: Scalar, b: Scalar, c: Scalar) -> Array:
     """Keras Muon's quintic Newton-Schulz orthogonalisation of a matrix (Jordan et al., 2024).
 
@@ -672,13 +665,13 @@ def keras_muon(
     c2 = 1 - adam_beta_2 if one_minus_adam_beta_2 is None else one_minus_adam_beta_2
     mu_minus_one = momentum - 1 if one_minus_momentum is None else -one_minus_momentum
 
-    def init(params: optax.Params) -> MuonState:
+    def init(params: optax.Params) -> MomentState:
         zeros = _zeros(params)
-        return MuonState(jnp.zeros([], jnp.int32), zeros, zeros)
+        return MomentState(jnp.zeros([], jnp.int32), zeros, zeros)
 
     def update(
-        grads: optax.Updates, state: MuonState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, MuonState]:
+        grads: optax.Updates, state: MomentState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, MomentState]:
         del params
         count, t = _count(state.count, _first_leaf(grads))
 
@@ -696,7 +689,7 @@ def keras_muon(
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
 
         steps, m, v = _leafwise(leaf, grads, state.m, state.v)
-        return steps, MuonState(count, m, v)
+        return steps, MomentState(count, m, v)
 
     return optax.GradientTransformation(init, update)
 

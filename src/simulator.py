@@ -77,17 +77,18 @@ class FlatConfigs:
         return len(self.columns["n"])
 
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
-        """Configs ``start .. start+size`` (repeating the last one to fill a short chunk)."""
+        """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
+        host arrays: every process holds them alike and places them on the devices."""
         idx = np.minimum(np.arange(start, start + size), len(self) - 1)
         c = self.columns
         return engine.Configs(
-            learning_rate=jnp.asarray(c["learning_rate"][idx], dtype),
-            hyperparameters={h: jnp.asarray(v[idx], dtype) for h, v in self.arguments.items()},
-            data_row=jnp.asarray(rows[c["n"][idx]], jnp.int32),
-            n=jnp.asarray(c["n"][idx], jnp.int32),
-            batch_size=jnp.asarray(c["batch_size"][idx], jnp.int32),
-            epochs=jnp.asarray(c["epochs"][idx], jnp.int32),
-            seed=jnp.asarray(c["seed"][idx], jnp.uint32),
+            learning_rate=np.asarray(c["learning_rate"][idx], dtype),
+            hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
+            data_row=np.asarray(rows[c["n"][idx]], np.int32),
+            n=np.asarray(c["n"][idx], np.int32),
+            batch_size=np.asarray(c["batch_size"][idx], np.int32),
+            epochs=np.asarray(c["epochs"][idx], np.int32),
+            seed=np.asarray(c["seed"][idx], np.uint32),
         )
 
 
@@ -176,7 +177,7 @@ class Simulator:
 
     def _place(self, configs: engine.Configs) -> engine.Configs:
         """A chunk split along its config axis over the devices (of every process)."""
-        return jax.device_put(_host(configs), self._split)
+        return jax.device_put(configs, self._split)
 
 
 def _host(tree: object) -> object:
