@@ -31,13 +31,24 @@ class Ratios:
     unit = "x"
 
     def setup_cache(self) -> dict[str, float]:
-        sweep = sweep_rate("sgd", SWEEP_CONFIGS, SWEEP_EPOCHS)
+        sweep = sweep_rate("sgd", SWEEP_CONFIGS, SWEEP_EPOCHS)  # auto: the moments kernel
         loop = loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS)
+        autodiff = sweep_rate("sgd", SWEEP_CONFIGS // 4, SWEEP_EPOCHS, "autodiff")
+        autodiff_loop = loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS, "autodiff")
         keras = keras_rate("sgd", KERAS_CONFIGS, KERAS_EPOCHS) if keras_available() else math.nan
-        return {"sweep": sweep, "loop": loop, "keras": keras}
+        return {"sweep": sweep, "loop": loop, "keras": keras, "autodiff": autodiff,
+                "autodiff_loop": autodiff_loop}  # fmt: skip
 
     def track_speedup_over_per_config_loop(self, rates: dict[str, float]) -> float:
         return rates["sweep"] / rates["loop"]
+
+    def track_autodiff_speedup_over_its_per_config_loop(self, rates: dict[str, float]) -> float:
+        return rates["autodiff"] / rates["autodiff_loop"]
+
+    def track_autodiff_config_epochs_per_second(self, rates: dict[str, float]) -> float:
+        return rates["autodiff"]
+
+    track_autodiff_config_epochs_per_second.unit = "config-epochs/s"  # type: ignore[attr-defined]
 
     def track_speedup_over_keras(self, rates: dict[str, float]) -> float:
         if math.isnan(rates["keras"]):

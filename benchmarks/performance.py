@@ -4,8 +4,10 @@ Prints, and writes to ``docs/performance.md``:
 
 * the machine's measured arithmetic ceiling for this kind of code: float32 multiply-adds over a
   large array in one jitted XLA loop (with the project's XLA flags, so no FMA), in flop/s;
-* config-epochs/s of the engine (the per-sample autodiff kernel) on the seed workload (N <= 32,
-  full batch, Keras's batch size) for one optimizer of every family;
+* config-epochs/s of both kernels (moments and per-sample autodiff) on the seed workload
+  (SGD, N <= 32, full batch, 500 epochs), and for one optimizer of every family;
+* config-epochs/s per family on the mixed map (every optimizer, N = 1..256, batch sizes 8
+  and 32, 500 epochs);
 * the fraction of the ceiling each reaches, counting :data:`MIN_FLOPS` per config-epoch: the
   arithmetic of one full-batch SGD epoch done the cheapest exact way (the gradient and loss
   from per-batch sufficient statistics), so 1.0 means the ceiling of *any* implementation;
@@ -26,11 +28,25 @@ import jax
 import jax.numpy as jnp
 
 import src  # noqa: F401  (XLA's CPU flags, before JAX starts)
+from src import optimizers as opt
 
 from .sweep import one_per_family
-from .workloads import keras_available, keras_rate, loop_rate, sweep_rate
+from .workloads import (
+    MIXED_BATCH_SIZES,
+    MIXED_N,
+    keras_available,
+    keras_rate,
+    loop_rate,
+    mixed_rate,
+    sweep_rate,
+)
 
-CONFIGS, EPOCHS = 100_000, 100
+KERNELS = ("moments", "autodiff")
+SEED_CONFIGS = {"moments": 262_144, "autodiff": 65_536}
+SEED_EPOCHS = 500
+FAMILY_CONFIGS = {"moments": 65_536, "autodiff": 16_384}
+FAMILY_EPOCHS = 100
+MIXED_LRS, MIXED_EPOCHS = 16, 500
 LOOP_CONFIGS, LOOP_EPOCHS = 64, 500
 KERAS_CONFIGS, KERAS_EPOCHS = 3, 20
 MIN_FLOPS = 20
@@ -72,54 +88,93 @@ def cpu_name() -> str:
 def measure() -> dict[str, object]:
     """Every figure of the report, in one process."""
     flops = ceiling_flops()
-    ceiling = flops / MIN_FLOPS
-    families = {name: sweep_rate(name, CONFIGS, EPOCHS) for name in one_per_family()}
-    loop = loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS)
+    seed = {k: sweep_rate("sgd", SEED_CONFIGS[k], SEED_EPOCHS, k) for k in KERNELS}
+    loops = {k: loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS, k) for k in KERNELS}
+    families = {
+        k: {
+            name: sweep_rate(name, FAMILY_CONFIGS[k], FAMILY_EPOCHS, k) for name in one_per_family()
+        }
+        for k in KERNELS
+    }
+    family_names = list(dict.fromkeys(opt.get(n).family.name for n in one_per_family()))
+    mixed = {f: mixed_rate(f, MIXED_LRS, MIXED_EPOCHS) for f in family_names}
     keras = keras_rate("sgd", KERAS_CONFIGS, KERAS_EPOCHS) if keras_available() else math.nan
     return {
-        "flops": flops, "ceiling": ceiling, "families": families, "loop": loop, "keras": keras,
+        "flops": flops, "ceiling": flops / MIN_FLOPS, "seed": seed, "loops": loops,
+        "families": families, "mixed": mixed, "keras": keras,
     }  # fmt: skip
 
 
 def report(m: dict[str, object]) -> str:
     """The Markdown page."""
-    families: dict[str, float] = m["families"]  # type: ignore[assignment]
-    sgd = families["sgd"]
+    seed: dict[str, float] = m["seed"]  # type: ignore[assignment]
+    loops: dict[str, float] = m["loops"]  # type: ignore[assignment]
+    families: dict[str, dict[str, float]] = m["families"]  # type: ignore[assignment]
+    mixed: dict[str, float] = m["mixed"]  # type: ignore[assignment]
+    ceiling: float = m["ceiling"]  # type: ignore[assignment]
+    keras: float = m["keras"]  # type: ignore[assignment]
     lines = [
         "# Performance notes",
         "",
         f"Measured {datetime.date.today()} by `python -m benchmarks.performance` on "
         f"{cpu_name()} ({os.cpu_count()} cores), devices "
         f"{', '.join(str(d) for d in jax.devices())}, JAX {jax.__version__}, Python "
-        f"{platform.python_version()}. One run: the ratios are from the same process.",
+        f"{platform.python_version()}. One run: the ratios are from the same process. The "
+        "machine is shared, so single figures vary by up to ~2x between runs.",
         "",
         f"Arithmetic ceiling (float32 multiply-adds in one XLA loop, no FMA): "
-        f"{m['flops']:.3g} flop/s, i.e. {m['ceiling']:.3g} config-epochs/s at {MIN_FLOPS} "
+        f"{m['flops']:.3g} flop/s, i.e. {ceiling:.3g} config-epochs/s at {MIN_FLOPS} "
         "flops per full-batch SGD epoch (the cheapest exact form).",
         "",
-        f"Seed workload: {CONFIGS:,} configs (N <= 32, full batch, float32) x {EPOCHS} epochs, "
-        "per-sample autodiff kernel:",
+        f"## Seed workload: SGD, N <= 32, full batch, float32, {SEED_EPOCHS} epochs",
         "",
-        "| optimizer (family) | config-epochs/s | of SGD's | of the ceiling |",
-        "|---|---|---|---|",
+        "| kernel | configs | config-epochs/s | of the ceiling | per-config jitted loop "
+        "(same kernel) | speedup over it | speedup over Keras `model.fit` |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, rate in families.items():
+    for k in KERNELS:
+        vs_keras = "-" if math.isnan(keras) else f"{seed[k] / keras:.3g}x"
         lines.append(
-            f"| {name} | {rate:.3g} | {rate / sgd:.2f} | {rate / m['ceiling']:.1%} |"  # type: ignore[operator]
+            f"| {k} | {SEED_CONFIGS[k]:,} | {seed[k]:.3g} | {seed[k] / ceiling:.0%} | "
+            f"{loops[k]:.3g} | {seed[k] / loops[k]:.0f}x | {vs_keras} |"
         )
-    keras = m["keras"]
     lines += [
         "",
-        "| implementation (SGD) | config-epochs/s | the engine's speedup over it |",
-        "|---|---|---|",
-        f"| the engine (above) | {sgd:.3g} | 1 |",
-        f"| per-config jitted JAX loop ({LOOP_CONFIGS} configs x {LOOP_EPOCHS} epochs) | "
-        f"{m['loop']:.3g} | {sgd / m['loop']:.1f}x |",  # type: ignore[operator]
-        f"| Keras `model.fit` ({KERAS_CONFIGS} configs x {KERAS_EPOCHS} epochs) | "
-        + ("not installed | - |" if math.isnan(keras) else f"{keras:.3g} | {sgd / keras:.3g}x |"),  # type: ignore[arg-type,operator]
+        f"Per-config loop: {LOOP_CONFIGS} configs x {LOOP_EPOCHS} epochs, one jitted call each. "
+        + (
+            "Keras: TensorFlow not installed."
+            if math.isnan(keras)
+            else f"Keras: {KERAS_CONFIGS} configs x {KERAS_EPOCHS} epochs, {keras:.3g} "
+            "config-epochs/s."
+        ),
         "",
+        f"## Every family on the seed workload ({FAMILY_EPOCHS} epochs)",
+        "",
+        "| optimizer (family) | moments: config-epochs/s | of SGD's | of the ceiling | "
+        "autodiff: config-epochs/s | of SGD's |",
+        "|---|---|---|---|---|---|",
     ]
-    return "\n".join(lines)
+    for name in families["moments"]:
+        mo, ad = families["moments"][name], families["autodiff"][name]
+        lines.append(
+            f"| {name} | {mo:.3g} | {mo / families['moments']['sgd']:.2f} | "
+            f"{mo / ceiling:.0%} | {ad:.3g} | {ad / families['autodiff']['sgd']:.2f} |"
+        )
+    sizes = " and ".join(str(b) for b in MIXED_BATCH_SIZES)
+    lines += [
+        "",
+        f"## Mixed map: every optimizer, N = 1..{MIXED_N}, batch sizes {sizes}, "
+        f"{MIXED_EPOCHS} epochs",
+        "",
+        f"{MIXED_LRS} learning rates per optimizer; the default kernel (`auto`: moments). A "
+        "family runs all its optimizers in one program.",
+        "",
+        "| family | config-epochs/s | of SGD's |",
+        "|---|---|---|",
+    ]
+    for family, rate in mixed.items():
+        lines.append(f"| {family} | {rate:.3g} | {rate / mixed['sgd']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

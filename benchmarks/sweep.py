@@ -25,17 +25,17 @@ class TimeSweep:
     """The seed workload (N <= 32, full batch), all configurations in one engine call each
     chunk; compilation happens in ``setup``, so this times execution only."""
 
-    params = ([1_000, 10_000, 100_000], OPTIMIZERS)
-    param_names = ["configs", "optimizer"]
+    params = ([10_000, 100_000], OPTIMIZERS, ["moments", "autodiff"])
+    param_names = ["configs", "optimizer", "kernel"]
     number = 1
     repeat = (1, 5, 20.0)
     timeout = 600
 
-    def setup(self, configs: int, optimizer: str) -> None:
-        self.sim, self.family, self.flat = seed_workload(optimizer, configs, EPOCHS)
+    def setup(self, configs: int, optimizer: str, kernel: str) -> None:
+        self.sim, self.family, self.flat = seed_workload(optimizer, configs, EPOCHS, kernel)
         self.sim.run(self.family, self.flat)  # compile + warm-up
 
-    def time_sweep(self, configs: int, optimizer: str) -> None:
+    def time_sweep(self, configs: int, optimizer: str, kernel: str) -> None:
         self.sim.run(self.family, self.flat)  # blocks until the results are ready
 
 

@@ -31,7 +31,7 @@ BATCH_SIZE = 32
 
 
 def seed_workload(
-    optimizer: str, configs: int, epochs: int
+    optimizer: str, configs: int, epochs: int, kernel: str = "auto"
 ) -> tuple[Simulator, opt.Family, FlatConfigs]:
     """``configs`` configurations: lr grid x N = 1..32, ``epochs`` each, seed 0."""
     ns = np.arange(1, N_MAX + 1)
@@ -45,12 +45,12 @@ def seed_workload(
     )  # fmt: skip
     rows = np.arange(N_MAX + 1) - 1
     table = data_table([Problem().dataset(int(k)) for k in ns], "float32")
-    return Simulator(table, rows, "float32", 1e-4), family, flat
+    return Simulator(table, rows, "float32", 1e-4, kernel=kernel), family, flat
 
 
-def sweep_rate(optimizer: str, configs: int, epochs: int) -> float:
+def sweep_rate(optimizer: str, configs: int, epochs: int, kernel: str = "auto") -> float:
     """Config-epochs per second of the vectorized engine (after compilation)."""
-    sim, family, flat = seed_workload(optimizer, configs, epochs)
+    sim, family, flat = seed_workload(optimizer, configs, epochs, kernel)
     sim.run(family, flat)  # compile and warm up
     t0 = time.perf_counter()
     sim.run(family, flat)
@@ -60,14 +60,23 @@ def sweep_rate(optimizer: str, configs: int, epochs: int) -> float:
 class PerConfigLoop:
     """The same configurations, one jitted call per configuration (no vmap)."""
 
-    def __init__(self, optimizer: str, configs: int, epochs: int) -> None:
-        sim, family, flat = seed_workload(optimizer, configs, epochs)
+    def __init__(self, optimizer: str, configs: int, epochs: int, kernel: str = "auto") -> None:
+        sim, family, flat = seed_workload(optimizer, configs, epochs, kernel)
         self.table, self.tol = sim.table, np.float32(1e-4)
-        self.configs = [flat.chunk(i, 1, sim.rows, "float32") for i in range(len(flat))]
         shapes = engine.Shapes.covering(flat.columns["n"], [BATCH_SIZE], [epochs])
+        constants = tuple(sorted(flat.constant_arguments().items()))
+        self.configs = [
+            jax.device_get(sim.chunk(flat, i, 1, shapes, constants)) for i in range(len(flat))
+        ]
         self.train_one = jax.jit(
             functools.partial(
-                engine.simulate_one, family=family, shapes=shapes, shuffle=False, history=False
+                engine.simulate_one,
+                family=family,
+                shapes=shapes,
+                shuffle=False,
+                history=False,
+                kernel=sim.kernel,
+                constants=constants,
             )
         )
         self.one = jax.tree.map(lambda a: a[0], self.configs[0])
@@ -82,8 +91,8 @@ class PerConfigLoop:
             )
 
 
-def loop_rate(optimizer: str, configs: int, epochs: int) -> float:
-    loop = PerConfigLoop(optimizer, configs, epochs)
+def loop_rate(optimizer: str, configs: int, epochs: int, kernel: str = "auto") -> float:
+    loop = PerConfigLoop(optimizer, configs, epochs, kernel)
     loop.warm_up()
     t0 = time.perf_counter()
     loop.run()
@@ -118,3 +127,28 @@ def keras_rate(optimizer: str, configs: int, epochs: int) -> float:
     for args in runs:
         keras_reference.fit(*args)
     return configs * epochs / (time.perf_counter() - t0)
+
+
+MIXED_N = 256
+MIXED_BATCH_SIZES = (8, 32)
+
+
+def mixed_rate(family_name: str, lrs: int, epochs: int, kernel: str = "auto") -> float:
+    """Config-epochs per second of one family on the mixed map: every optimizer of the
+    family x ``lrs`` learning rates x N = 1..256 x batch sizes 8 and 32."""
+    names = [n for n, o in opt.OPTIMIZERS.items() if o.family.name == family_name]
+    ns = np.arange(1, MIXED_N + 1)
+    grid = np.meshgrid(np.arange(len(names)), log_grid(1e-4, 1.0, lrs), ns, MIXED_BATCH_SIZES,
+                       indexing="ij")  # fmt: skip
+    which, lr, n, bs = (g.ravel() for g in grid)
+    family = opt.get(names[0]).family
+    flat = FlatConfigs.of(
+        [names[i] for i in which], family, learning_rate=lr, n=n, batch_size=bs,
+        seed=np.zeros(len(n), np.int64), epochs=np.full(len(n), epochs),
+    )  # fmt: skip
+    table = data_table([Problem().dataset(int(k)) for k in ns], "float32")
+    sim = Simulator(table, np.arange(MIXED_N + 1) - 1, "float32", 1e-4, kernel=kernel)
+    sim.run(family, flat)  # compile and warm up
+    t0 = time.perf_counter()
+    sim.run(family, flat)
+    return len(n) * epochs / (time.perf_counter() - t0)

@@ -22,9 +22,11 @@ from src import findings, optimizers, outcome, validation
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.problem import Problem, read_xy_csv
-from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, run
+from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, resumed_configs, run
 
 MAX_AXIS_POINTS = 10_000_000
+PARTIAL = ".partial"
+"""Where in ``--out`` a run keeps its finished chunks until the map is written (``--resume``)."""
 """Refuse larger axes before building them (the grid check then covers the product)."""
 
 EXPLAIN_EXAMPLES = """\
@@ -186,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", default="0", help="configurations per engine call (default: automatic)"
     )
     p.add_argument(
+        "--kernel",
+        default="auto",
+        help="how a batch's loss and gradient are computed: moments (per-batch sufficient "
+        "statistics, O(1) per step), autodiff (per-sample autodiff, Keras's arithmetic) or auto "
+        "(moments unless --shuffle; default)",
+    )
+    p.add_argument(
         "--boundary-rtol",
         default=str(DEFAULT_RTOL),
         help="relative precision of the measured critical lr per cell (default 0.001)",
@@ -229,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-id", default="0", help="this process, 0 .. K-1 (0 writes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="overwrite a map already in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same sweep into --out from the chunks it "
+        f"saved ({PARTIAL}/ there), simulating only the rest; the map is the same as an "
+        "uninterrupted run's (without it, a saved unfinished run is discarded)",
+    )
     p.add_argument(
         "--config",
         default=None,
@@ -289,6 +305,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         problem=_problem(args),
         curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
         chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
+        kernel=args.kernel,
         boundary_rtol=_one_float(args.boundary_rtol, "--boundary-rtol"),
         hyperparameters=tuple(parse_sweep_axis(t) for t in args.sweep or ()),
         optimizer_args=tuple(_key_values(args.optimizer_args, "--optimizer-args").items()),
@@ -399,7 +416,11 @@ def _guarded(job: Callable[[], None]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no output file was left half-written", file=sys.stderr)
+        print(
+            "interrupted: no output file was left half-written (--resume continues a map "
+            "from the chunks it finished)",
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:  # e.g. piped into `head`: what was asked for is done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -453,6 +474,8 @@ def map_job(argv: Sequence[str]) -> None:
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
     checks = _validation_count(args.validate)
+    if args.resume and args.coordinator is not None:
+        raise InputError("--resume runs in one process; it does not combine with --coordinator")
     if args.coordinator is not None:
         from src import distributed
 
@@ -464,20 +487,26 @@ def map_job(argv: Sequence[str]) -> None:
         if not distributed.is_writer():  # computes its shard of every chunk; writes nothing
             run(sweep)
             return
-    from src import report, store, sweep_file  # heavy imports once the input is known good
+    from src import report, resume, store, sweep_file  # heavy imports once the input is good
 
     out = store.prepare_output_dir(Path(args.out))
-    if (out / "stability_map.nc").exists() and not args.force:
+    unfinished = (out / PARTIAL / resume.FINGERPRINT).exists()
+    if (out / "stability_map.nc").exists() and not args.force and not (args.resume and unfinished):
         raise InputError(
-            f"--out {out} already holds a stability map; pass --force to overwrite it "
-            "or choose another --out"
+            f"--out {out} already holds a stability map"
+            + (" and no unfinished run to resume" if args.resume else "")
+            + "; pass --force to overwrite it or choose another --out"
         )
-    ds, stats = _run_with_progress(sweep, quiet=args.quiet)
+    if args.resume and not unfinished and not args.quiet:
+        print(f"nothing to resume in {out}: starting from the beginning", file=sys.stderr)
+    work = resume.WorkStore.open(out / PARTIAL, sweep, resume=args.resume)
+    ds, stats = _run_with_progress(sweep, quiet=args.quiet, work=work)
     checked = _validate_with_progress(ds, checks, quiet=args.quiet)
     if not args.quiet:
         print("writing the report ...", file=sys.stderr)
     summary, lines = report.publish(ds, stats, sweep.problem, out, started, validation=checked)
     store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
+    work.discard()  # every file is written: the saved chunks have served
     _print_summary(ds, stats, sweep, summary, lines, out)
     print(validation.headline(checked))
 
@@ -521,12 +550,20 @@ def _print_summary(
     print(f"Report: {out / 'index.html'}")
 
 
-def _run_with_progress(sweep: Sweep, quiet: bool):  # noqa: ANN202
+def _run_with_progress(sweep: Sweep, quiet: bool, work: object = None):  # noqa: ANN202
+    """Run ``sweep`` (saving its chunks in ``work``, a :class:`src.resume.WorkStore`) under
+    a progress bar: configs/s and the time left; chunks resumed from ``work`` count as done."""
     if quiet:
-        return run(sweep)
+        return run(sweep, work=work)
     from tqdm import tqdm
 
     with tqdm(
-        total=sweep.n_configs, unit="config", file=sys.stderr, desc="simulating", dynamic_ncols=True
+        total=sweep.n_configs,
+        initial=0 if work is None else resumed_configs(sweep, work),
+        unit="config",
+        unit_scale=True,
+        file=sys.stderr,
+        desc="simulating",
+        dynamic_ncols=True,
     ) as bar:
-        return run(sweep, progress=bar.update, stage=bar.set_description)
+        return run(sweep, progress=bar.update, stage=bar.set_description, work=work)

@@ -25,6 +25,10 @@ a larger ``N``, more batches, more epochs or a wider batch gives bit-identical r
 steps (past the last batch, past the config's epochs) keep parameters *and* optimizer state,
 step counters included, exactly as they were.
 
+A batch's loss and gradient come from one of two kernels (:data:`KERNELS`): per-sample
+autodiff (Keras's arithmetic) or the batch's sufficient statistics (:class:`Moments`, O(1) per
+step); every other line is shared.
+
 Per-config results are summaries (:class:`Summary`); the per-epoch loss history is returned
 only when asked for, for a handful of configurations.
 """
@@ -39,6 +43,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from src.optimizers import Family
@@ -67,11 +72,35 @@ KERAS_SHAPES = Params(
 (Adafactor factors and Muon orthogonalises 2-D variables)."""
 
 
+class Moments(NamedTuple):
+    """Sufficient statistics of one batch, as deviations from the batch's least-squares line.
+
+    With ``(w*, b*)`` the line minimising the batch's mean squared error, ``x_mean`` and
+    ``x_var`` the batch's mean and (population) variance of x, and ``floor`` the mean squared
+    residual of that line, the loss of any ``(w, b)`` is exactly
+
+        loss = x_var dw^2 + u^2 + floor,   dw = w - w*,  u = x_mean dw + (b - b*)
+
+    (``u`` is the mean residual), and its gradient ``(2 (x_var dw + x_mean u), 2 u)``. Every
+    term is non-negative, so float32 never subtracts large numbers to get a small loss, as the
+    expanded ``sum y^2 - 2 w sum xy + ...`` would. Where all x of a batch are equal the line is
+    not unique; ``w*`` is then the dataset's slope.
+    """
+
+    w_opt: Array
+    b_opt: Array
+    x_mean: Array
+    x_var: Array
+    floor: Array
+
+
 class Configs(NamedTuple):
     """A chunk of configurations, one entry per config along the leading axis.
 
     ``data_row`` indexes the :class:`~src.problem.DataTable`; ``n`` is that row's size.
-    ``hyperparameters`` maps each of the family's hyperparameter names to an array.
+    ``hyperparameters`` maps each of the family's hyperparameter names to an array (names
+    compiled in as constants are absent). ``moments`` holds each batch's :class:`Moments`
+    (shape ``(configs, n_batches)``) for the moments kernel with a fixed batch order.
     """
 
     learning_rate: Array
@@ -81,6 +110,7 @@ class Configs(NamedTuple):
     batch_size: Array
     epochs: Array
     seed: Array
+    moments: Moments | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +121,8 @@ class Shapes:
     n_batches: int
     batch_width: int
     epochs: int
+    ragged_epochs: bool = True
+    """Whether configs may train for fewer than ``epochs`` (then every epoch is masked)."""
 
     @staticmethod
     def covering(n: Sequence[int], batch_size: Sequence[int], epochs: Sequence[int]) -> Shapes:
@@ -101,6 +133,7 @@ class Shapes:
             n_batches=-(-n_max // int(min(batch_size))),
             batch_width=1 << (widest - 1).bit_length(),
             epochs=int(max(epochs)),
+            ragged_epochs=len(set(int(e) for e in epochs)) > 1,
         )
 
 
@@ -108,11 +141,13 @@ class Summary(NamedTuple):
     """Per-config results of a run (epochs count from 1; -1 means "never").
 
     ``initial_loss`` and ``final_loss`` are the first and last ``History`` losses.
-    ``first_nonfinite_epoch`` is the first epoch whose loss or end-of-epoch weights are not
-    finite; ``first_converged_epoch`` the first whose loss is ``<= tol * mean(y^2)``.
-    ``growth_rate`` is the median ratio of consecutive losses over the last
-    :data:`GROWTH_WINDOW` finite epochs (nan with fewer than two). ``prediction`` is the
-    model's output at x = 25.
+    ``first_nonfinite_epoch`` is the first epoch whose loss is not finite (the last epoch if
+    only the final weights are); ``first_converged_epoch`` the first whose loss is
+    ``<= tol * mean(y^2)`` (for a run that later overflows, convergence within the last
+    :data:`GROWTH_WINDOW` epochs before its first non-finite loss may go unrecorded).
+    ``growth_rate`` is the geometric-mean per-epoch loss ratio between the last two window
+    ends (epochs ``1 + k GROWTH_WINDOW``) with a finite loss, or from epoch 1 to the only one
+    (nan if none). ``prediction`` is the model's output at x = 25.
     """
 
     initial_loss: Array
@@ -125,13 +160,42 @@ class Summary(NamedTuple):
     prediction: Array
 
 
+KERNELS = ("auto", "moments", "autodiff")
+"""How a batch's loss and gradient are computed (``--kernel``): ``autodiff`` differentiates
+every sample's squared error (Keras's arithmetic); ``moments`` uses the batch's sufficient
+statistics (:class:`Moments`), O(1) per step whatever the batch size; ``auto`` is
+:func:`resolve_kernel`."""
+
+
+def resolve_kernel(kernel: str, shuffle: bool) -> str:
+    """The kernel ``auto`` stands for: ``moments`` where the batches are fixed (their
+    statistics are then computed once, in float64, and every step is O(1)); ``autodiff`` for
+    shuffled maps, whose batch statistics would have to be recomputed in float32 every epoch
+    at the cost of the per-sample pass they replace."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel != "auto":
+        return kernel
+    return "autodiff" if shuffle else "moments"
+
+
+_NEVER = 2.0**22
+"""Stands for "never" while epochs are tracked as float32 with ``min`` (reported as -1):
+every key, down to ``-2 NEVER``, is then an exact float32 integer."""
+
+MAX_EPOCHS = int(_NEVER) - 1
+"""Epochs a config may train (epoch numbers must stay exact in float32)."""
+
+
 class _Tracker(NamedTuple):
     initial_loss: Array
     final_loss: Array
-    first_nonfinite: Array
-    first_converged: Array
-    recent: Array  # the last GROWTH_WINDOW + 1 finite losses, oldest first
-    recent_count: Array
+    events: Array  # running min of _event_key: the first converged or non-finite epoch
+    converged_seen: Array  # first converged epoch, read at window ends before any overflow
+    mark: Array  # loss at the last window end with a finite loss, and the one before
+    mark_epoch: Array
+    prev: Array
+    prev_epoch: Array
 
 
 def _keys(seed: Array | int) -> Array:
@@ -140,17 +204,21 @@ def _keys(seed: Array | int) -> Array:
 
 
 def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32) -> Params:
-    """Keras's initial weights for a seed: ``w ~ U(-sqrt 3, sqrt 3)`` (GlorotUniform), ``b = 0``."""
-    w = jax.random.uniform(_keys(seed)[0], (), dtype, -GLOROT_LIMIT, GLOROT_LIMIT)
-    return Params(w=w, b=jnp.zeros((), dtype))
+    """Keras's initial weights for a seed: ``w ~ U(-sqrt 3, sqrt 3)`` (GlorotUniform), ``b = 0``.
+
+    Drawn in float32 whatever ``dtype``, so a float64 run starts where the float32 one does.
+    """
+    w = jax.random.uniform(_keys(seed)[0], (), jnp.float32, -GLOROT_LIMIT, GLOROT_LIMIT)
+    return Params(w=w.astype(dtype), b=jnp.zeros((), dtype))
 
 
-def pairwise_sum(v: Array) -> Array:
-    """Sum over the last axis (a power of two long) by a fixed pairwise tree.
+def pairwise_sum(v: Array, axis: int = -1) -> Array:
+    """Sum over ``axis`` (a power of two long) by a fixed pairwise tree.
 
     The tree depends only on the length, and a zero tail only adds ``-0.0`` at its top
     levels, so the result does not depend on how much masked padding follows the data.
     """
+    v = jnp.moveaxis(v, axis, -1)
     while v.shape[-1] > 1:
         v = v[..., 0::2] + v[..., 1::2]
     return v[..., 0]
@@ -176,6 +244,72 @@ def autodiff_loss_and_grad(
         return pairwise_sum(jnp.where(valid, v, neg_zero)) / count
 
     return mean(losses), jax.tree.map(mean, grads)
+
+
+def moments_loss_and_grad(params: Params, m: Moments) -> tuple[Array, Params]:
+    """Mean squared error of one batch and its gradient from its :class:`Moments` (exact in
+    real arithmetic for a linear model; a dozen flops however large the batch)."""
+    dw = params.w - m.w_opt
+    u = m.x_mean * dw + (params.b - m.b_opt)
+    s = m.x_var * dw
+    loss = s * dw + u * u + m.floor
+    return loss, Params(w=2 * (s + m.x_mean * u), b=2 * u)
+
+
+def fixed_batch_moments(
+    x: np.ndarray, y: np.ndarray, w_ref: float, batch_size: int, n_batches: int
+) -> Moments:
+    """:class:`Moments` of the consecutive batches of one dataset, in float64 (host).
+
+    ``x`` and ``y`` are the dataset as the engine holds it (its dtype's values); ``w_ref``
+    is the slope used where a batch's x are all equal. Rows past the last batch are zeros.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = len(x)
+    width = min(batch_size, n)
+    pos = np.arange(n_batches)[:, None] * batch_size + np.arange(width)[None, :]
+    valid = (pos < n) & (np.arange(width)[None, :] < batch_size)
+    xs, ys = (np.where(valid, v[np.minimum(pos, n - 1)], 0.0) for v in (x, y))
+    count = np.maximum(valid.sum(axis=1), 1)
+
+    def mean(v: np.ndarray) -> np.ndarray:
+        return np.where(valid, v, 0.0).sum(axis=1) / count
+
+    x_mean, y_mean = mean(xs), mean(ys)
+    xc, yc = xs - x_mean[:, None], ys - y_mean[:, None]
+    x_var = mean(xc * xc)
+    spread = x_var > 0
+    w_opt = np.where(spread, mean(xc * yc) / np.where(spread, x_var, 1.0), w_ref)
+    b_opt = y_mean - w_opt * x_mean
+    residual = w_opt[:, None] * xs + b_opt[:, None] - ys
+    return Moments(w_opt, b_opt, x_mean, x_var, mean(residual * residual))
+
+
+def _shuffled_moments(
+    x: Array, residual: Array, valid: Array, w_ref: Array, b_ref: Array
+) -> Moments:
+    """:class:`Moments` of shuffled batches, in the engine's dtype, from each sample's
+    residual from the dataset's own line ``(w_ref, b_ref)`` (computed in float64 once)."""
+    dtype = x.dtype
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(dtype)
+
+    def mean(v: Array) -> Array:
+        return pairwise_sum(jnp.where(valid, v, jnp.array(-0.0, dtype))) / count
+
+    x_mean, e_mean = mean(x), mean(residual)
+    xc = jnp.where(valid, x - x_mean[..., None], 0)
+    ec = jnp.where(valid, residual - e_mean[..., None], 0)
+    x_var, xe, ee = mean(xc * xc), mean(xc * ec), mean(ec * ec)
+    # Equal x leave a rounding-level variance: no slope is defined, keep the dataset's.
+    resolvable = x_var > (64 * jnp.finfo(dtype).eps * jnp.abs(x_mean)) ** 2
+    shift = jnp.where(resolvable, -xe / jnp.where(resolvable, x_var, 1), 0)
+    return Moments(
+        w_opt=w_ref + shift,
+        b_opt=b_ref - e_mean - shift * x_mean,
+        x_mean=x_mean,
+        x_var=x_var,
+        floor=jnp.maximum(ee + shift * xe, 0),
+    )
 
 
 def _tree_select(pred: Array, on_true: optax.Params, on_false: optax.Params) -> optax.Params:
@@ -204,16 +338,28 @@ def _epoch_order(key: Array, epoch: Array, n: Array, shapes: Shapes, shuffle: bo
     return jnp.argsort(jnp.where(index < n, u, 2.0)).astype(jnp.int32)
 
 
-def _growth_rate(recent: Array, count: Array) -> Array:
-    """Median ratio of consecutive entries among the last ``count`` of ``recent``."""
-    size = recent.shape[0]
-    ratios = recent[1:] / recent[:-1]
-    usable = (jnp.arange(1, size) >= size - count) & (recent[:-1] > 0)
-    k = jnp.sum(usable)
-    ordered = jnp.sort(jnp.where(usable, ratios, jnp.inf))
-    lo = ordered[jnp.maximum((k - 1) // 2, 0)]
-    hi = ordered[jnp.maximum(k // 2, 0)]
-    return jnp.where(k > 0, (lo + hi) / 2, jnp.nan)
+def _event_key(number: Array, finite: Array, converged: Array) -> Array:
+    """An epoch's key for the running minimum that tracks both events in one value: the
+    epoch number if it converged, ``number - 2 NEVER`` if its loss is not finite (so the
+    first non-finite epoch wins over everything), ``NEVER`` otherwise."""
+    return jnp.where(finite, jnp.where(converged, number, _NEVER), number - 2 * _NEVER)
+
+
+def _converged_epoch(tr: _Tracker) -> Array:
+    """The first converged epoch: from the running minimum while no loss has been non-finite,
+    else as last read at a window end (convergence in the window of the first non-finite
+    loss, after the last window end, is not recorded)."""
+    return jnp.where(tr.events > 0, tr.events, tr.converged_seen)
+
+
+def _growth_rate(tr: _Tracker) -> Array:
+    """Geometric-mean loss ratio per epoch between the last two window marks (or epoch 1)."""
+    use_prev = tr.prev_epoch > 0
+    base = jnp.where(use_prev, tr.prev, tr.initial_loss)
+    span = tr.mark_epoch - jnp.where(use_prev, tr.prev_epoch, 1)
+    ok = (tr.mark_epoch > 0) & (span > 0) & (base > 0)
+    span = jnp.where(ok, span, 1).astype(tr.mark.dtype)
+    return jnp.where(ok, (tr.mark / jnp.where(ok, base, 1)) ** (1 / span), jnp.nan)
 
 
 def simulate_one(
@@ -225,96 +371,172 @@ def simulate_one(
     shapes: Shapes,
     shuffle: bool,
     history: bool,
+    kernel: str = "autodiff",
+    constants: tuple[tuple[str, float], ...] = (),
 ) -> tuple[Summary, Array | None]:
-    """Train one configuration; ``vmap`` this over a chunk (see :func:`simulate`)."""
+    """Train one configuration; ``vmap`` this over a chunk (see :func:`simulate`).
+
+    ``kernel`` is ``autodiff`` or ``moments`` (for a fixed batch order ``cfg.moments`` must
+    be given); ``constants`` are hyperparameters shared by every config of the program,
+    compiled in (``momentum = 0`` removes the momentum branch of SGD altogether).
+    """
     dtype = data.x.dtype
     x_row, y_row = data.x[cfg.data_row], data.y[cfg.data_row]
     threshold = tol * data.loss_scale[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
     shuffle_key = _keys(cfg.seed)[1]
-    opt = family.transformation(cfg.learning_rate, cfg.hyperparameters, KERAS_SHAPES)
+    arguments = {**cfg.hyperparameters, **{k: np.dtype(dtype).type(v) for k, v in constants}}
+    opt = family.transformation(cfg.learning_rate, arguments, KERAS_SHAPES)
     n_float = cfg.n.astype(dtype)
+    batch_index = jnp.arange(shapes.n_batches, dtype=jnp.int32)
+    counts = jnp.clip(cfg.n - batch_index * cfg.batch_size, 0, cfg.batch_size).astype(dtype)
+    one_batch = shapes.n_batches == 1
 
-    def epoch_batches(epoch: Array) -> tuple[Array, Array, Array]:
+    def epoch_batches(epoch: Array) -> object:
+        """What a step needs of each batch of the epoch (leading axis: batches)."""
+        if kernel == "moments" and not shuffle:
+            return cfg.moments
         order = _epoch_order(shuffle_key, epoch, cfg.n, shapes, shuffle)
         idx, valid = _batch_layout(order, cfg.n, cfg.batch_size, shapes)
+        if kernel == "moments":
+            residual = data.residual[cfg.data_row]
+            w_ref, b_ref = data.w_opt[cfg.data_row], data.b_opt[cfg.data_row]
+            return _shuffled_moments(x_row[idx], residual[idx], valid, w_ref, b_ref)
         return x_row[idx], y_row[idx], valid
 
-    fixed_batches = None if shuffle else epoch_batches(jnp.zeros((), jnp.int32))
+    def loss_and_grad(params: Params, batch: object, count: Array) -> tuple[Array, Params]:
+        if kernel == "moments":
+            return moments_loss_and_grad(params, batch)
+        x, y, valid = batch
+        return autodiff_loss_and_grad(params, x, y, valid, jnp.maximum(count, 1))
+
+    fixed = None if shuffle else epoch_batches(jnp.zeros((), jnp.int32))
+
+    def step(params: Params, opt_state: optax.OptState, batch: object, count: Array):  # noqa: ANN202
+        loss, grads = loss_and_grad(params, batch, count)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
 
     def run_batch(
-        carry: tuple[Params, optax.OptState, Array], batch: tuple[Array, Array, Array, Array]
-    ) -> tuple[tuple[Params, optax.OptState, Array], None]:
-        params, opt_state, total = carry
-        x, y, valid, active = batch
-        count = jnp.sum(valid).astype(dtype)
-        loss, grads = autodiff_loss_and_grad(params, x, y, valid, jnp.maximum(count, 1))
-        updates, new_state = opt.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        carry: tuple[Params, optax.OptState, Array, Array], batch: tuple[object, Array, Array]
+    ) -> tuple[tuple[Params, optax.OptState, Array, Array], None]:
+        params, opt_state, total, last = carry
+        data_b, count, active = batch
+        new_params, new_state, loss = step(params, opt_state, data_b, count)
         params, opt_state = _tree_select(active, (new_params, new_state), (params, opt_state))
         total = jnp.where(active, total + loss * count, total)
-        return (params, opt_state, total), None
+        return (params, opt_state, total, jnp.where(active, loss, last)), None
+
+    def train_epoch(
+        params: Params, opt_state: optax.OptState, epoch: Array, live: Array
+    ) -> tuple[Params, optax.OptState, Array]:
+        batches = epoch_batches(epoch) if shuffle else fixed
+        if one_batch and kernel == "moments":
+            # One batch: History's weighted mean of one batch loss is that loss (to an ulp).
+            return step(params, opt_state, jax.tree.map(lambda a: a[0], batches), counts[0])
+        actives = counts > 0
+        if shapes.ragged_epochs:
+            actives = actives & live
+        zero = jnp.zeros((), dtype)
+        (params, opt_state, total, last), _ = jax.lax.scan(
+            run_batch,
+            (params, opt_state, zero, zero),
+            (batches, counts, actives),
+            unroll=min(shapes.n_batches, 8),
+        )
+        if kernel == "moments":  # as the one-batch program above: padding changes no bit
+            return params, opt_state, jnp.where(counts[1] > 0, total / n_float, last)
+        return params, opt_state, total / n_float
 
     def run_epoch(
         carry: tuple[Params, optax.OptState, _Tracker], epoch: Array
     ) -> tuple[tuple[Params, optax.OptState, _Tracker], Array | None]:
         params, opt_state, tr = carry
-        live = epoch < cfg.epochs
-        x, y, valid = epoch_batches(epoch) if shuffle else fixed_batches
-        (params, opt_state, total), _ = jax.lax.scan(
-            run_batch,
-            (params, opt_state, jnp.zeros((), dtype)),
-            (x, y, valid, live & valid[:, 0]),
-        )
-        loss = total / n_float
         number = epoch + 1
-        bad = ~(jnp.isfinite(loss) & jnp.isfinite(params.w) & jnp.isfinite(params.b))
-        finite = jnp.isfinite(loss)
-        tr = _Tracker(
-            initial_loss=jnp.where(epoch == 0, loss, tr.initial_loss),
-            final_loss=jnp.where(live, loss, tr.final_loss),
-            first_nonfinite=jnp.where(
-                live & bad & (tr.first_nonfinite < 0), number, tr.first_nonfinite
-            ),
-            first_converged=jnp.where(
-                live & (loss <= threshold) & (tr.first_converged < 0), number, tr.first_converged
-            ),
-            recent=jnp.where(
-                live & finite, jnp.concatenate([tr.recent[1:], loss[None]]), tr.recent
-            ),
-            recent_count=tr.recent_count + (live & finite).astype(jnp.int32),
+        live = number <= cfg.epochs
+        new_params, new_state, loss = train_epoch(params, opt_state, epoch, live)
+        finite, converged = jnp.isfinite(loss), loss <= threshold
+        if shapes.ragged_epochs:
+            params, opt_state = _tree_select(live, (new_params, new_state), (params, opt_state))
+            final = jnp.where(live, loss, tr.final_loss)
+            finite, converged = finite | ~live, converged & live
+        else:  # every config trains every epoch: nothing to mask
+            params, opt_state = new_params, new_state
+            final = loss
+        number = number.astype(dtype)  # float: AVX has no 256-bit integer ops
+        tr = tr._replace(
+            final_loss=final,
+            events=jnp.minimum(tr.events, _event_key(number, finite, converged)),
         )
         return (params, opt_state, tr), (jnp.where(live, loss, jnp.nan) if history else None)
 
+    def run_window(
+        carry: tuple[Params, optax.OptState, _Tracker], first: Array
+    ) -> tuple[tuple[Params, optax.OptState, _Tracker], Array | None]:
+        carry, losses = run_epochs(carry, first, GROWTH_WINDOW)
+        params, opt_state, tr = carry
+        end = first + GROWTH_WINDOW
+        mark = jnp.isfinite(tr.final_loss) & (end <= cfg.epochs)
+        tr = tr._replace(
+            converged_seen=_converged_epoch(tr),
+            mark=jnp.where(mark, tr.final_loss, tr.mark),
+            mark_epoch=jnp.where(mark, end, tr.mark_epoch),
+            prev=jnp.where(mark, tr.mark, tr.prev),
+            prev_epoch=jnp.where(mark, tr.mark_epoch, tr.prev_epoch),
+        )
+        return (params, opt_state, tr), losses
+
+    def run_epochs(
+        carry: tuple[Params, optax.OptState, _Tracker], first: Array | int, count: int
+    ) -> tuple[tuple[Params, optax.OptState, _Tracker], Array | None]:
+        """Epochs ``first .. first + count - 1`` (two per loop trip: XLA then fuses each
+        value's update over both, halving the trips through memory)."""
+        epochs = first + jnp.arange(count, dtype=jnp.int32)
+        return jax.lax.scan(run_epoch, carry, epochs, unroll=2)
+
     nan = jnp.array(jnp.nan, dtype)
-    tracker = _Tracker(
-        initial_loss=nan,
-        final_loss=nan,
-        first_nonfinite=jnp.array(-1, jnp.int32),
-        first_converged=jnp.array(-1, jnp.int32),
-        recent=jnp.full((GROWTH_WINDOW + 1,), jnp.nan, dtype),
-        recent_count=jnp.array(0, jnp.int32),
+    never = jnp.array(_NEVER, dtype)
+    none = jnp.array(0, jnp.int32)
+    tracker = _Tracker(nan, nan, never, never, nan, none, nan, none)
+    # Epoch 1 runs on its own: History[0] is then a plain value, not a select every epoch.
+    # The barrier keeps XLA from folding the first step's constants (step count 0) with the
+    # host's libm, which rounds pow and exp differently from the compiled kernels.
+    start = jax.lax.optimization_barrier((params, opt.init(params), tracker))
+    carry, first_loss = run_epoch(start, jnp.zeros((), jnp.int32))
+    carry = (*carry[:2], carry[2]._replace(initial_loss=carry[2].final_loss))
+    windows, tail = divmod(shapes.epochs - 1, GROWTH_WINDOW)
+    starts = 1 + jnp.arange(windows, dtype=jnp.int32) * GROWTH_WINDOW
+    carry, losses = jax.lax.scan(run_window, carry, starts)
+    carry, tail_losses = run_epochs(carry, 1 + windows * GROWTH_WINDOW, tail)
+    params, opt_state, tr = carry
+    weights = family.final_weights(arguments, params, opt_state)
+    finite_end = jnp.isfinite(weights.w) & jnp.isfinite(weights.b)
+    first_nonfinite = jnp.where(tr.events < 0, tr.events + 2 * _NEVER, _NEVER)
+    first_nonfinite = jnp.where(
+        finite_end | (first_nonfinite < _NEVER), first_nonfinite, cfg.epochs.astype(dtype)
     )
-    (params, opt_state, tr), losses = jax.lax.scan(
-        run_epoch,
-        (params, opt.init(params), tracker),
-        jnp.arange(shapes.epochs, dtype=jnp.int32),
-    )
-    weights = family.final_weights(cfg.hyperparameters, params, opt_state)
+
+    def epoch_number(tracked: Array) -> Array:
+        return jnp.where(tracked == _NEVER, -1, tracked).astype(jnp.int32)
+
     summary = Summary(
         initial_loss=tr.initial_loss,
         final_loss=tr.final_loss,
-        first_nonfinite_epoch=tr.first_nonfinite,
-        first_converged_epoch=tr.first_converged,
-        growth_rate=_growth_rate(tr.recent, jnp.minimum(tr.recent_count, GROWTH_WINDOW + 1)),
+        first_nonfinite_epoch=epoch_number(first_nonfinite),
+        first_converged_epoch=epoch_number(_converged_epoch(tr)),
+        growth_rate=_growth_rate(tr),
         final_w=weights.w,
         final_b=weights.b,
         prediction=weights.w * data.x_query[cfg.data_row] + weights.b,
     )
+    if history:
+        losses = jnp.concatenate([first_loss[None], losses.reshape(-1), tail_losses])
     return summary, losses
 
 
-@functools.partial(jax.jit, static_argnames=("family", "shapes", "shuffle", "history"))
+@functools.partial(
+    jax.jit, static_argnames=("family", "shapes", "shuffle", "history", "kernel", "constants")
+)
 def simulate(
     configs: Configs,
     data: DataTable,
@@ -324,6 +546,8 @@ def simulate(
     shapes: Shapes,
     shuffle: bool = False,
     history: bool = False,
+    kernel: str = "autodiff",
+    constants: tuple[tuple[str, float], ...] = (),
 ) -> tuple[Summary, Array | None]:
     """Train every configuration of the chunk ``configs`` at once.
 
@@ -331,6 +555,7 @@ def simulate(
     ``History`` losses of shape ``(configs, shapes.epochs)`` (nan past a config's epochs).
     """
     run = functools.partial(
-        simulate_one, family=family, shapes=shapes, shuffle=shuffle, history=history
-    )
+        simulate_one, family=family, shapes=shapes, shuffle=shuffle, history=history,
+        kernel=kernel, constants=constants,
+    )  # fmt: skip
     return jax.vmap(run, in_axes=(0, None, None))(configs, data, tol)

@@ -87,7 +87,10 @@ class DataTable(NamedTuple):
     ``x`` and ``y`` have shape ``(rows, n_max)``; row ``r`` holds its ``n[r]`` points first and
     zeros after. ``loss_scale`` (``mean(y^2)``, the loss of the zero predictor, or 1 where all
     targets are 0; it makes the convergence tolerance scale-free), ``x_query`` (25 as the model
-    sees it) and ``n`` have shape ``(rows,)``.
+    sees it) and ``n`` have shape ``(rows,)``. ``w_opt`` and ``b_opt`` (shape ``(rows,)``) are
+    each dataset's least-squares line and ``residual`` (like ``x``) every point's residual
+    ``w_opt x + b_opt - y`` from it, computed in float64 from the ``dtype`` values (slope 0
+    where all x are equal); the moments kernel works in deviations from them.
     """
 
     x: np.ndarray
@@ -95,6 +98,9 @@ class DataTable(NamedTuple):
     loss_scale: np.ndarray
     x_query: np.ndarray
     n: np.ndarray
+    w_opt: np.ndarray
+    b_opt: np.ndarray
+    residual: np.ndarray
 
 
 def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: str) -> DataTable:
@@ -109,13 +115,34 @@ def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: 
     y_sq_mean = np.array([np.mean(np.square(y)) for _, y, _ in datasets])
     loss_scale = np.where(y_sq_mean > 0, y_sq_mean, 1.0)
     x_query = np.array([q for _, _, q in datasets])
+    x_model, y_model = xs.astype(dtype), ys.astype(dtype)
+    lines = [least_squares(x_model[r, :k], y_model[r, :k]) for r, k in enumerate(n)]
+    w_opt, b_opt = (np.array(v) for v in zip(*lines, strict=True))
+    residual = np.where(
+        np.arange(n_max) < n[:, None],
+        w_opt[:, None] * x_model + b_opt[:, None] - y_model.astype(np.float64),
+        0.0,
+    )
     return DataTable(
-        x=xs.astype(dtype),
-        y=ys.astype(dtype),
+        x=x_model,
+        y=y_model,
         loss_scale=loss_scale.astype(dtype),
         x_query=x_query.astype(dtype),
         n=n,
+        w_opt=w_opt.astype(dtype),
+        b_opt=b_opt.astype(dtype),
+        residual=residual.astype(dtype),
     )
+
+
+def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The line ``(w, b)`` minimising ``mean((w x + b - y)^2)``, in float64 (slope 0 if all x
+    are equal)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    xc = x - x.mean()
+    var = float(np.mean(xc * xc))
+    w = float(np.mean(xc * (y - y.mean())) / var) if var > 0 else 0.0
+    return w, float(y.mean() - w * x.mean())
 
 
 def _num(v: float) -> str:

@@ -44,6 +44,15 @@ THEORY_LINE = {
 
 SEED_MARKS = ((findings.SEED_N, "*"), (findings.SEED_STABLE_N, "o"))
 
+MAX_DRAWN = 1000
+"""Cells a heatmap draws along lr and along N, at most (about its width in pixels): a longer
+axis is drawn at every k-th value (the title says so); the netCDF holds every cell."""
+
+
+def drawn_strides(ref: xr.Dataset) -> dict[str, int]:
+    """Per heatmap axis (``lr``, ``n``): draw every k-th value (see :data:`MAX_DRAWN`)."""
+    return {d: max(1, math.ceil(ref.sizes[d] / MAX_DRAWN)) for d in ("lr", "n")}
+
 
 def _edges(values: np.ndarray, log: bool) -> np.ndarray:
     """Cell edges around sorted centres (geometric midpoints on a log axis)."""
@@ -57,13 +66,18 @@ def _edges(values: np.ndarray, log: bool) -> np.ndarray:
 
 
 def loss_colour_limits(ref: xr.Dataset) -> tuple[float, float]:
-    """log10 final-loss limits shared by every heatmap (stable cells only)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(ref.final_loss.where(ref.status <= outcome.SLOW).values.astype(np.float64))
-    finite = logs[np.isfinite(logs)]
-    if finite.size == 0:
+    """log10 final-loss limits shared by every heatmap (stable cells only).
+
+    log10 is increasing, so these are the logs of the smallest and largest positive finite
+    losses: no float64 copy of the map is made."""
+    loss = ref.final_loss.values
+    shown = (ref.status.values <= outcome.SLOW) & np.isfinite(loss) & (loss > 0)
+    if not shown.any():
         return -8.0, 2.0
-    lo, hi = float(finite.min()), float(finite.max())
+    lo, hi = (
+        float(np.log10(np.float64(f(loss, where=shown, initial=start))))
+        for f, start in ((np.min, np.inf), (np.max, -np.inf))
+    )
     return (lo, hi) if hi > lo else (lo - 1, hi + 1)
 
 
@@ -72,7 +86,8 @@ def draw_heatmap(
 ) -> QuadMesh:
     """One optimizer's lr x N map on ``ax``; returns the loss mesh (for a colour bar)."""
     cell = ref[["status", "final_loss"]].sel(optimizer=optimizer).transpose("n", "lr")
-    x, y = _edges(ref.lr.values, log=True), _edges(ref.n.values, log=False)
+    cell = cell.isel({d: slice(None, None, k) for d, k in drawn_strides(ref).items()})
+    x, y = _edges(cell.lr.values, log=True), _edges(cell.n.values, log=False)
     status = cell.status.values
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(cell.final_loss.values.astype(np.float64))
@@ -109,11 +124,19 @@ def _legend_handles() -> list[Patch | Line2D]:
     ]
 
 
+def _ordinal(k: int) -> str:
+    """``2`` -> ``"2nd"``, ``11`` -> ``"11th"``, ``125`` -> ``"125th"``."""
+    suffix = "th" if k % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
 def _slice_note(ref: xr.Dataset) -> str:
     swept = [c for c in map(str, ref.coords) if ref[c].ndim == 0 and c not in DIMS]
+    thinned = {"lr" if d == "lr" else "N": k for d, k in drawn_strides(ref).items() if k > 1}
     return (
         f"batch size {int(ref.batch_size)}, seed {int(ref.seed)}, {int(ref.epochs)} epochs"
         + "".join(f", {c} {float(ref[c]):g}" for c in swept)
+        + "".join(f"; every {_ordinal(k)} {d} drawn" for d, k in thinned.items())
         + "; "
         f"white star: lr {SEED_LR:g}, N = {findings.SEED_N}; "
         f"white dot: N = {findings.SEED_STABLE_N}"

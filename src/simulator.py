@@ -33,7 +33,47 @@ CHUNK_ELEMENTS = 1 << 17
 Small enough for the working set to stay in cache (4096 full-batch configs of width 32 ran
 ~25% faster than 32768 on the 2-core machine), large enough to amortise the call."""
 
+MOMENT_ELEMENTS = 1 << 18
+"""Default chunk of the moments kernel with a fixed batch order: configs x batches per call
+(262,144 full-batch SGD configs ran ~10% faster than 131,072 on the 2-core machine; the
+per-config working set is a dozen floats)."""
+
 COLUMNS = ("learning_rate", "n", "batch_size", "seed", "epochs")
+
+
+def hyperparameters(
+    family: opt.Family,
+    names: Sequence[str],
+    which: np.ndarray,
+    overrides: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Float64 hyperparameters of configs of optimizers ``names[which]`` of ``family``: each
+    optimizer's Keras defaults, unless ``overrides`` gives (per-config) values.
+
+    Base options appear only where one of ``names`` sets one by default (AdamW's weight
+    decay): the others then get its "off" value, and programs without them stay lean.
+    """
+    defaults = [opt.get(m).defaults for m in names]
+    used = [k for k in opt.BASE_OPTIONS if any(k in d for d in defaults)]
+    values = {
+        h: np.array([d.get(h, opt.BASE_OPTIONS.get(h)) for d in defaults], np.float64)[which]
+        for h in (*family.hyperparameters, *used)
+    }
+    for h, v in (overrides or {}).items():
+        if h not in family.hyperparameters and h not in opt.BASE_OPTIONS:
+            raise ValueError(f"{family.name} has no hyperparameter {h!r}")
+        values[h] = np.broadcast_to(np.asarray(v, np.float64), which.shape)
+    return values
+
+
+def constant_arguments(arguments: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The builder arguments that take one value only (NaN never counts as one value)."""
+    out = {}
+    for name, values in arguments.items():
+        v = np.asarray(values)
+        if v.size and np.all(v == v.flat[0]):
+            out[name] = float(v.flat[0])
+    return out
 
 
 @dataclasses.dataclass
@@ -58,23 +98,19 @@ class FlatConfigs:
         config's optimizer unless ``overrides`` gives per-config values."""
         names = sorted(set(optimizers))
         which = np.searchsorted(names, np.asarray(optimizers))
-        defaults = [opt.get(m).defaults for m in names]
-        # Base options only where some optimizer sets one by default (AdamW's weight decay):
-        # the others then get its "off" value, and programs without them stay lean.
-        used = [k for k in opt.BASE_OPTIONS if any(k in d for d in defaults)]
-        values = {
-            h: np.array([d.get(h, opt.BASE_OPTIONS.get(h)) for d in defaults], np.float64)[which]
-            for h in (*family.hyperparameters, *used)
-        }
-        for h, v in (overrides or {}).items():
-            if h not in family.hyperparameters and h not in opt.BASE_OPTIONS:
-                raise ValueError(f"{family.name} has no hyperparameter {h!r}")
-            values[h] = np.broadcast_to(np.asarray(v, np.float64), which.shape)
         cols = {k: np.asarray(columns[k]) for k in COLUMNS}
-        return FlatConfigs(cols, family.arguments(values))
+        return FlatConfigs(cols, family.arguments(hyperparameters(family, names, which, overrides)))
 
     def __len__(self) -> int:
         return len(self.columns["n"])
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        return tuple(self.arguments)
+
+    def constant_arguments(self) -> dict[str, float]:
+        """Arguments equal for every config: compiled into the program as constants."""
+        return constant_arguments(self.arguments)
 
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
@@ -106,12 +142,15 @@ class Simulator:
     tol: float
     shuffle: bool = False
     chunk_size: int = 0
+    kernel: str = "auto"
     compile_seconds: float = 0.0
     compute_seconds: float = 0.0
     devices: tuple[jax.Device, ...] = ()
     _compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
+    _moments: dict[tuple[int, int, int], engine.Moments] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.kernel = engine.resolve_kernel(self.kernel, self.shuffle)
         self.devices = self.devices or tuple(jax.devices())
         mesh = Mesh(np.array(self.devices), ("configs",))
         self._split = NamedSharding(mesh, PartitionSpec("configs"))
@@ -126,6 +165,8 @@ class Simulator:
         """Configs per engine call: a multiple of the device count (the last chunk is padded)."""
         if self.chunk_size:
             size = min(self.chunk_size, count)
+        elif self.kernel == "moments" and not self.shuffle:
+            size = max(1, min(count, MOMENT_ELEMENTS * len(self.devices) // shapes.n_batches))
         else:
             per_config = shapes.n_batches * shapes.batch_width
             size = max(1, min(count, CHUNK_ELEMENTS * len(self.devices) // per_config))
@@ -140,44 +181,118 @@ class Simulator:
         history: bool = False,
         progress: Callable[[int], None] | None = None,
         pad_to: int = 0,
-    ) -> tuple[engine.Summary, np.ndarray | None]:
+        each: Callable[[int, engine.Summary], None] | None = None,
+        skip: Callable[[int, int], bool] | None = None,
+    ) -> tuple[engine.Summary | None, np.ndarray | None]:
         """Every config of ``flat``: per-config summaries and (``history``) History losses.
 
         ``pad_to`` sizes chunks as if there were that many configs, so that calls with
         varying counts share one compiled program.
+
+        With ``each``, every chunk's summary goes to ``each(start, summary)`` (configs
+        ``start .. start + len``) as soon as it is computed and nothing is kept: the call
+        returns ``(None, None)``. ``skip(start, stop)`` true leaves that chunk out (it must
+        say the same in every process). ``flat`` may be any source with ``len``,
+        ``argument_names`` and ``chunk`` (e.g. :class:`src.sweep.GridConfigs`) when
+        ``shapes`` is given.
         """
-        c = flat.columns
-        shapes = shapes or engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
+        if shapes is None:
+            c = flat.columns
+            shapes = engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
         tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
-        key = (family, tuple(flat.arguments), shapes, size, history, self.shuffle, self.dtype)
+        constants = tuple(sorted(flat.constant_arguments().items()))
+        key = (family, flat.argument_names, shapes, size, history, self.shuffle, self.dtype,
+               constants)  # fmt: skip
         if key not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[key] = engine.simulate.lower(
-                self._place(flat.chunk(0, size, self.rows, self.dtype)), self._table, tol,
+                self.chunk(flat, 0, size, shapes, constants), self._table, tol,
                 family=family, shapes=shapes, shuffle=self.shuffle, history=history,
+                kernel=self.kernel, constants=constants,
             ).compile()  # fmt: skip
             self.compile_seconds += time.perf_counter() - t0
         compiled = self._compiled[key]
         parts: list[engine.Summary] = []
         curves: list[np.ndarray] = []
         for start in range(0, len(flat), size):
-            configs = self._place(flat.chunk(start, size, self.rows, self.dtype))
+            keep = min(size, len(flat) - start)
+            if skip is not None and skip(start, start + keep):
+                continue
+            configs = self.chunk(flat, start, size, shapes, constants)
             t0 = time.perf_counter()
             summary, losses = _gather(jax.block_until_ready(compiled(configs, self._table, tol)))
             self.compute_seconds += time.perf_counter() - t0
-            keep = min(size, len(flat) - start)
-            parts.append(engine.Summary(*(np.asarray(a)[:keep] for a in summary)))
+            done = engine.Summary(*(np.asarray(a)[:keep] for a in summary))
+            if each is not None:
+                each(start, done)
+            else:
+                parts.append(done)
             if history:
                 curves.append(np.asarray(losses)[:keep])
             if progress:
                 progress(keep)
+        if each is not None:
+            return None, None
         merged = engine.Summary(*(np.concatenate(k) for k in zip(*parts, strict=True)))
         return merged, (np.concatenate(curves) if history else None)
+
+    def chunk(
+        self,
+        flat: FlatConfigs,
+        start: int,
+        size: int,
+        shapes: engine.Shapes,
+        constants: tuple[tuple[str, float], ...],
+    ) -> engine.Configs:
+        """One chunk on the devices: constants left out, batch moments added (moments kernel)."""
+        c = flat.chunk(start, size, self.rows, self.dtype)
+        fixed = dict(constants)
+        c = c._replace(
+            hyperparameters={k: v for k, v in c.hyperparameters.items() if k not in fixed}
+        )
+        if self.kernel == "moments" and not self.shuffle:
+            c = c._replace(
+                moments=batch_moments(
+                    self.table, c.data_row, c.batch_size, shapes.n_batches, self.dtype,
+                    self._moments,
+                )
+            )  # fmt: skip
+        return self._place(c)
 
     def _place(self, configs: engine.Configs) -> engine.Configs:
         """A chunk split along its config axis over the devices (of every process)."""
         return jax.device_put(configs, self._split)
+
+
+def batch_moments(
+    table: DataTable,
+    data_row: np.ndarray,
+    batch_size: np.ndarray,
+    n_batches: int,
+    dtype: str,
+    cache: dict[tuple[int, int, int], engine.Moments] | None = None,
+) -> engine.Moments:
+    """Per-config :class:`~src.engine.Moments` of every batch, shape ``(configs, n_batches)``:
+    computed in float64 once per dataset and batch size (kept in ``cache``), then rounded to
+    ``dtype``."""
+    cache = {} if cache is None else cache
+    pairs, which = np.unique(
+        np.stack([np.asarray(data_row), np.asarray(batch_size)], axis=1), axis=0,
+        return_inverse=True,
+    )  # fmt: skip
+    per_pair = []
+    for row, bs in pairs:
+        key = (int(row), int(bs), n_batches)
+        if key not in cache:
+            n = int(table.n[row])
+            cache[key] = engine.fixed_batch_moments(
+                table.x[row, :n], table.y[row, :n], float(table.w_opt[row]), int(bs), n_batches
+            )
+        per_pair.append(cache[key])
+    return engine.Moments(
+        *(np.asarray(np.stack(f)[which.ravel()], dtype) for f in zip(*per_pair, strict=True))
+    )
 
 
 def _host(tree: object) -> object:

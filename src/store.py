@@ -66,15 +66,46 @@ def finite(obj: object) -> object:
     return obj
 
 
+CHUNK_ELEMENTS = 1 << 18
+"""Largest netCDF chunk (values) of a big variable: 1 MiB of float32."""
+CHUNK_CACHE_BYTES = 1 << 22
+"""HDF5's chunk cache per variable while writing (netCDF's default is 64 MiB, and it fills)."""
+
+
 def write_netcdf(path: Path, ds: xr.Dataset) -> None:
-    """Write ``ds`` as netCDF-4 (compressed), atomically."""
-    encoding = {
+    """Write ``ds`` as netCDF-4 (compressed), atomically.
+
+    Variables of more than :data:`CHUNK_ELEMENTS` values are stored in chunks of at most that
+    many (whole trailing dimensions first), and the chunk cache is kept small while writing:
+    the memory the write takes on top of ``ds`` stays a few MiB, whatever its size.
+    """
+    import netCDF4
+
+    encoding: dict[str, dict[str, object]] = {
         name: {"zlib": True, "complevel": 4}
         for name, var in ds.data_vars.items()
         if var.dtype.kind in "fiu"
     }
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    for name, enc in encoding.items():
+        if ds[name].size > CHUNK_ELEMENTS:
+            enc["chunksizes"] = _chunks(ds[name].shape, CHUNK_ELEMENTS)
+    cache = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(CHUNK_CACHE_BYTES)
+    try:
+        with atomic_path(path) as tmp:
+            ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    finally:
+        netCDF4.set_chunk_cache(*cache)
+
+
+def _chunks(shape: tuple[int, ...], most: int) -> tuple[int, ...]:
+    """A chunk shape of at most ``most`` values: whole dimensions from the last one on, then
+    as much of the next one as fits, then 1."""
+    out = []
+    for k in reversed(shape):
+        out.append(max(1, min(k, most)))
+        most //= out[-1]
+    return tuple(reversed(out))
 
 
 def prepare_output_dir(out: Path) -> Path:

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -26,7 +27,11 @@ from src import boundary, engine, outcome, theory
 from src import optimizers as opt
 from src.errors import InputError
 from src.problem import QUERY_X, DataTable, Problem, data_table
-from src.simulator import COLUMNS, FlatConfigs, Simulator
+from src.simulator import COLUMNS, FlatConfigs, Simulator, constant_arguments
+from src.simulator import hyperparameters as config_hyperparameters
+
+if TYPE_CHECKING:
+    from src.resume import WorkStore
 
 DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
 """The base dimensions of every per-config variable, in storage order; a sweep's swept
@@ -43,8 +48,14 @@ DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad
 SEED_LR = 0.01
 """The seed's learning rate: Keras ``SGD``'s default."""
 
-BYTES_PER_CONFIG = 256
-"""Host memory per configuration, inputs and results together, generously rounded up."""
+
+def bytes_per_config(dtype: str) -> int:
+    """Host memory per configuration: the map's own arrays (six summaries in ``dtype``, two
+    int32 epochs and the int8 status: 33 bytes in float32) twice over, for what writing and
+    reporting the map take on top (measured: 1.6 times; ``python -m benchmarks.memory``).
+    Configurations are generated and simulated chunk by chunk: nothing else grows with the
+    grid."""
+    return 2 * (6 * np.dtype(dtype).itemsize + 2 * 4 + 1)
 
 
 def log_grid(start: float, stop: float, count: int) -> tuple[float, ...]:
@@ -128,6 +139,7 @@ class Sweep:
     problem: Problem = dataclasses.field(default_factory=Problem)
     curves: tuple[Curve, ...] | None = None
     chunk_size: int = 0
+    kernel: str = "auto"
     boundary_rtol: float = boundary.DEFAULT_RTOL
     hyperparameters: tuple[tuple[str, tuple[float, ...]], ...] = ()
     optimizer_args: tuple[tuple[str, float], ...] = ()
@@ -145,7 +157,10 @@ class Sweep:
         _check_all(self.lr, lambda v: math.isfinite(v) and v > 0, "learning rate", "> 0")
         _check_all(self.n, lambda v: v >= 1, "dataset size N", ">= 1")
         _check_all(self.batch_size, lambda v: v >= 1, "batch size", ">= 1")
-        _check_all(self.epochs, lambda v: v >= 1, "epochs", ">= 1")
+        _check_all(
+            self.epochs, lambda v: 1 <= v <= engine.MAX_EPOCHS, "epochs",
+            f"in [1, {engine.MAX_EPOCHS}]",
+        )  # fmt: skip
         _check_all(self.seed, lambda v: 0 <= v < 2**32, "seed", "in [0, 2**32)")
         if not (math.isfinite(self.tol) and self.tol > 0):
             raise InputError(f"tol must be > 0, got {self.tol}")
@@ -155,6 +170,10 @@ class Sweep:
             raise InputError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if not (math.isfinite(self.boundary_rtol) and 0 < self.boundary_rtol < 1):
             raise InputError(f"boundary rtol must be in (0, 1), got {self.boundary_rtol}")
+        if self.kernel not in engine.KERNELS:
+            raise InputError(
+                f"kernel must be one of {', '.join(engine.KERNELS)}, got {self.kernel!r}"
+            )
         if self.chunk_size < 0:
             raise InputError(f"chunk size must be >= 0 (0 = automatic), got {self.chunk_size}")
         for c in self.curves or ():
@@ -164,7 +183,7 @@ class Sweep:
         self._check_hyperparameters()
         needed, available = self.estimated_bytes(), available_memory()
         if needed > available // 2:
-            limit = max(1, (available // 2) // BYTES_PER_CONFIG)
+            limit = max(1, (available // 2) // bytes_per_config(self.dtype))
             raise InputError(
                 f"the grid has {self.n_configs:,} configurations and needs about "
                 f"{needed / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
@@ -173,10 +192,10 @@ class Sweep:
             )
 
     def estimated_bytes(self) -> int:
-        """Host memory the run needs: per-config inputs and results, datasets, histories."""
+        """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories."""
         curves = len(self.resolved_curves)
         return (
-            self.n_configs * BYTES_PER_CONFIG
+            self.n_configs * bytes_per_config(self.dtype)
             + (len(self.n) + curves) * max(self.n) * 32
             + curves * max(self.epochs) * 16
         )
@@ -271,6 +290,89 @@ class Sweep:
 
 
 @dataclasses.dataclass(frozen=True)
+class GridConfigs:
+    """One optimizer family's block of a sweep's grid, as a config source made chunk by chunk.
+
+    Row ``i`` is position ``i`` (C order) of :attr:`shape`: ``(optimizers of the family, lr, n,
+    batch_size, seed, epochs)``, then the swept hyperparameters the family has (``own``; it
+    is repeated along the others). :meth:`chunk` computes the columns and builder arguments
+    of its rows only, so no per-config array of the whole block is ever built; row for row it
+    gives what :class:`~src.simulator.FlatConfigs` of the same grid gives.
+    """
+
+    names: tuple[str, ...]
+    family: opt.Family
+    axes: tuple[np.ndarray, ...]  # coordinates of every axis of shape after the first
+    own: tuple[str, ...]
+    fixed: Mapping[str, float]  # the sweep's fixed overrides for this family
+
+    @staticmethod
+    def of(sweep: Sweep, names: Sequence[str]) -> GridConfigs:
+        family = opt.get(names[0]).family
+        own = sweep.swept_for(family)
+        axes = tuple(np.asarray(sweep.axis(d)) for d in (*DIMS[1:], *own))
+        return GridConfigs(tuple(names), family, axes, own, sweep.overrides_for(family))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.names), *(len(a) for a in self.axes))
+
+    def __len__(self) -> int:
+        return math.prod(self.shape)
+
+    def repeats(self, sweep: Sweep) -> int:
+        """How many configurations of the map each row stands for (its copies along the
+        swept axes the family lacks)."""
+        return len(self.names) * math.prod(sweep.shape[1:]) // len(self)
+
+    def _arguments(self, which: np.ndarray, at: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        swept = {h: a[i] for h, a, i in zip(self.own, self.axes[5:], at[5:], strict=True)}
+        values = config_hyperparameters(self.family, self.names, which, {**self.fixed, **swept})
+        return self.family.arguments(values)
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        zero = np.zeros(1, np.int64)
+        return tuple(self._arguments(zero, [zero] * len(self.axes)))
+
+    def constant_arguments(self) -> dict[str, float]:
+        """Builder arguments equal for every row (:func:`src.simulator.constant_arguments`),
+        read off the block's distinct settings only: optimizer x own swept values."""
+        settings = np.meshgrid(
+            np.arange(len(self.names)), *(np.arange(len(a)) for a in self.axes[5:]), indexing="ij"
+        )
+        which, *own = (g.ravel() for g in settings)
+        return constant_arguments(self._arguments(which, [which] * 5 + own))
+
+    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as
+        :meth:`src.simulator.FlatConfigs.chunk` gives them."""
+        idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        which, *at = np.unravel_index(idx, self.shape)
+        columns = {k: a[i] for k, a, i in zip(COLUMNS, self.axes, at, strict=False)}
+        return FlatConfigs(columns, self._arguments(which, at)).chunk(0, size, rows, dtype)
+
+    def positions(
+        self, sweep: Sweep, block: np.ndarray, start: int, stop: int
+    ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """Rows ``start .. stop``: their indices along :attr:`shape`, and their flat positions
+        in the map's arrays, ``(rows, repeats)`` (``block``: the family's optimizers' indices
+        on the map's optimizer axis)."""
+        at = np.unravel_index(np.arange(start, stop), self.shape)
+        strides = np.cumprod((1, *sweep.shape[:0:-1]))[::-1]  # in elements, C order
+        dims = sweep.dims
+        own = dict(zip(self.own, at[len(DIMS) :], strict=True))
+        where = block[at[0]] * strides[0]
+        offsets = np.zeros(1, np.int64)
+        for i in range(1, len(dims)):
+            if i < len(DIMS) or dims[i] in own:
+                where = where + (at[i] if i < len(DIMS) else own[dims[i]]) * strides[i]
+            else:  # a swept axis the family lacks: the row goes to every position along it
+                offsets = np.add.outer(offsets, np.arange(sweep.shape[i]) * strides[i]).ravel()
+        return at, where[:, None] + offsets[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
 class RunStats:
     """How the run went: sizes and seconds (compute excludes compilation)."""
 
@@ -358,18 +460,35 @@ def run(
     sweep: Sweep,
     progress: Callable[[int], None] | None = None,
     stage: Callable[[str], None] | None = None,
+    work: WorkStore | None = None,
 ) -> tuple[xr.Dataset, RunStats]:
     """Simulate every configuration of ``sweep``; returns the labelled map and run statistics.
 
     ``progress(k)`` is called after every chunk of the map with the number of configs it
     finished; ``stage(text)`` names each later phase (loss curves, boundary search).
+
+    With ``work`` (a :class:`src.resume.WorkStore` opened for this sweep), every finished chunk
+    is also saved there, and the chunks it already holds are read instead of simulated
+    (:func:`resumed_configs` counts them); the map is the same either way.
     """
     with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(sweep, progress, stage or (lambda _: None))
+        return _run(sweep, progress, stage or (lambda _: None), work)
+
+
+def resumed_configs(sweep: Sweep, work: WorkStore) -> int:
+    """Configurations of the map (repeats along swept axes included) that ``work`` holds."""
+    total = 0
+    for f, names in enumerate(_families(sweep.optimizer).values()):
+        grid = GridConfigs.of(sweep, names)
+        total += work.finished(f).overlap(0, len(grid)) * grid.repeats(sweep)
+    return total
 
 
 def _run(
-    sweep: Sweep, progress: Callable[[int], None] | None, stage: Callable[[str], None]
+    sweep: Sweep,
+    progress: Callable[[int], None] | None,
+    stage: Callable[[str], None],
+    work: WorkStore | None = None,
 ) -> tuple[xr.Dataset, RunStats]:
     wall0 = time.perf_counter()
     curves = sweep.resolved_curves
@@ -377,43 +496,16 @@ def _run(
     rows = np.zeros(max(sizes) + 1, np.int64)  # dataset size -> its row of the table
     rows[sizes] = np.arange(len(sizes))
     table = data_table([sweep.problem.dataset(n) for n in sizes], sweep.dtype)
-    sim = Simulator(table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size)
+    sim = Simulator(
+        table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size, sweep.kernel
+    )
     shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
 
     results = {
         k: np.empty(sweep.shape, _result_dtype(k, sweep.dtype)) for k in engine.Summary._fields
     }
-    opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
-    simulated = 0
-    for names in _families(sweep.optimizer).values():
-        family = opt.get(names[0]).family
-        own = sweep.swept_for(family)  # swept axes this family has; the others are broadcast
-        grids = np.meshgrid(
-            np.arange(len(names)),
-            *(sweep.axis(d) for d in DIMS[1:]),
-            *(sweep.axis(h) for h in own),
-            indexing="ij",
-        )
-        which, *cols = (g.ravel() for g in grids)
-        swept = dict(zip(own, cols[len(COLUMNS) :], strict=True))
-        overrides = {**sweep.overrides_for(family), **swept}
-        flat = FlatConfigs.of(
-            [names[i] for i in which], family, overrides,
-            **dict(zip(COLUMNS, cols[: len(COLUMNS)], strict=True)),
-        )  # fmt: skip
-        block_shape = (len(names), *sweep.shape[1:])
-        own_shape = tuple(  # size 1 along the swept axes this family lacks
-            1 if d not in DIMS and d not in own else k
-            for d, k in zip(sweep.dims, block_shape, strict=True)
-        )
-        repeats = math.prod(block_shape) // len(flat)
-        counted = None if progress is None else (lambda k, r=repeats: progress(k * r))
-        out, _ = sim.run(family, flat, shapes, progress=counted)
-        simulated += len(flat)
-        block = np.array([opt_index[n] for n in names])
-        for k, v in zip(engine.Summary._fields, out, strict=True):
-            results[k][block] = np.broadcast_to(v.reshape(own_shape), block_shape)
-    status = _classify(sweep, results, table, rows)
+    status = np.empty(sweep.shape, np.int8)
+    simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
 
     stage("loss curves")
     histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
@@ -435,7 +527,7 @@ def _run(
     ds = _dataset(sweep, results, status, critical, curves, histories, table, rows)
     stats = RunStats(
         n_configs=sweep.n_configs,
-        config_epochs=int(simulated // len(sweep.epochs) * sum(sweep.epochs)),
+        config_epochs=simulated * sum(sweep.epochs) // len(sweep.epochs),
         programs=sim.programs,
         compile_seconds=sim.compile_seconds,
         compute_seconds=sim.compute_seconds,
@@ -445,15 +537,88 @@ def _run(
     return ds, stats
 
 
-def _classify(
-    sweep: Sweep, results: dict[str, np.ndarray], table: DataTable, rows: np.ndarray
-) -> np.ndarray:
-    scale = np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]]
-    scale = scale.reshape([-1 if d == "n" else 1 for d in sweep.dims])
-    return outcome.classify(
-        results["initial_loss"], results["final_loss"], results["first_nonfinite_epoch"],
-        np.broadcast_to(scale, sweep.shape), sweep.tol, sweep.diverge_factor,
-    )  # fmt: skip
+def _simulate_map(
+    sweep: Sweep,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    table: DataTable,
+    rows: np.ndarray,
+    results: dict[str, np.ndarray],
+    status: np.ndarray,
+    progress: Callable[[int], None] | None,
+    work: WorkStore | None,
+) -> int:
+    """Fill ``results`` and ``status`` (the map's arrays) chunk by chunk, family by family;
+    returns how many configurations were simulated (not read from ``work``).
+
+    Each finished chunk is classified and written into the map at once (and saved in
+    ``work``), so nothing but the map itself grows with the grid.
+    """
+    scale = np.asarray(table.loss_scale, np.float64)[rows]  # dataset size -> mean(y^2)
+    opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
+    into = {k: v.reshape(-1) for k, v in results.items()} | {"status": status.reshape(-1)}
+    simulated = 0
+    try:
+        for f, names in enumerate(_families(sweep.optimizer).values()):
+            grid = GridConfigs.of(sweep, names)
+            block = np.array([opt_index[n] for n in names])
+            simulated += _simulate_family(
+                sweep, sim, shapes, scale, f, grid, block, into, progress, work
+            )
+    finally:
+        if work is not None:
+            work.flush()  # what finished before an interruption is kept
+    return simulated
+
+
+def _simulate_family(
+    sweep: Sweep,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    scale: np.ndarray,
+    f: int,
+    grid: GridConfigs,
+    block: np.ndarray,
+    into: dict[str, np.ndarray],
+    progress: Callable[[int], None] | None,
+    work: WorkStore | None,
+) -> int:
+    """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
+    optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat)."""
+    repeats = grid.repeats(sweep)
+    done = work.finished(f) if work is not None else None
+    simulated = 0
+
+    def place(start: int, s: engine.Summary) -> None:
+        at, where = grid.positions(sweep, block, start, start + len(s.final_loss))
+        values = {
+            k: np.asarray(v, into[k].dtype) for k, v in zip(engine.Summary._fields, s, strict=True)
+        }
+        code = outcome.classify(
+            values["initial_loss"], values["final_loss"], values["first_nonfinite_epoch"],
+            scale[grid.axes[1][at[2]]], sweep.tol, sweep.diverge_factor,
+        )  # fmt: skip
+        for k, v in (*values.items(), ("status", code)):
+            into[k][where] = v[:, None]
+
+    def finished(start: int, s: engine.Summary) -> None:
+        nonlocal simulated
+        stop = start + len(s.final_loss)
+        place(start, s)
+        simulated += stop - start
+        if work is not None:
+            work.add(f, start, s)
+        if progress is not None:
+            new = stop - start - (done.overlap(start, stop) if done is not None else 0)
+            progress(new * repeats)
+
+    if work is not None:
+        for start, s in work.load(f):
+            place(start, s)
+    sim.run(grid.family, grid, shapes, each=finished, skip=None if done is None else done.covers)
+    if work is not None:
+        work.flush()
+    return simulated
 
 
 def _measured_boundary(
@@ -588,7 +753,8 @@ def _dataset(
         ),
         "first_converged_epoch": ("first epoch with loss <= tol * mean(y^2) (-1: none)", "epoch"),
         "growth_rate": (
-            f"median per-epoch loss ratio over the last {engine.GROWTH_WINDOW} finite epochs",
+            f"per-epoch loss ratio (geometric mean) between the last two {engine.GROWTH_WINDOW}"
+            "-epoch window ends with a finite loss",
             "1",
         ),
         "final_w": ("kernel after training", "1"),
@@ -662,6 +828,7 @@ def _dataset(
         "problem_standardize": int(p.standardize),
         "dtype": sweep.dtype,
         "shuffle": int(sweep.shuffle),
+        "kernel": engine.resolve_kernel(sweep.kernel, sweep.shuffle),
         "tol": sweep.tol,
         "diverge_factor": sweep.diverge_factor,
         "optimizer_args": json.dumps(dict(sweep.optimizer_args)),

@@ -24,7 +24,7 @@ from src.errors import InputError
 from src.sweep import Sweep
 
 META = "meta"
-RUN_ONLY = ("out", "quiet", "force", "config")
+RUN_ONLY = ("out", "quiet", "force", "resume", "config")
 """Flags about where and how to run, not about what: never written into a sweep file."""
 LISTS_OF_TEXT = {"curve": '"OPT:LR:N[:BS[:SEED]]"', "sweep": '"NAME=V1,V2,..."'}
 """Repeatable flags: a list of strings in the file, one per use of the flag."""
@@ -102,6 +102,7 @@ def resolved(sweep: Sweep, meta: Mapping[str, str]) -> str:
             f"{c.optimizer}:{c.lr!r}:{c.n}:{c.batch_size}:{c.seed}" for c in sweep.resolved_curves
         ],
         "chunk_size": sweep.chunk_size,
+        "kernel": sweep.kernel,
         "boundary_rtol": sweep.boundary_rtol,
         "sweep": [f"{h}=" + ",".join(_toml(v) for v in vs) for h, vs in sweep.hyperparameters],
         "optimizer_args": ",".join(f"{h}={_toml(v)}" for h, v in sweep.optimizer_args),

@@ -305,7 +305,10 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
     rows = np.zeros(max(sizes) + 1, np.int64)
     rows[sizes] = np.arange(len(sizes))
     table = data_table([problem.dataset(n) for n in sizes], dtype)
-    sim = Simulator(table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]))
+    sim = Simulator(
+        table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),
+        kernel=str(ds.attrs.get("kernel", "autodiff")),
+    )  # fmt: skip
     out: list[np.ndarray] = [np.empty(0)] * len(picks)
     families: dict[str, list[int]] = {}
     for i, p in enumerate(picks):

@@ -18,6 +18,7 @@ import src  # noqa: F401  (sets XLA's CPU flags before JAX starts its backend)
 from src import engine
 from src import optimizers as opt
 from src.problem import Problem, data_table
+from src.simulator import batch_moments
 
 
 def simulate(
@@ -34,6 +35,7 @@ def simulate(
     problem: Problem | None = None,
     shapes: engine.Shapes | None = None,
     hyperparameters: dict[str, float] | None = None,
+    kernel: str = "autodiff",
 ) -> tuple[engine.Summary, np.ndarray]:
     """Run configs (parallel lists) of optimizer ``name`` with history; numpy results."""
     o = opt.get(name)
@@ -59,10 +61,31 @@ def simulate(
             tol,
             shapes,
             shuffle,
+            kernel,
         )
 
 
-def _run(family, c, lr, hp, sizes, n, batch_size, epochs, seed, dtype, table, tol, shapes, shuffle):
+def _run(
+    family,
+    c,
+    lr,
+    hp,
+    sizes,
+    n,
+    batch_size,
+    epochs,
+    seed,
+    dtype,
+    table,
+    tol,
+    shapes,
+    shuffle,
+    kernel,
+):
+    rows = np.asarray([sizes.index(k) for k in n], np.int32)
+    moments = None
+    if kernel == "moments" and not shuffle:
+        moments = batch_moments(table, rows, np.asarray(batch_size), shapes.n_batches, dtype)
     configs = engine.Configs(
         learning_rate=jnp.asarray(lr, dtype),
         hyperparameters={k: jnp.full(c, v, dtype) for k, v in family.arguments(hp).items()},
@@ -71,6 +94,7 @@ def _run(family, c, lr, hp, sizes, n, batch_size, epochs, seed, dtype, table, to
         batch_size=jnp.asarray(batch_size, jnp.int32),
         epochs=jnp.asarray(epochs, jnp.int32),
         seed=jnp.asarray(seed, jnp.uint32),
+        moments=moments,
     )
     summary, history = engine.simulate(
         configs,
@@ -80,5 +104,6 @@ def _run(family, c, lr, hp, sizes, n, batch_size, epochs, seed, dtype, table, to
         shapes=shapes,
         shuffle=shuffle,
         history=True,
+        kernel=kernel,
     )
     return jax.tree.map(np.asarray, summary), np.asarray(history)

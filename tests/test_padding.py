@@ -31,6 +31,7 @@ config = st.fixed_dictionaries(
         "epochs": st.integers(1, 6),
         "seed": st.integers(0, 2**32 - 1),
         "shuffle": st.booleans(),
+        "kernel": st.sampled_from(["autodiff", "moments"]),
     }
 )
 
@@ -48,6 +49,7 @@ def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
         [c["seed"]],
         shuffle=c["shuffle"],
         shapes=alone_shapes,
+        kernel=c["kernel"],
     )
     # Neighbours with a larger N, more and smaller batches and more epochs force every kind
     # of padding onto the config under test (index 1).
@@ -60,6 +62,7 @@ def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
         [1, c["seed"], 2],
         shuffle=c["shuffle"],
         shapes=PADDED,
+        kernel=c["kernel"],
     )
     for field in engine.Summary._fields:
         assert same_bits(getattr(alone, field)[0], getattr(padded, field)[1]), field
