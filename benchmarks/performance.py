@@ -39,10 +39,11 @@ from .workloads import (
     loop_rate,
     mixed_rate,
     sweep_rate,
+    sweep_rates,
 )
 
 KERNELS = ("moments", "autodiff")
-SEED_CONFIGS = {"moments": 262_144, "autodiff": 65_536}
+SEED_CONFIGS = {"moments": 1_048_576, "autodiff": 65_536}
 SEED_EPOCHS = 500
 FAMILY_CONFIGS = {"moments": 65_536, "autodiff": 16_384}
 FAMILY_EPOCHS = 100
@@ -88,7 +89,9 @@ def cpu_name() -> str:
 def measure() -> dict[str, object]:
     """Every figure of the report, in one process."""
     flops = ceiling_flops()
-    seed = {k: sweep_rate("sgd", SEED_CONFIGS[k], SEED_EPOCHS, k) for k in KERNELS}
+    seed_both = {k: sweep_rates("sgd", SEED_CONFIGS[k], SEED_EPOCHS, k) for k in KERNELS}
+    seed = {k: v[0] for k, v in seed_both.items()}
+    engine_only = {k: v[1] for k, v in seed_both.items()}
     loops = {k: loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS, k) for k in KERNELS}
     families = {
         k: {
@@ -101,6 +104,7 @@ def measure() -> dict[str, object]:
     keras = keras_rate("sgd", KERAS_CONFIGS, KERAS_EPOCHS) if keras_available() else math.nan
     return {
         "flops": flops, "ceiling": flops / MIN_FLOPS, "seed": seed, "loops": loops,
+        "engine_only": engine_only,
         "families": families, "mixed": mixed, "keras": keras,
     }  # fmt: skip
 
@@ -108,6 +112,7 @@ def measure() -> dict[str, object]:
 def report(m: dict[str, object]) -> str:
     """The Markdown page."""
     seed: dict[str, float] = m["seed"]  # type: ignore[assignment]
+    engine_only: dict[str, float] = m["engine_only"]  # type: ignore[assignment]
     loops: dict[str, float] = m["loops"]  # type: ignore[assignment]
     families: dict[str, dict[str, float]] = m["families"]  # type: ignore[assignment]
     mixed: dict[str, float] = m["mixed"]  # type: ignore[assignment]
@@ -128,14 +133,16 @@ def report(m: dict[str, object]) -> str:
         "",
         f"## Seed workload: SGD, N <= 32, full batch, float32, {SEED_EPOCHS} epochs",
         "",
-        "| kernel | configs | config-epochs/s | of the ceiling | per-config jitted loop "
-        "(same kernel) | speedup over it | speedup over Keras `model.fit` |",
-        "|---|---|---|---|---|---|---|",
+        "| kernel | configs | config-epochs/s (end to end) | engine calls only | of the "
+        "ceiling | per-config jitted loop (same kernel) | speedup over it | speedup over "
+        "Keras `model.fit` |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k in KERNELS:
         vs_keras = "-" if math.isnan(keras) else f"{seed[k] / keras:.3g}x"
         lines.append(
-            f"| {k} | {SEED_CONFIGS[k]:,} | {seed[k]:.3g} | {seed[k] / ceiling:.0%} | "
+            f"| {k} | {SEED_CONFIGS[k]:,} | {seed[k]:.3g} | {engine_only[k]:.3g} | "
+            f"{seed[k] / ceiling:.0%} | "
             f"{loops[k]:.3g} | {seed[k] / loops[k]:.0f}x | {vs_keras} |"
         )
     lines += [

@@ -127,13 +127,14 @@ class Shapes:
     @staticmethod
     def covering(n: Sequence[int], batch_size: Sequence[int], epochs: Sequence[int]) -> Shapes:
         """The smallest shapes that hold every combination of the sizes given."""
-        n_max, widest = int(max(n)), int(min(max(batch_size), max(n)))
+        n, batch_size = np.asarray(n), np.asarray(batch_size)
+        n_max, widest = int(n.max()), int(min(batch_size.max(), n.max()))
         return Shapes(
             n_max=n_max,
-            n_batches=-(-n_max // int(min(batch_size))),
+            n_batches=-(-n_max // int(batch_size.min())),
             batch_width=1 << (widest - 1).bit_length(),
-            epochs=int(max(epochs)),
-            ragged_epochs=len(set(int(e) for e in epochs)) > 1,
+            epochs=int(np.max(epochs)),
+            ragged_epochs=bool(np.ptp(np.asarray(epochs)) > 0),
         )
 
 
@@ -442,7 +443,7 @@ def simulate_one(
             run_batch,
             (params, opt_state, zero, zero),
             (batches, counts, actives),
-            unroll=min(shapes.n_batches, 8),
+            unroll=1,
         )
         if kernel == "moments":  # as the one-batch program above: padding changes no bit
             return params, opt_state, jnp.where(counts[1] > 0, total / n_float, last)

@@ -215,13 +215,10 @@ class Simulator:
         compiled = self._compiled[key]
         parts: list[engine.Summary] = []
         curves: list[np.ndarray] = []
-        for start in range(0, len(flat), size):
-            keep = min(size, len(flat) - start)
-            if skip is not None and skip(start, start + keep):
-                continue
-            configs = self.chunk(flat, start, size, shapes, constants)
+
+        def finish(start: int, keep: int, outputs: tuple) -> None:
             t0 = time.perf_counter()
-            summary, losses = _gather(jax.block_until_ready(compiled(configs, self._table, tol)))
+            summary, losses = _gather(jax.block_until_ready(outputs))
             self.compute_seconds += time.perf_counter() - t0
             done = engine.Summary(*(np.asarray(a)[:keep] for a in summary))
             if each is not None:
@@ -232,6 +229,23 @@ class Simulator:
                 curves.append(np.asarray(losses)[:keep])
             if progress:
                 progress(keep)
+
+        # JAX dispatches asynchronously: the next chunk is built on the host while the
+        # devices compute this one.
+        pending: tuple[int, int, tuple] | None = None
+        for start in range(0, len(flat), size):
+            keep = min(size, len(flat) - start)
+            if skip is not None and skip(start, start + keep):
+                continue
+            configs = self.chunk(flat, start, size, shapes, constants)
+            t0 = time.perf_counter()
+            outputs = compiled(configs, self._table, tol)
+            self.compute_seconds += time.perf_counter() - t0
+            if pending is not None:
+                finish(*pending)
+            pending = (start, keep, outputs)
+        if pending is not None:
+            finish(*pending)
         if each is not None:
             return None, None
         merged = engine.Summary(*(np.concatenate(k) for k in zip(*parts, strict=True)))
@@ -277,10 +291,15 @@ def batch_moments(
     computed in float64 once per dataset and batch size (kept in ``cache``), then rounded to
     ``dtype``."""
     cache = {} if cache is None else cache
-    pairs, which = np.unique(
-        np.stack([np.asarray(data_row), np.asarray(batch_size)], axis=1), axis=0,
-        return_inverse=True,
-    )  # fmt: skip
+    row, bs = np.asarray(data_row, np.int64), np.asarray(batch_size, np.int64)
+    stride = int(bs.max()) + 1
+    key = row * stride + bs
+    slot = np.zeros(int(key.max()) + 1, np.int64)  # a dense lookup: no sort on the hot path
+    slot[key] = 1
+    keys = np.flatnonzero(slot)
+    slot[keys] = np.arange(len(keys))
+    which = slot[key]
+    pairs = zip(*np.divmod(keys, stride), strict=True)
     per_pair = []
     for row, bs in pairs:
         key = (int(row), int(bs), n_batches)
