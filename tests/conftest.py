@@ -44,66 +44,31 @@ def simulate(
     problem = problem or Problem()
     table = data_table([problem.dataset(k) for k in sizes], dtype)
     shapes = shapes or engine.Shapes.covering(n, batch_size, epochs)
-    c = len(lr)
     with jax.enable_x64(dtype == "float64"):
-        return _run(
-            o.family,
-            c,
-            lr,
-            hp,
-            sizes,
-            n,
-            batch_size,
-            epochs,
-            seed,
-            dtype,
-            table,
-            tol,
-            shapes,
-            shuffle,
-            kernel,
+        rows = np.asarray([sizes.index(k) for k in n], np.int32)
+        moments = None
+        if kernel == "moments" and not shuffle:
+            moments = batch_moments(table, rows, np.asarray(batch_size), shapes.n_batches, dtype)
+        configs = engine.Configs(
+            learning_rate=jnp.asarray(lr, dtype),
+            hyperparameters={
+                k: jnp.full(len(lr), v, dtype) for k, v in o.family.arguments(hp).items()
+            },
+            data_row=jnp.asarray(rows),
+            n=jnp.asarray(n, jnp.int32),
+            batch_size=jnp.asarray(batch_size, jnp.int32),
+            epochs=jnp.asarray(epochs, jnp.int32),
+            seed=jnp.asarray(seed, jnp.uint32),
+            moments=moments,
         )
-
-
-def _run(
-    family,
-    c,
-    lr,
-    hp,
-    sizes,
-    n,
-    batch_size,
-    epochs,
-    seed,
-    dtype,
-    table,
-    tol,
-    shapes,
-    shuffle,
-    kernel,
-):
-    rows = np.asarray([sizes.index(k) for k in n], np.int32)
-    moments = None
-    if kernel == "moments" and not shuffle:
-        moments = batch_moments(table, rows, np.asarray(batch_size), shapes.n_batches, dtype)
-    configs = engine.Configs(
-        learning_rate=jnp.asarray(lr, dtype),
-        hyperparameters={k: jnp.full(c, v, dtype) for k, v in family.arguments(hp).items()},
-        data_row=jnp.asarray([sizes.index(k) for k in n], jnp.int32),
-        n=jnp.asarray(n, jnp.int32),
-        batch_size=jnp.asarray(batch_size, jnp.int32),
-        epochs=jnp.asarray(epochs, jnp.int32),
-        seed=jnp.asarray(seed, jnp.uint32),
-        moments=moments,
-    )
-    summary, history = engine.simulate(
-        configs,
-        table,
-        jnp.asarray(tol, dtype),
-        family=family,
-        shapes=shapes,
-        shuffle=shuffle,
-        history=True,
-        kernel=kernel,
-    )
-    return jax.tree.map(np.asarray, summary), np.asarray(history)
+        summary, history = engine.simulate(
+            configs,
+            table,
+            jnp.asarray(tol, dtype),
+            family=o.family,
+            shapes=shapes,
+            shuffle=shuffle,
+            history=True,
+            kernel=kernel,
+        )
+        return jax.tree.map(np.asarray, summary), np.asarray(history)
