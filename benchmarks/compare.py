@@ -33,7 +33,7 @@ class Ratios:
     def setup_cache(self) -> dict[str, float]:
         sweep = sweep_rate("sgd", SWEEP_CONFIGS, SWEEP_EPOCHS)  # auto: the moments kernel
         loop = loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS)
-        autodiff = sweep_rate("sgd", SWEEP_CONFIGS // 4, SWEEP_EPOCHS, "autodiff")
+        autodiff = sweep_rate("sgd", SWEEP_CONFIGS, SWEEP_EPOCHS, "autodiff")
         autodiff_loop = loop_rate("sgd", LOOP_CONFIGS, LOOP_EPOCHS, "autodiff")
         keras = keras_rate("sgd", KERAS_CONFIGS, KERAS_EPOCHS) if keras_available() else math.nan
         return {"sweep": sweep, "loop": loop, "keras": keras, "autodiff": autodiff,

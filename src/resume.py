@@ -29,7 +29,7 @@ import numpy as np
 from src import engine, store
 from src.errors import InputError
 
-FORMAT = 1
+FORMAT = 2
 """Version of the files' layout: part of the fingerprint."""
 
 FLUSH_CONFIGS = 1 << 18

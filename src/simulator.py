@@ -7,14 +7,18 @@ pads the last chunk by repeating its last row, and keeps compile and compute sec
 
 With several devices (GPUs, or CPU devices from
 ``XLA_FLAGS=--xla_force_host_platform_device_count=K``), every chunk is split along its config
-axis over all of them (``jax.sharding``: a one-axis mesh, the data table replicated). The
-configurations are independent, so the partitioned program needs no communication and each
-one is computed exactly as on one device.
+axis over all of them (``jax.sharding``: a one-axis mesh, the data table replicated), and each
+device runs the engine on its slice (``jax.shard_map``). The configurations are independent,
+so the program needs no communication and each one is computed exactly as on one device.
+
+Chunks follow :func:`chunk_plan`: a long run of configs sharing dataset and batch size gets
+chunks of its own, run as one :class:`~src.engine.Group`; shorter runs share mixed chunks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -39,6 +43,38 @@ MOMENT_ELEMENTS = 1 << 18
 per-config working set is a dozen floats)."""
 
 COLUMNS = ("learning_rate", "n", "batch_size", "seed", "epochs")
+
+MomentsCache = dict[tuple[int, int, int, str], engine.Moments]
+"""Batch moments by (data row, batch size, batches, dtype)."""
+
+GROUP_SPEEDUP = {"autodiff": 2.0, "moments": 1.0}
+"""How much faster a chunk of one :class:`~src.engine.Group` runs than a mixed one, at the
+least (2-core CPU, seed workload: autodiff ~3x, as every slot then fuses into one pass;
+moments ~1.05x). A run of configs sharing dataset and batch size gets chunks of its own when
+that gain pays for padding its last chunk."""
+
+
+def chunk_plan(runs: np.ndarray, size: int, speedup: float) -> list[tuple[int, int, bool]]:
+    """Chunks ``(start, stop, is_group)`` covering ``0 .. runs[-1]`` in order.
+
+    ``runs`` are the boundaries of runs of one dataset size and batch size. A run of ``L``
+    configs is cut into group chunks if ``ceil(L / size) <= speedup * L / size`` (its group
+    chunks, the last one padded, cost no more than its share of mixed chunks); the configs
+    between such runs go into mixed chunks of at most ``size``. ``speedup`` 0: no groups.
+    """
+    plan: list[tuple[int, int, bool]] = []
+
+    def mixed(a: int, b: int) -> None:
+        plan.extend((s, min(s + size, b), False) for s in range(a, b, size))
+
+    loose = 0  # start of the configs not yet planned
+    for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+        if -(-(b - a) // size) * size <= speedup * (b - a):
+            mixed(loose, a)
+            plan.extend((s, min(s + size, b), True) for s in range(a, b, size))
+            loose = b
+    mixed(loose, int(runs[-1]))
+    return plan
 
 
 def hyperparameters(
@@ -112,10 +148,19 @@ class FlatConfigs:
         """Arguments equal for every config: compiled into the program as constants."""
         return constant_arguments(self.arguments)
 
+    def runs(self) -> np.ndarray:
+        """Where runs of consecutive configs with one dataset size and batch size start, and
+        the end: ``[0, ..., len(self)]``."""
+        n, bs = self.columns["n"], self.columns["batch_size"]
+        change = np.flatnonzero((n[1:] != n[:-1]) | (bs[1:] != bs[:-1])) + 1
+        return np.concatenate([[0], change, [len(n)]]).astype(np.int64)
+
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
         host arrays: every process holds them alike and places them on the devices."""
-        idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        idx: slice | np.ndarray = slice(start, start + size)
+        if start + size > len(self):
+            idx = np.minimum(np.arange(start, start + size), len(self) - 1)
         c = self.columns
         return engine.Configs(
             learning_rate=np.asarray(c["learning_rate"][idx], dtype),
@@ -147,14 +192,14 @@ class Simulator:
     compute_seconds: float = 0.0
     devices: tuple[jax.Device, ...] = ()
     _compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
-    _moments: dict[tuple[int, int, int], engine.Moments] = dataclasses.field(default_factory=dict)
+    _moments: MomentsCache = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kernel = engine.resolve_kernel(self.kernel, self.shuffle)
         self.devices = self.devices or tuple(jax.devices())
-        mesh = Mesh(np.array(self.devices), ("configs",))
-        self._split = NamedSharding(mesh, PartitionSpec("configs"))
-        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self._mesh = Mesh(np.array(self.devices), ("configs",))
+        self._split = NamedSharding(self._mesh, PartitionSpec("configs"))
+        self._replicated = NamedSharding(self._mesh, PartitionSpec())
         self._table = jax.device_put(_host(self.table), self._replicated)
 
     @property
@@ -202,17 +247,25 @@ class Simulator:
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
         tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
         constants = tuple(sorted(flat.constant_arguments().items()))
-        key = (family, flat.argument_names, shapes, size, history, self.shuffle, self.dtype,
-               constants)  # fmt: skip
-        if key not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[key] = engine.simulate.lower(
-                self.chunk(flat, 0, size, shapes, constants), self._table, tol,
-                family=family, shapes=shapes, shuffle=self.shuffle, history=history,
-                kernel=self.kernel, constants=constants,
-            ).compile()  # fmt: skip
-            self.compile_seconds += time.perf_counter() - t0
-        compiled = self._compiled[key]
+        if self.shuffle:
+            speedup = 0.0  # batches differ per config
+        elif self.kernel == "autodiff" and shapes.batch_width > engine.PER_SLOT_WIDTH:
+            speedup = 1.0
+        else:
+            speedup = GROUP_SPEEDUP[self.kernel]
+        plan = chunk_plan(flat.runs(), size, speedup)
+
+        def program(configs: engine.Configs, group: engine.Group | None) -> Callable:
+            key = (family, flat.argument_names, shapes, size, history, self.shuffle,
+                   self.dtype, constants, group is not None)  # fmt: skip
+            if key not in self._compiled:
+                t0 = time.perf_counter()
+                self._compiled[key] = self._program(
+                    family, shapes, history, constants, configs, tol, group
+                )
+                self.compile_seconds += time.perf_counter() - t0
+            return self._compiled[key]
+
         parts: list[engine.Summary] = []
         curves: list[np.ndarray] = []
 
@@ -233,13 +286,14 @@ class Simulator:
         # JAX dispatches asynchronously: the next chunk is built on the host while the
         # devices compute this one.
         pending: tuple[int, int, tuple] | None = None
-        for start in range(0, len(flat), size):
-            keep = min(size, len(flat) - start)
-            if skip is not None and skip(start, start + keep):
+        for start, stop, grouped in plan:
+            keep = stop - start
+            if skip is not None and skip(start, stop):
                 continue
-            configs = self.chunk(flat, start, size, shapes, constants)
+            configs, group = self.chunk(flat, start, size, shapes, constants, grouped)
+            compiled = program(configs, group)
             t0 = time.perf_counter()
-            outputs = compiled(configs, self._table, tol)
+            outputs = compiled(configs, self._table, tol, group)
             self.compute_seconds += time.perf_counter() - t0
             if pending is not None:
                 finish(*pending)
@@ -251,6 +305,34 @@ class Simulator:
         merged = engine.Summary(*(np.concatenate(k) for k in zip(*parts, strict=True)))
         return merged, (np.concatenate(curves) if history else None)
 
+    def _program(
+        self,
+        family: opt.Family,
+        shapes: engine.Shapes,
+        history: bool,
+        constants: tuple[tuple[str, float], ...],
+        configs: engine.Configs,
+        tol: jax.Array,
+        group: engine.Group | None,
+    ) -> Callable:
+        """The engine compiled for chunks like ``configs``: every device runs
+        :func:`src.engine.simulate` on its own slice of the configs (``shard_map``), so a
+        config computes the very program it would on one device, with nothing to
+        communicate; the data table, ``tol`` and ``group`` are replicated."""
+        simulate = functools.partial(
+            engine.simulate, family=family, shapes=shapes, shuffle=self.shuffle,
+            history=history, kernel=self.kernel, constants=constants,
+        )  # fmt: skip
+        split, whole = PartitionSpec("configs"), PartitionSpec()
+        per_device = jax.shard_map(
+            lambda c, data, t, g: simulate(c, data, t, group=g),
+            mesh=self._mesh,
+            in_specs=(split, whole, whole, whole),
+            out_specs=split,
+            check_vma=False,  # the engine is written per device; nothing crosses devices
+        )
+        return jax.jit(per_device).lower(configs, self._table, tol, group).compile()
+
     def chunk(
         self,
         flat: FlatConfigs,
@@ -258,21 +340,32 @@ class Simulator:
         size: int,
         shapes: engine.Shapes,
         constants: tuple[tuple[str, float], ...],
-    ) -> engine.Configs:
-        """One chunk on the devices: constants left out, batch moments added (moments kernel)."""
+        grouped: bool = False,
+    ) -> tuple[engine.Configs, engine.Group | None]:
+        """One chunk on the devices, constants left out; with ``grouped`` (every config of
+        the chunk has the first one's dataset and batch size) also its
+        :class:`~src.engine.Group`, replicated. Batch moments are added for the moments
+        kernel: the group's, or every config's."""
         c = flat.chunk(start, size, self.rows, self.dtype)
         fixed = dict(constants)
         c = c._replace(
             hyperparameters={k: v for k, v in c.hyperparameters.items() if k not in fixed}
         )
+        rows, batch_sizes = (
+            (c.data_row[:1], c.batch_size[:1]) if grouped else (c.data_row, c.batch_size)
+        )
+        moments = None
         if self.kernel == "moments" and not self.shuffle:
-            c = c._replace(
-                moments=batch_moments(
-                    self.table, c.data_row, c.batch_size, shapes.n_batches, self.dtype,
-                    self._moments,
-                )
-            )  # fmt: skip
-        return self._place(c)
+            moments = batch_moments(
+                self.table, rows, batch_sizes, shapes.n_batches, self.dtype, self._moments
+            )
+        if not grouped:
+            return self._place(c._replace(moments=moments)), None
+        group = engine.Group(
+            data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
+            moments=None if moments is None else engine.Moments(*(m[0] for m in moments)),
+        )  # fmt: skip
+        return self._place(c), jax.device_put(group, self._replicated)
 
     def _place(self, configs: engine.Configs) -> engine.Configs:
         """A chunk split along its config axis over the devices (of every process)."""
@@ -285,11 +378,11 @@ def batch_moments(
     batch_size: np.ndarray,
     n_batches: int,
     dtype: str,
-    cache: dict[tuple[int, int, int], engine.Moments] | None = None,
+    cache: MomentsCache | None = None,
 ) -> engine.Moments:
     """Per-config :class:`~src.engine.Moments` of every batch, shape ``(configs, n_batches)``:
-    computed in float64 once per dataset and batch size (kept in ``cache``), then rounded to
-    ``dtype``."""
+    computed in float64 once per dataset and batch size and rounded to ``dtype`` (kept in
+    ``cache``), then gathered per config."""
     cache = {} if cache is None else cache
     row, bs = np.asarray(data_row, np.int64), np.asarray(batch_size, np.int64)
     stride = int(bs.max()) + 1
@@ -302,16 +395,15 @@ def batch_moments(
     pairs = zip(*np.divmod(keys, stride), strict=True)
     per_pair = []
     for row, bs in pairs:
-        key = (int(row), int(bs), n_batches)
+        key = (int(row), int(bs), n_batches, dtype)
         if key not in cache:
             n = int(table.n[row])
-            cache[key] = engine.fixed_batch_moments(
+            exact = engine.fixed_batch_moments(
                 table.x[row, :n], table.y[row, :n], float(table.w_opt[row]), int(bs), n_batches
             )
+            cache[key] = engine.Moments(*(np.asarray(f, dtype) for f in exact))
         per_pair.append(cache[key])
-    return engine.Moments(
-        *(np.asarray(np.stack(f)[which.ravel()], dtype) for f in zip(*per_pair, strict=True))
-    )
+    return engine.Moments(*(np.stack(f)[which] for f in zip(*per_pair, strict=True)))
 
 
 def _host(tree: object) -> object:

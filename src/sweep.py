@@ -293,12 +293,17 @@ class Sweep:
 class GridConfigs:
     """One optimizer family's block of a sweep's grid, as a config source made chunk by chunk.
 
-    Row ``i`` is position ``i`` (C order) of :attr:`shape`: ``(optimizers of the family, lr, n,
-    batch_size, seed, epochs)``, then the swept hyperparameters the family has (``own``; it
-    is repeated along the others). :meth:`chunk` computes the columns and builder arguments
+    :attr:`shape` is ``(optimizers of the family, lr, n, batch_size, seed, epochs)``, then the
+    swept hyperparameters the family has (``own``; it is repeated along the others). Rows
+    walk it in C order of :data:`WALK`, dataset size and batch size outermost: each
+    ``(n, batch_size)`` is then one run of rows that can share its batches (:func:`runs`,
+    :class:`src.engine.Group`). :meth:`chunk` computes the columns and builder arguments
     of its rows only, so no per-config array of the whole block is ever built; row for row it
     gives what :class:`~src.simulator.FlatConfigs` of the same grid gives.
     """
+
+    WALK = (2, 3, 0, 1, 4, 5)
+    """The order rows walk the grid's first six axes in (the swept hyperparameters follow)."""
 
     names: tuple[str, ...]
     family: opt.Family
@@ -319,6 +324,19 @@ class GridConfigs:
 
     def __len__(self) -> int:
         return math.prod(self.shape)
+
+    def _at(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The indices of ``rows`` along every axis of :attr:`shape`."""
+        walk = (*self.WALK, *range(len(self.WALK), len(self.shape)))
+        walked = np.unravel_index(rows, [self.shape[d] for d in walk])
+        at: list[np.ndarray] = [np.empty(0)] * len(walk)
+        for d, i in zip(walk, walked, strict=True):
+            at[d] = i
+        return tuple(at)
+
+    def runs(self) -> np.ndarray:
+        """Where each ``(n, batch_size)``'s run of rows starts, and the end."""
+        return np.arange(0, len(self) + 1, len(self) // (self.shape[2] * self.shape[3]))
 
     def repeats(self, sweep: Sweep) -> int:
         """How many configurations of the map each row stands for (its copies along the
@@ -348,7 +366,7 @@ class GridConfigs:
         """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as
         :meth:`src.simulator.FlatConfigs.chunk` gives them."""
         idx = np.minimum(np.arange(start, start + size), len(self) - 1)
-        which, *at = np.unravel_index(idx, self.shape)
+        which, *at = self._at(idx)
         columns = {k: a[i] for k, a, i in zip(COLUMNS, self.axes, at, strict=False)}
         return FlatConfigs(columns, self._arguments(which, at)).chunk(0, size, rows, dtype)
 
@@ -358,7 +376,7 @@ class GridConfigs:
         """Rows ``start .. stop``: their indices along :attr:`shape`, and their flat positions
         in the map's arrays, ``(rows, repeats)`` (``block``: the family's optimizers' indices
         on the map's optimizer axis)."""
-        at = np.unravel_index(np.arange(start, stop), self.shape)
+        at = self._at(np.arange(start, stop))
         strides = np.cumprod((1, *sweep.shape[:0:-1]))[::-1]  # in elements, C order
         dims = sweep.dims
         own = dict(zip(self.own, at[len(DIMS) :], strict=True))

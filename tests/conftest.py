@@ -36,8 +36,12 @@ def simulate(
     shapes: engine.Shapes | None = None,
     hyperparameters: dict[str, float] | None = None,
     kernel: str = "autodiff",
+    group: bool = False,
 ) -> tuple[engine.Summary, np.ndarray]:
-    """Run configs (parallel lists) of optimizer ``name`` with history; numpy results."""
+    """Run configs (parallel lists) of optimizer ``name`` with history; numpy results.
+
+    ``group``: the configs share the first one's dataset and batch size, and run as one
+    :class:`~src.engine.Group` (as the simulator runs long runs of such configs)."""
     o = opt.get(name)
     hp = {**o.defaults, **(hyperparameters or {})}
     sizes = sorted(set(n))
@@ -46,9 +50,16 @@ def simulate(
     shapes = shapes or engine.Shapes.covering(n, batch_size, epochs)
     with jax.enable_x64(dtype == "float64"):
         rows = np.asarray([sizes.index(k) for k in n], np.int32)
-        moments = None
+        moments = shared = None
         if kernel == "moments" and not shuffle:
             moments = batch_moments(table, rows, np.asarray(batch_size), shapes.n_batches, dtype)
+        if group:
+            assert len(set(n)) == 1 and len(set(batch_size)) == 1, "a group shares n and batch"
+            shared = engine.Group(
+                data_row=rows[0], n=np.int32(n[0]), batch_size=np.int32(batch_size[0]),
+                moments=None if moments is None else engine.Moments(*(m[0] for m in moments)),
+            )  # fmt: skip
+            moments = None
         configs = engine.Configs(
             learning_rate=jnp.asarray(lr, dtype),
             hyperparameters={
@@ -70,5 +81,6 @@ def simulate(
             shuffle=shuffle,
             history=True,
             kernel=kernel,
+            group=shared,
         )
         return jax.tree.map(np.asarray, summary), np.asarray(history)

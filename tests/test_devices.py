@@ -13,11 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ["--optimizers", "sgd,adam", "--lr", "1e-3:1:7", "--n", "1:12", "--batch-size", "4,32",
        "--epochs", "30", "--seeds", "0,1", "--shuffle", "--validate", "0", "--quiet"]  # fmt: skip
+# Fixed batches, 80 configs per (N, batch size), chunks of 64: every run goes in group chunks.
+GROUPS = ["--optimizers", "sgd,adam", "--lr", "1e-3:1:40", "--n", "1:5", "--batch-size", "4,32",
+          "--epochs", "30", "--seeds", "0,1", "--kernel", "autodiff", "--chunk-size", "64",
+          "--validate", "0", "--quiet"]  # fmt: skip
+MAPS = pytest.mark.parametrize("grid", [MAP, GROUPS], ids=["shuffled", "groups"])
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -26,9 +32,9 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
-def _main_job(out: Path, devices: int = 1, *extra: str) -> subprocess.Popen:
+def _main_job(out: Path, devices: int = 1, *extra: str, grid: list[str] = MAP) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "src.stability_map", *MAP, "--out", str(out), *extra],
+        [sys.executable, "-m", "src.stability_map", *grid, "--out", str(out), *extra],
         cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -42,10 +48,11 @@ def _devices(out: Path) -> list[str]:
     return json.loads((out / "summary.json").read_text())["devices"]
 
 
-def test_one_and_four_devices_give_identical_maps(tmp_path: Path) -> None:
+@MAPS
+def test_one_and_four_devices_give_identical_maps(tmp_path: Path, grid: list[str]) -> None:
     one, four = tmp_path / "one", tmp_path / "four"
-    _finish(_main_job(one, 1))
-    _finish(_main_job(four, 4))
+    _finish(_main_job(one, 1, grid=grid))
+    _finish(_main_job(four, 4, grid=grid))
     assert len(_devices(one)) == 1 and len(_devices(four)) == 4
     with (
         xr.open_dataset(one / "stability_map.nc") as a,
@@ -54,16 +61,17 @@ def test_one_and_four_devices_give_identical_maps(tmp_path: Path) -> None:
         xr.testing.assert_identical(a.load(), b.load())
 
 
-def test_two_processes_give_the_map_of_one(tmp_path: Path) -> None:
+@MAPS
+def test_two_processes_give_the_map_of_one(tmp_path: Path, grid: list[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     group = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     alone, shared = tmp_path / "alone", tmp_path / "shared"
-    workers = [_main_job(shared, 1, *group, "--process-id", str(i)) for i in (1, 0)]
+    workers = [_main_job(shared, 1, *group, "--process-id", str(i), grid=grid) for i in (1, 0)]
     for proc in workers:
         _finish(proc)
-    _finish(_main_job(alone))
+    _finish(_main_job(alone, grid=grid))
     assert len(_devices(shared)) == 2  # one CPU device in each process
     with (
         xr.open_dataset(alone / "stability_map.nc") as a,

@@ -1,5 +1,7 @@
 """Padding and masking are exact no-ops: a configuration run alone (with the smallest shapes
-that hold it) and the same configuration padded into a larger chunk give identical bits."""
+that hold it) and the same configuration padded into a larger chunk give identical bits;
+so does running it in a chunk that shares its batches (:class:`src.engine.Group`, where the
+autodiff kernel differentiates slot by slot)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ config = st.fixed_dictionaries(
         "seed": st.integers(0, 2**32 - 1),
         "shuffle": st.booleans(),
         "kernel": st.sampled_from(["autodiff", "moments"]),
+        "group": st.booleans(),
     }
 )
 
@@ -39,6 +42,7 @@ config = st.fixed_dictionaries(
 @settings(max_examples=25, deadline=None)
 @given(config)
 def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
+    grouped = c["group"] and not c["shuffle"]  # a group's batches are fixed
     alone_shapes = engine.Shapes.covering([c["n"]], [c["batch_size"]], [c["epochs"]])
     alone, alone_hist = simulate(
         c["name"],
@@ -50,6 +54,7 @@ def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
         shuffle=c["shuffle"],
         shapes=alone_shapes,
         kernel=c["kernel"],
+        group=grouped,
     )
     # Neighbours with a larger N, more and smaller batches and more epochs force every kind
     # of padding onto the config under test (index 1).
@@ -68,6 +73,22 @@ def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
         assert same_bits(getattr(alone, field)[0], getattr(padded, field)[1]), field
     assert same_bits(alone_hist[0], padded_hist[1, : c["epochs"]])
     assert np.all(np.isnan(padded_hist[1, c["epochs"] :]))
+    if grouped:  # padded as a group: neighbours share its dataset and batch size
+        shared, shared_hist = simulate(
+            c["name"],
+            [0.01, c["lr"], 0.001],
+            [c["n"]] * 3,
+            [c["batch_size"]] * 3,
+            [9, c["epochs"], 3],
+            [1, c["seed"], 2],
+            shuffle=c["shuffle"],
+            shapes=PADDED,
+            kernel=c["kernel"],
+            group=True,
+        )
+        for field in engine.Summary._fields:
+            assert same_bits(getattr(alone, field)[0], getattr(shared, field)[1]), field
+        assert same_bits(alone_hist[0], shared_hist[1, : c["epochs"]])
 
 
 def test_masked_steps_do_not_advance_the_adam_step_counter() -> None:

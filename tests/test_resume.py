@@ -73,8 +73,7 @@ def test_interrupted_run_resumed_gives_the_same_file(
         GridConfigs, "chunk", lambda self, at, *a: chunks.append(at) or original(self, at, *a)
     )
     assert main([*ARGS, "--out", str(cut), "--resume"]) == 0
-    simulated = [s for s in chunks if s]  # start 0 is also what each program is compiled with
-    assert simulated == [12, 16, 4, 8], simulated  # SGD's last two chunks, then Adam's
+    assert chunks == [12, 16, 0, 4, 8], chunks  # SGD's last two chunks, then all of Adam's
     assert not (cut / PARTIAL).exists()
 
     a, b = (xr.load_dataset(d / "stability_map.nc") for d in (whole, cut))
@@ -150,7 +149,8 @@ def test_partly_resumed_progress_adds_up(tmp_path: Path) -> None:
 
 
 def test_grid_chunks_equal_flat_configs() -> None:
-    """GridConfigs computes, chunk by chunk, exactly the rows of the whole family's meshgrid."""
+    """GridConfigs computes, chunk by chunk, exactly the rows of the whole family's meshgrid
+    walked in its order, and its runs are the rows of one n and batch size."""
     sweep = Sweep(
         optimizer=("adam", "sgd", "adamw", "momentum"), lr=(1e-3, 0.02), n=(3, 7, 9),
         batch_size=(2, 32), seed=(0, 5), epochs=(4, 9),
@@ -163,8 +163,9 @@ def test_grid_chunks_equal_flat_configs() -> None:
         grid = GridConfigs.of(sweep, names)
         family = grid.family
         own = sweep.swept_for(family)
+        walk = (*GridConfigs.WALK, *range(len(GridConfigs.WALK), len(grid.shape)))
         which, *cols = (
-            g.ravel()
+            g.transpose(walk).ravel()  # rows walk n and batch size outermost
             for g in np.meshgrid(
                 np.arange(len(names)), *(sweep.axis(d) for d in (*DIMS[1:], *own)), indexing="ij"
             )
@@ -176,6 +177,7 @@ def test_grid_chunks_equal_flat_configs() -> None:
         )  # fmt: skip
         assert len(grid) == len(flat) and grid.argument_names == flat.argument_names
         assert grid.constant_arguments() == flat.constant_arguments()
+        np.testing.assert_array_equal(grid.runs(), FlatConfigs.runs(flat))
         for start, size in ((0, 7), (5, 64), (len(flat) - 3, 8)):
             got, want = (c.chunk(start, size, rows, "float32") for c in (grid, flat))
             assert jax.tree.structure(got) == jax.tree.structure(want)

@@ -1,0 +1,79 @@
+"""Chunks that share their batches (:class:`src.engine.Group`) compute every configuration
+bit for bit as mixed chunks do, and the simulator gives them the runs worth it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import simulate
+from test_padding import same_bits
+
+from src import engine
+from src import optimizers as opt
+from src.problem import Problem, data_table
+from src.simulator import FlatConfigs, Simulator, chunk_plan
+
+FAMILIES = sorted({o.family.name: name for name, o in opt.OPTIMIZERS.items()}.values())
+LRS = [1e-4, 1e-3, 5e-3, 2e-2, 0.1, 0.6]  # converging to overflowing, for every family
+
+
+def assert_same(a: tuple[engine.Summary, np.ndarray], b: tuple[engine.Summary, np.ndarray]) -> None:
+    for field in engine.Summary._fields:
+        assert same_bits(getattr(a[0], field), getattr(b[0], field)), field
+    assert same_bits(a[1], b[1])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str) -> None:
+    # Three batches of 8, 8 and 4 (masked slots), 12 epochs, one seed per config; the group
+    # program differentiates slot by slot, the mixed one over arrays.
+    args = (name, LRS, [20] * 6, [8] * 6, [12, 12, 12, 9, 12, 12], [0, 1, 2, 3, 4, 5])
+    runs = [simulate(*args, group=g) for g in (False, True)]
+    assert_same(*runs)
+    assert len({float(v) for v in runs[0][0].final_loss}) > 3  # the configs differ
+
+
+FULL_BATCH = [("sgd", "autodiff"), ("adam", "autodiff"), ("sgd", "moments"), ("nadam", "moments")]
+
+
+@pytest.mark.parametrize(("name", "kernel"), FULL_BATCH)
+def test_full_batch_group_is_bit_identical(name: str, kernel: str) -> None:
+    # N = 33 in a 64-slot batch: the widest slot-by-slot program, 31 masked slots.
+    args = (name, LRS, [33] * 6, [64] * 6, [15] * 6, [7] * 6)
+    assert_same(*(simulate(*args, kernel=kernel, group=g) for g in (False, True)))
+
+
+def test_chunk_plan() -> None:
+    runs = np.array([0, 10, 13, 40, 41, 42, 90])
+    # speedup 2 at size 16: a run of 10 pays (1 chunk <= 20), 3 does not, 27 pays (2 <= 54)
+    plan = chunk_plan(runs, 16, 2.0)
+    assert plan == [(0, 10, True), (10, 13, False), (13, 29, True), (29, 40, True),
+                    (40, 42, False), (42, 58, True), (58, 74, True), (74, 90, True)]  # fmt: skip
+    # speedup 1: only the run of 48 (three full chunks) pays
+    assert chunk_plan(runs, 16, 1.0) == [
+        (0, 16, False), (16, 32, False), (32, 42, False), (42, 58, True), (58, 74, True),
+        (74, 90, True),
+    ]  # fmt: skip
+    mixed = chunk_plan(runs, 16, 0.0)
+    assert all(not g for *_, g in mixed) and [a for a, *_ in mixed] == list(range(0, 90, 16))
+
+
+def test_simulator_runs_long_runs_as_groups_with_the_same_results() -> None:
+    ns, lrs = (3, 20, 33), np.geomspace(1e-4, 0.5, 40)
+    n, lr = (g.ravel() for g in np.meshgrid(ns[:2], lrs, indexing="ij"))  # two runs of 40
+    n, lr = np.append(n, [33] * 6), np.append(lr, lrs[:6])  # and a short one
+    flat = FlatConfigs.of(
+        ["adam"] * len(n), opt.get("adam").family, learning_rate=lr, n=n,
+        batch_size=np.full(len(n), 8), seed=np.zeros(len(n), np.int64),
+        epochs=np.full(len(n), 10),
+    )  # fmt: skip
+    table = data_table([Problem().dataset(k) for k in ns], "float32")
+    rows = np.zeros(34, np.int64)
+    rows[list(ns)] = np.arange(3)
+    sim = Simulator(table, rows, "float32", 1e-4, kernel="autodiff", chunk_size=32)
+    grouped, _ = sim.run(opt.get("adam").family, flat)
+    assert {k[-1] for k in sim._compiled} == {True, False}  # runs of 40: 2 group chunks each
+    one_by_one = [simulate("adam", [v], [k], [8], [10], [0])[0] for v, k in zip(lr, n, strict=True)]
+    for field in engine.Summary._fields:
+        want = np.concatenate([getattr(s, field) for s in one_by_one])
+        assert same_bits(getattr(grouped, field), want), field
