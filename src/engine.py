@@ -207,6 +207,11 @@ PER_SLOT_WIDTH = 64
 batches (:class:`Group`); wider batches take the array form (a longer program otherwise)."""
 
 
+def slot_by_slot(shapes: Shapes) -> bool:
+    """Whether a :class:`Group` chunk of these shapes runs the autodiff kernel slot by slot."""
+    return shapes.batch_width <= PER_SLOT_WIDTH
+
+
 _NEVER = 2.0**22
 """Stands for "never" while epochs are tracked as float32 with ``min`` (reported as -1):
 every key, down to ``-2 NEVER``, is then an exact float32 integer."""
@@ -452,10 +457,9 @@ def simulate_one(
     opt = family.transformation(cfg.learning_rate, arguments, KERAS_SHAPES)
     n_float = cfg.n.astype(dtype)
     batch_index = jnp.arange(shapes.n_batches, dtype=jnp.int32)
-    counts = jnp.clip(cfg.n - batch_index * cfg.batch_size, 0, cfg.batch_size)
-    counts = counts.astype(dtype)
+    counts = jnp.clip(cfg.n - batch_index * cfg.batch_size, 0, cfg.batch_size).astype(dtype)
     one_batch = shapes.n_batches == 1
-    per_slot = group is not None and shapes.batch_width <= PER_SLOT_WIDTH
+    per_slot = group is not None and slot_by_slot(shapes)
 
     def epoch_batches(epoch: Array) -> object:
         """What a step needs of each batch of the epoch (leading axis: batches)."""

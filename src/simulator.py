@@ -249,7 +249,7 @@ class Simulator:
         constants = tuple(sorted(flat.constant_arguments().items()))
         if self.shuffle:
             speedup = 0.0  # batches differ per config
-        elif self.kernel == "autodiff" and shapes.batch_width > engine.PER_SLOT_WIDTH:
+        elif self.kernel == "autodiff" and not engine.slot_by_slot(shapes):
             speedup = 1.0
         else:
             speedup = GROUP_SPEEDUP[self.kernel]
@@ -351,14 +351,13 @@ class Simulator:
         c = c._replace(
             hyperparameters={k: v for k, v in c.hyperparameters.items() if k not in fixed}
         )
-        rows, batch_sizes = (
-            (c.data_row[:1], c.batch_size[:1]) if grouped else (c.data_row, c.batch_size)
-        )
         moments = None
         if self.kernel == "moments" and not self.shuffle:
+            first = slice(None, 1 if grouped else None)  # a group's batches are its first's
             moments = batch_moments(
-                self.table, rows, batch_sizes, shapes.n_batches, self.dtype, self._moments
-            )
+                self.table, c.data_row[first], c.batch_size[first], shapes.n_batches,
+                self.dtype, self._moments,
+            )  # fmt: skip
         if not grouped:
             return self._place(c._replace(moments=moments)), None
         group = engine.Group(
