@@ -19,18 +19,11 @@ Modules, one concept each:
 * :mod:`src.report` -- heatmaps, loss curves and the self-contained ``index.html``.
 * :mod:`src.store` -- atomic output files.
 * :mod:`src.cli` -- the command line (``python -m src.stability_map``).
+* :mod:`src.xla_options` -- XLA's CPU compiler options (no FMA; multi-output fusion).
 """
 
 import os as _os
-import platform as _platform
 
-# XLA's CPU compiler contracts ``a * b + c`` into fused multiply-adds wherever its fusion
-# decisions allow, and those decisions change with array shapes and loop trip counts: the same
-# configuration would then round differently when padded into a larger chunk, and differently
-# from Keras (TensorFlow's kernels round every product). Without FMA instructions in the target
-# ISA every product is rounded, so results are bit-identical however a config is padded.
-# (x86-64 only; it must be set before JAX starts its CPU backend. Measured cost: ~13%.)
-if _platform.machine().lower() in ("x86_64", "amd64") and "xla_cpu_max_isa" not in _os.environ.get(
-    "XLA_FLAGS", ""
-):
-    _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX").strip()
+from src.xla_options import cpu_flags as _cpu_flags
+
+_os.environ["XLA_FLAGS"] = _cpu_flags(_os.environ.get("XLA_FLAGS", ""))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from src import findings, optimizers, outcome, validation
+from src import engine, findings, optimizers, outcome, validation, xla_options
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.problem import Problem, read_xy_csv
@@ -474,6 +474,8 @@ def map_job(argv: Sequence[str]) -> None:
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
     checks = _validation_count(args.validate)
+    if engine.resolve_kernel(sweep.kernel, sweep.shuffle) == "moments":
+        xla_options.use_multi_output_fusion()  # before JAX's backend starts (see its docs)
     if args.resume and args.coordinator is not None:
         raise InputError("--resume runs in one process; it does not combine with --coordinator")
     if args.coordinator is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -245,10 +246,11 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
 def summary_record(
     ds: xr.Dataset, stats: RunStats | None, found: dict[str, object], wall_seconds: float
 ) -> dict[str, object]:
-    """The content of ``summary.json``: versions, devices, sizes, timings and findings
+    """The content of ``summary.json``: versions, devices, XLA flags, sizes, timings and findings
     (no run figures when the report is rendered from a saved dataset, ``stats=None``)."""
     run = {} if stats is None else {
         "devices": list(stats.devices),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # how the programs were compiled
         "compiled_programs": stats.programs,
         "wall_seconds": round(wall_seconds, 3),
         "compute_seconds": round(stats.compute_seconds, 3),

@@ -1,0 +1,55 @@
+"""XLA's CPU compiler options for the engine.
+
+They are process-wide: XLA reads ``XLA_FLAGS`` once, when JAX's backend starts, so they are
+set before that (:mod:`src` applies :func:`cpu_flags` on import) and cannot differ between
+two programs of one process.
+
+* **No FMA.** XLA's CPU compiler contracts ``a * b + c`` into fused multiply-adds wherever its
+  fusion decisions allow, and those decisions change with array shapes and loop trip counts:
+  the same configuration would then round differently when padded into a larger chunk, and
+  differently from Keras (TensorFlow's kernels round every product). Capping the instruction
+  set at AVX, which has no FMA, rounds every product, so results are bit-identical however a
+  config is padded (x86-64 only; measured cost ~13%).
+* **Multi-output fusion** (:func:`use_multi_output_fusion`, opt-in). By default XLA's CPU
+  fusion gives every value an epoch carries (weights, optimizer state, loss, events) a loop
+  of its own, each recomputing the step's shared arithmetic. With multi-output fusion, work
+  shared by several values is computed once, in loops with several outputs: the moments
+  kernel then runs ~1.3x faster (2-core CPU, seed workload). The autodiff kernel's group
+  chunks need the recomputation instead (each slot's residual feeds the loss and both
+  gradients; kept in one loop, it never goes through memory), and run ~6x slower with it, so
+  it is chosen per job: the main job turns it on when its kernel is ``moments``.
+
+Neither option reorders or contracts arithmetic: results are bit-identical with or without
+multi-output fusion (``tests/test_xla_options.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+MULTI_OUTPUT_FUSION = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+
+
+def cpu_flags(flags: str, machine: str | None = None) -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with the instruction set capped at AVX on x86-64,
+    unless ``flags`` sets ``xla_cpu_max_isa`` itself."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64") and "xla_cpu_max_isa" not in flags:
+        flags = f"{flags} --xla_cpu_max_isa=AVX"
+    return flags.strip()
+
+
+def use_multi_output_fusion() -> bool:
+    """Turn on XLA's multi-output fusion for this process, if JAX's backend has not started
+    yet (whether it applies is returned). ``XLA_FLAGS`` that already name backend options are
+    left as they are."""
+    from jax._src import xla_bridge  # whether a backend has started: no public API says so
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if MULTI_OUTPUT_FUSION in flags.split():
+        return True
+    if xla_bridge.backends_are_initialized() or "xla_backend_extra_options" in flags:
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {MULTI_OUTPUT_FUSION}".strip()
+    return True

@@ -1,0 +1,62 @@
+"""XLA's CPU options (:mod:`src.xla_options`): the instruction-set cap, and multi-output
+fusion, which the main job turns on for the moments kernel and which must not change a bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import xarray as xr
+
+from src import xla_options
+
+ROOT = Path(__file__).resolve().parents[1]
+# Fixed batches (the moments kernel), several families, ragged batches, two epoch counts.
+MOMENTS_MAP = ["--optimizers", "sgd,adam,rmsprop,lion", "--lr", "1e-3:1:9", "--n", "1:12",
+               "--batch-size", "4,32", "--epochs", "30,41", "--seeds", "0,1", "--validate", "0",
+               "--quiet"]  # fmt: skip
+
+
+def test_cpu_flags_cap_the_instruction_set_on_x86_only() -> None:
+    assert xla_options.cpu_flags("", "x86_64") == "--xla_cpu_max_isa=AVX"
+    assert xla_options.cpu_flags("--a", "AMD64") == "--a --xla_cpu_max_isa=AVX"
+    assert xla_options.cpu_flags("--xla_cpu_max_isa=SSE4_2", "x86_64") == "--xla_cpu_max_isa=SSE4_2"
+    assert xla_options.cpu_flags("--a", "aarch64") == "--a"
+
+
+def test_multi_output_fusion_is_refused_once_the_backend_runs() -> None:
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # this process's backend has started
+    flags = os.environ.get("XLA_FLAGS", "")
+    assert xla_options.use_multi_output_fusion() is (xla_options.MULTI_OUTPUT_FUSION in flags)
+    assert os.environ.get("XLA_FLAGS", "") == flags
+
+
+def _main_job(out: Path, xla_flags: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    done = subprocess.run(
+        [sys.executable, "-m", "src.stability_map", *MOMENTS_MAP, "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_multi_output_fusion_changes_no_bit(tmp_path: Path) -> None:
+    """The main job with multi-output fusion on 4 devices, and without it (backend options
+    given, so the job leaves them alone) on 1: the same map."""
+    fused, plain = tmp_path / "fused", tmp_path / "plain"
+    on = _main_job(fused, "--xla_force_host_platform_device_count=4")
+    off = _main_job(plain, "--xla_backend_extra_options=xla_cpu_unused_option")
+    assert xla_options.MULTI_OUTPUT_FUSION in on["xla_flags"].split()
+    assert "multi_output" not in off["xla_flags"]
+    assert len(on["devices"]) == 4 and len(off["devices"]) == 1
+    with (
+        xr.open_dataset(fused / "stability_map.nc") as a,
+        xr.open_dataset(plain / "stability_map.nc") as b,
+    ):
+        xr.testing.assert_identical(a.load(), b.load())
