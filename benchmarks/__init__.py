@@ -1,2 +1,6 @@
-"""asv suite: timing of the vectorized engine against the obvious alternatives, and the
-stability results themselves, tracked commit by commit (see the README's "Benchmarks")."""
+"""asv benchmarks of stability-map: speed (JAX vs Keras vs a per-config JAX loop) and the
+stability results, commit by commit."""
+
+from src import xla_options
+
+xla_options.configure()  # the main job's rounding, set before JAX starts its backend

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-import src  # noqa: F401
 from src import keras_reference, validation
 from src import optimizers as opt
-from src.sweep import Sweep, log_grid, run
+from src.runner import run
+from src.spec import Sweep, log_grid
 
 CHECKED = 2 * len(opt.OPTIMIZERS) + 2
 """The seed's two picks and one config on each side of every optimizer's boundary."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-import src  # noqa: F401
 from src.outcome import STATUSES
-from src.sweep import DEFAULT_OPTIMIZERS, Sweep, run
+from src.runner import run
+from src.spec import DEFAULT_OPTIMIZERS, Sweep
 
 TRACKED_N = [5, 20, 33, 64]  # full batch (5, 20) and two-batch epochs (33, 64)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import src  # noqa: F401
 from src import optimizers as opt
-from src.sweep import Sweep, log_grid, run
+from src.runner import run
+from src.spec import Sweep, log_grid
 
 from .workloads import seed_workload
 

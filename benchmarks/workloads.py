@@ -19,12 +19,12 @@ import time
 import jax
 import numpy as np
 
-import src  # noqa: F401  (XLA's CPU flags, before JAX starts)
 from src import engine
 from src import optimizers as opt
+from src.configs import FlatConfigs
 from src.problem import Problem, data_table
-from src.simulator import FlatConfigs, Simulator
-from src.sweep import log_grid
+from src.simulator import Simulator
+from src.spec import log_grid
 
 N_MAX = 32
 BATCH_SIZE = 32

@@ -1,6 +1,6 @@
 """The command line of the main job: ``python -m src.stability_map [options]``.
 
-A thin layer: parse flags into a :class:`~src.sweep.Sweep`, run it with a progress bar, write
+A thin layer: parse flags into a :class:`~src.spec.Sweep`, run it with a progress bar, write
 the report with :func:`~src.report.publish` and print the findings. Bad input of any kind ends
 with one line on stderr naming the problem and exit status 2.
 """
@@ -8,6 +8,7 @@ with one line on stderr naming the problem and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,8 @@ from src import engine, findings, optimizers, outcome, validation, xla_options
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.problem import Problem, read_xy_csv
-from src.sweep import DEFAULT_OPTIMIZERS, Curve, RunStats, Sweep, log_grid, resumed_configs, run
+from src.runner import RunStats, check_memory, resumed_configs, run
+from src.spec import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid
 
 MAX_AXIS_POINTS = 10_000_000
 PARTIAL = ".partial"
@@ -383,13 +385,13 @@ def _problem_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _problem(args: argparse.Namespace) -> Problem:
-    return Problem(
-        slope=_one_float(args.slope, "--slope"),
-        intercept=_one_float(args.intercept, "--intercept"),
-        x_start=_one_float(args.x_start, "--x-start"),
-        x_step=_one_float(args.x_step, "--x-step"),
-        standardize=args.standardize,
-    )
+    """The :class:`~src.problem.Problem` of the flags named after its fields (a flag each)."""
+    values = {}
+    for f in dataclasses.fields(Problem):
+        given = getattr(args, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        values[f.name] = given if f.type in (bool, "bool") else _one_float(given, flag)
+    return Problem(**values)
 
 
 def parse_optimizer_args(text: str, name: str) -> dict[str, float]:
@@ -463,6 +465,7 @@ def explain_job(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the main job (or ``explain``); returns the exit status (0, 2 bad input, 130 ^C)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    xla_options.configure()  # before JAX's backend starts: the map's rounding (no FMA)
     if argv[:1] == ["explain"]:
         return _guarded(lambda: explain_job(argv[1:]))
     return _guarded(lambda: map_job(argv))
@@ -473,6 +476,7 @@ def map_job(argv: Sequence[str]) -> None:
     started = time.perf_counter()
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
+    check_memory(sweep)
     checks = _validation_count(args.validate)
     if engine.resolve_kernel(sweep.kernel, sweep.shuffle) == "moments":
         xla_options.use_multi_output_fusion()  # before JAX's backend starts (see its docs)
@@ -517,7 +521,9 @@ def _validation_count(text: str | None) -> int:
     return validation.DEFAULT_COUNT if text is None else validation.parse_count(text)
 
 
-def _validate_with_progress(ds: xr.Dataset, count: int, quiet: bool) -> dict:
+def _validate_with_progress(
+    ds: xr.Dataset, count: int, quiet: bool
+) -> validation.ValidationRecord:
     """The Keras check of the map (:func:`src.validation.validate`), with a progress bar."""
     started = time.perf_counter()
     if quiet or validation.not_run(ds, count) is not None:

@@ -6,7 +6,7 @@ learning rate, hyperparameters, dataset, dataset size ``N``, batch size, epochs 
 share only the optimizer family and the padded :class:`Shapes`.
 
 Keras semantics reproduced (keras/src/trainers, keras/src/losses; see
-../shared/reference/keras-semantics.md):
+docs/keras-fidelity.md):
 
 * weights ``w ~ U(-sqrt 3, sqrt 3)`` (GlorotUniform of a 1x1 kernel) from the config's seed,
   ``b = 0``;
@@ -425,6 +425,87 @@ def _growth_rate(tr: _Tracker) -> Array:
     return jnp.where(ok, (tr.mark / jnp.where(ok, base, 1)) ** (1 / span), jnp.nan)
 
 
+def new_tracker(dtype: jnp.dtype) -> _Tracker:
+    """A config's epoch tracker before its first epoch: losses nan, no event, no mark."""
+    nan = jnp.array(jnp.nan, dtype)
+    never = jnp.array(_NEVER, dtype)
+    none = jnp.array(0, jnp.int32)
+    return _Tracker(nan, nan, never, never, nan, none, nan, none)
+
+
+def track_epoch(
+    tr: _Tracker, loss: Array, number: Array, live: Array, threshold: Array, ragged: bool
+) -> _Tracker:
+    """The tracker after epoch ``number`` (from 1) ended with History loss ``loss``.
+
+    ``live``: whether the config trains this epoch (only with ``ragged`` epoch counts; an
+    epoch past a config's count changes nothing). The running minimum of :func:`_event_key`
+    keeps the first converged (``loss <= threshold``) and the first non-finite epoch.
+    """
+    finite, converged = jnp.isfinite(loss), loss <= threshold
+    if ragged:
+        final = jnp.where(live, loss, tr.final_loss)
+        finite, converged = finite | ~live, converged & live
+    else:
+        final = loss
+    number = number.astype(loss.dtype)  # float: AVX has no 256-bit integer ops
+    return tr._replace(
+        final_loss=final,
+        events=jnp.minimum(tr.events, _event_key(number, finite, converged)),
+    )
+
+
+def close_window(tr: _Tracker, end: Array, epochs: Array) -> _Tracker:
+    """The tracker at the end of a :data:`GROWTH_WINDOW` (epoch ``end`` of ``epochs``): the
+    converged epoch so far is read, and a finite loss becomes the newest growth mark."""
+    mark = jnp.isfinite(tr.final_loss) & (end <= epochs)
+    return tr._replace(
+        converged_seen=_converged_epoch(tr),
+        mark=jnp.where(mark, tr.final_loss, tr.mark),
+        mark_epoch=jnp.where(mark, end, tr.mark_epoch),
+        prev=jnp.where(mark, tr.mark, tr.prev),
+        prev_epoch=jnp.where(mark, tr.mark_epoch, tr.prev_epoch),
+    )
+
+
+def batches_of_epoch(
+    batching: Configs | Group,
+    data: DataTable,
+    key: Array,
+    epoch: Array,
+    shapes: Shapes,
+    kernel: str,
+    shuffle: bool,
+) -> Moments | tuple[Array, Array, Array]:
+    """What a step needs of each batch of one epoch (leading axis: batches).
+
+    The moments kernel with a fixed order reads the precomputed :class:`Moments` of
+    ``batching`` (a config, or its :class:`Group`); otherwise the epoch's sample order
+    (:func:`_epoch_order`) is cut into the ``(n_batches, batch_width)`` grid and gathered:
+    the moments of each batch (moments kernel, shuffled) or ``(x, y, valid)`` (autodiff).
+    """
+    if kernel == "moments" and not shuffle:
+        return batching.moments
+    row, n = batching.data_row, batching.n
+    order = _epoch_order(key, epoch, n, shapes, shuffle)
+    idx, valid = _batch_layout(order, n, batching.batch_size, shapes)
+    x = data.x[row][idx]
+    if kernel == "moments":
+        w_ref, b_ref = data.w_opt[row], data.b_opt[row]
+        return _shuffled_moments(x, data.residual[row][idx], valid, w_ref, b_ref)
+    return x, data.y[row][idx], valid
+
+
+def batch_loss_and_grad(
+    params: Params, batch: object, count: Array, kernel: str, per_slot: bool
+) -> tuple[Array, Params]:
+    """One batch's loss and gradient (as :func:`batches_of_epoch` gave the batch)."""
+    if kernel == "moments":
+        return moments_loss_and_grad(params, batch)
+    x, y, valid = batch
+    return autodiff_loss_and_grad(params, x, y, valid, jnp.maximum(count, 1), per_slot=per_slot)
+
+
 def simulate_one(
     cfg: Configs,
     data: DataTable,
@@ -462,28 +543,12 @@ def simulate_one(
     per_slot = group is not None and slot_by_slot(shapes)
 
     def epoch_batches(epoch: Array) -> object:
-        """What a step needs of each batch of the epoch (leading axis: batches)."""
-        if kernel == "moments" and not shuffle:
-            return batching.moments
-        row, n = batching.data_row, batching.n
-        order = _epoch_order(shuffle_key, epoch, n, shapes, shuffle)
-        idx, valid = _batch_layout(order, n, batching.batch_size, shapes)
-        x = data.x[row][idx]
-        if kernel == "moments":
-            w_ref, b_ref = data.w_opt[row], data.b_opt[row]
-            return _shuffled_moments(x, data.residual[row][idx], valid, w_ref, b_ref)
-        return x, data.y[row][idx], valid
-
-    def loss_and_grad(params: Params, batch: object, count: Array) -> tuple[Array, Params]:
-        if kernel == "moments":
-            return moments_loss_and_grad(params, batch)
-        x, y, valid = batch
-        return autodiff_loss_and_grad(params, x, y, valid, jnp.maximum(count, 1), per_slot=per_slot)
+        return batches_of_epoch(batching, data, shuffle_key, epoch, shapes, kernel, shuffle)
 
     fixed = None if shuffle else epoch_batches(jnp.zeros((), jnp.int32))
 
     def step(params: Params, opt_state: optax.OptState, batch: object, count: Array):  # noqa: ANN202
-        loss, grads = loss_and_grad(params, batch, count)
+        loss, grads = batch_loss_and_grad(params, batch, count, kernel, per_slot)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -525,19 +590,11 @@ def simulate_one(
         number = epoch + 1
         live = number <= cfg.epochs
         new_params, new_state, loss = train_epoch(params, opt_state, epoch, live)
-        finite, converged = jnp.isfinite(loss), loss <= threshold
         if shapes.ragged_epochs:
             params, opt_state = _tree_select(live, (new_params, new_state), (params, opt_state))
-            final = jnp.where(live, loss, tr.final_loss)
-            finite, converged = finite | ~live, converged & live
         else:  # every config trains every epoch: nothing to mask
             params, opt_state = new_params, new_state
-            final = loss
-        number = number.astype(dtype)  # float: AVX has no 256-bit integer ops
-        tr = tr._replace(
-            final_loss=final,
-            events=jnp.minimum(tr.events, _event_key(number, finite, converged)),
-        )
+        tr = track_epoch(tr, loss, number, live, threshold, shapes.ragged_epochs)
         return (params, opt_state, tr), (jnp.where(live, loss, jnp.nan) if history else None)
 
     def run_window(
@@ -545,16 +602,7 @@ def simulate_one(
     ) -> tuple[tuple[Params, optax.OptState, _Tracker], Array | None]:
         carry, losses = run_epochs(carry, first, GROWTH_WINDOW)
         params, opt_state, tr = carry
-        end = first + GROWTH_WINDOW
-        mark = jnp.isfinite(tr.final_loss) & (end <= cfg.epochs)
-        tr = tr._replace(
-            converged_seen=_converged_epoch(tr),
-            mark=jnp.where(mark, tr.final_loss, tr.mark),
-            mark_epoch=jnp.where(mark, end, tr.mark_epoch),
-            prev=jnp.where(mark, tr.mark, tr.prev),
-            prev_epoch=jnp.where(mark, tr.mark_epoch, tr.prev_epoch),
-        )
-        return (params, opt_state, tr), losses
+        return (params, opt_state, close_window(tr, first + GROWTH_WINDOW, cfg.epochs)), losses
 
     def run_epochs(
         carry: tuple[Params, optax.OptState, _Tracker], first: Array | int, count: int
@@ -564,10 +612,7 @@ def simulate_one(
         epochs = first + jnp.arange(count, dtype=jnp.int32)
         return jax.lax.scan(run_epoch, carry, epochs, unroll=2)
 
-    nan = jnp.array(jnp.nan, dtype)
-    never = jnp.array(_NEVER, dtype)
-    none = jnp.array(0, jnp.int32)
-    tracker = _Tracker(nan, nan, never, never, nan, none, nan, none)
+    tracker = new_tracker(dtype)
     # Epoch 1 runs on its own: History[0] is then a plain value, not a select every epoch.
     # The barrier keeps XLA from folding the first step's constants (step count 0) with the
     # host's libm, which rounds pow and exp differently from the compiled kernels.

@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import TypedDict
 
 import jax
 import numpy as np
 
 from src import boundary, outcome, theory
 from src import optimizers as opt
+from src.configs import FlatConfigs
 from src.engine import initial_params
-from src.problem import QUERY_X, Problem, data_table, standardize
-from src.simulator import FlatConfigs, Simulator
-from src.sweep import default_lr_grid
+from src.problem import QUERY_X, Problem, data_table, standardize, table_rows
+from src.simulator import Simulator
+from src.spec import default_lr_grid
 
 CLIPNORM_FIX = 1.0
 PREDICTED_EPOCHS = 2000
@@ -62,6 +64,67 @@ class Case:
         return self.n if self.data is None else len(self.data[0])
 
 
+class Simulated(TypedDict):
+    """One simulated run: its status and :class:`~src.engine.Summary` (``None``: not finite)."""
+
+    status: str
+    initial_loss: float | None
+    final_loss: float | None
+    first_nonfinite_epoch: int
+    first_converged_epoch: int
+    growth_rate: float | None
+    final_w: float | None
+    final_b: float | None
+    prediction: float | None
+
+
+class Configuration(TypedDict):
+    """The configuration diagnosed, as it ran."""
+
+    optimizer: str
+    lr: float
+    n: int
+    batch_size: int
+    epochs: int
+    seed: int
+    hyperparameters: dict[str, float]
+    data: str
+    initial_w: float
+
+
+class Prediction(TypedDict, total=False):
+    """What the closed form says (``first_breaking_n`` on the problem family only)."""
+
+    critical_lr: float
+    lr_over_critical: float
+    predicted_growth_rate: float
+    predicted_overflow_epoch: float | None
+    formula: str
+    first_breaking_n: int | None
+
+
+class Fix(TypedDict):
+    """A suggested change, simulated."""
+
+    fix: str
+    status: str
+    final_loss: float | None
+    prediction_at_25: float | None
+    works: bool
+
+
+class Diagnosis(TypedDict, total=False):
+    """The whole diagnosis (:func:`explain`): ``theory`` where a closed form covers the case,
+    else ``measured_critical_lr``; ``fixes`` unless the run converged."""
+
+    configuration: Configuration
+    simulated: Simulated
+    hessian_eigenvalues: list[float]
+    theory: Prediction
+    measured_critical_lr: float | None
+    fixes: list[Fix]
+
+
 class Lab:
     """Simulates variants of one case's dataset (raw or standardised), compiling each program
     once however many learning rates or optimizers are tried."""
@@ -74,7 +137,7 @@ class Lab:
         if standardized not in self._sims:
             x, y, q = self.case.dataset(standardized)
             table = data_table([(x, y, q)], self.case.dtype)
-            rows = np.zeros(len(x) + 1, np.int64)
+            rows = table_rows([len(x)])
             self._sims[standardized] = Simulator(table, rows, self.case.dtype, self.case.tol)
         return self._sims[standardized]
 
@@ -99,26 +162,31 @@ class Lab:
         )  # fmt: skip
         return status, s._asdict(), hist
 
-    def simulate(self, case: Case, standardized: bool = False) -> dict[str, object]:
-        """One run's verdict and figures (JSON-ready, with its History)."""
-        status, s, hist = self.run(case, np.array([case.lr]), standardized, history=True)
-        return {
-            "status": outcome.STATUSES[int(status[0])],
-            **{k: (int(v[0]) if k.endswith("_epoch") else _f(v[0])) for k, v in s.items()},
-            "history": [_f(v) for v in hist[0]],  # type: ignore[index]
-        }
+    def simulate(self, case: Case, standardized: bool = False) -> Simulated:
+        """One run's verdict and figures (JSON-ready)."""
+        status, s, _ = self.run(case, np.array([case.lr]), standardized)
+        return Simulated(
+            status=outcome.STATUSES[int(status[0])],
+            initial_loss=_f(s["initial_loss"][0]),
+            final_loss=_f(s["final_loss"][0]),
+            first_nonfinite_epoch=int(s["first_nonfinite_epoch"][0]),
+            first_converged_epoch=int(s["first_converged_epoch"][0]),
+            growth_rate=_f(s["growth_rate"][0]),
+            final_w=_f(s["final_w"][0]),
+            final_b=_f(s["final_b"][0]),
+            prediction=_f(s["prediction"][0]),
+        )
 
     def breaks(self, lrs: np.ndarray) -> np.ndarray:
-        return self.run(self.case, lrs)[0] >= outcome.DIVERGING
+        return outcome.breaks(self.run(self.case, lrs)[0])
 
 
 def dynamics_of(case: Case) -> theory.Dynamics | None:
-    """The SGD dynamics of ``case`` (None for adaptive optimizers or with clipping)."""
-    o = opt.get(case.optimizer)
-    hp = {**o.defaults, **case.hyperparameters}
-    if o.family is not opt.SGD or math.isfinite(hp.get("clipnorm", math.inf)):
-        return None
-    return theory.Dynamics(float(hp["momentum"]), bool(hp["nesterov"]))
+    """The dynamics of ``case`` if a closed form covers it (:func:`src.theory.closed_form`);
+    ``explain`` never shuffles."""
+    one_batch = case.batch_size >= case.size
+    return theory.closed_form(case.optimizer, case.hyperparameters, one_batch=one_batch,
+                              shuffle=False)  # fmt: skip
 
 
 def measured_critical_lr(lab: Lab) -> float:
@@ -139,26 +207,26 @@ def first_breaking_n(case: Case, dyn: theory.Dynamics) -> int | None:
     return None
 
 
-def explain(case: Case) -> dict[str, object]:
-    """The whole diagnosis as a JSON-ready dict (see :func:`describe` for the words)."""
+def explain(case: Case) -> Diagnosis:
+    """The whole diagnosis, JSON-ready (see :func:`describe` for the words)."""
     x, y, _ = case.dataset()
     lab = Lab(case)
     sim = lab.simulate(case)
-    report: dict[str, object] = {
-        "configuration": {
-            "optimizer": case.optimizer,
-            "lr": case.lr,
-            "n": case.size,
-            "batch_size": case.batch_size,
-            "epochs": case.epochs,
-            "seed": case.seed,
-            "hyperparameters": {**opt.get(case.optimizer).defaults, **case.hyperparameters},
-            "data": "user data" if case.data is not None else case.problem.describe(),
-            "initial_w": float(initial_params(case.seed).w),
-        },
-        "simulated": {k: v for k, v in sim.items() if k != "history"},
-        "hessian_eigenvalues": [float(e) for e in theory.hessian_eigenvalues(x)],
-    }
+    report = Diagnosis(
+        configuration=Configuration(
+            optimizer=case.optimizer,
+            lr=case.lr,
+            n=case.size,
+            batch_size=case.batch_size,
+            epochs=case.epochs,
+            seed=case.seed,
+            hyperparameters={**opt.get(case.optimizer).defaults, **case.hyperparameters},
+            data="user data" if case.data is not None else case.problem.describe(),
+            initial_w=float(initial_params(case.seed).w),
+        ),
+        simulated=sim,
+        hessian_eigenvalues=[float(e) for e in theory.hessian_eigenvalues(x)],
+    )
     dyn = dynamics_of(case)
     if dyn is not None:
         crit = theory.critical_lr(x, case.batch_size, dyn)
@@ -166,15 +234,15 @@ def explain(case: Case) -> dict[str, object]:
         w0 = float(initial_params(case.seed, case.dtype).w)
         horizon = min(case.epochs, PREDICTED_EPOCHS)
         predicted = theory.predicted_history(x, y, w0, 0.0, case.lr, case.batch_size, horizon, dyn)
-        report["theory"] = {
-            "critical_lr": crit,
-            "lr_over_critical": case.lr / crit,
-            "predicted_growth_rate": growth,
-            "predicted_overflow_epoch": theory.predicted_overflow_epoch(predicted, len(x), growth),
-            "formula": _formula(dyn, case.batch_size >= len(x)),
-        }
+        report["theory"] = Prediction(
+            critical_lr=crit,
+            lr_over_critical=case.lr / crit,
+            predicted_growth_rate=growth,
+            predicted_overflow_epoch=theory.predicted_overflow_epoch(predicted, len(x), growth),
+            formula=_formula(dyn, case.batch_size >= len(x)),
+        )
         if case.data is None:
-            report["theory"]["first_breaking_n"] = first_breaking_n(case, dyn)  # type: ignore[index]
+            report["theory"]["first_breaking_n"] = first_breaking_n(case, dyn)
         safe = crit / 2
     else:
         crit = measured_critical_lr(lab)
@@ -185,7 +253,7 @@ def explain(case: Case) -> dict[str, object]:
     return report
 
 
-def _fixes(lab: Lab, safe_lr: float | None) -> list[dict[str, object]]:
+def _fixes(lab: Lab, safe_lr: float | None) -> list[Fix]:
     case = lab.case
     tries = [] if safe_lr is None else [
         (f"lr {safe_lr:.4g} (half the critical lr)", dataclasses.replace(case, lr=safe_lr), False)
@@ -206,13 +274,13 @@ def _fixes(lab: Lab, safe_lr: float | None) -> list[dict[str, object]]:
     for label, c, standardized in tries:
         r = lab.simulate(c, standardized)
         out.append(
-            {
-                "fix": label,
-                "status": r["status"],
-                "final_loss": r["final_loss"],
-                "prediction_at_25": r["prediction"],
-                "works": r["status"] == "converged",
-            }
+            Fix(
+                fix=label,
+                status=r["status"],
+                final_loss=r["final_loss"],
+                prediction_at_25=r["prediction"],
+                works=r["status"] == "converged",
+            )
         )
     return out
 
@@ -234,10 +302,10 @@ def _formula(dyn: theory.Dynamics, full_batch: bool) -> str:
     )
 
 
-def describe(report: Mapping[str, object]) -> list[str]:
+def describe(report: Diagnosis) -> list[str]:
     """The diagnosis in plain words."""
-    cfg: dict = report["configuration"]  # type: ignore[assignment]
-    sim: dict = report["simulated"]  # type: ignore[assignment]
+    cfg = report["configuration"]
+    sim = report["simulated"]
     lines = [
         f"Configuration: {cfg['optimizer']} at lr {cfg['lr']:g}, N = {cfg['n']} ({cfg['data']}), "
         f"batch size {cfg['batch_size']}"
@@ -248,10 +316,10 @@ def describe(report: Mapping[str, object]) -> list[str]:
     ]
     eig = report["hessian_eigenvalues"]
     th = report.get("theory")
-    if isinstance(th, dict):
+    if th is not None:
         lines.append(
-            f"Why: the loss is a quadratic whose Hessian has eigenvalues {eig[0]:.4g} and "  # type: ignore[index]
-            f"{eig[1]:.4g}; this optimizer is stable only for lr < {th['critical_lr']:.6g} "  # type: ignore[index]
+            f"Why: the loss is a quadratic whose Hessian has eigenvalues {eig[0]:.4g} and "
+            f"{eig[1]:.4g}; this optimizer is stable only for lr < {th['critical_lr']:.6g} "
             f"({th['formula']}). lr {cfg['lr']:g} is {th['lr_over_critical']:.3f} times that"
             + (" (too large)." if th["lr_over_critical"] > 1 else " (inside the stable range).")
         )
@@ -276,14 +344,14 @@ def describe(report: Mapping[str, object]) -> list[str]:
     else:
         crit = report.get("measured_critical_lr")
         lines.append(
-            f"Why: the loss Hessian has eigenvalues {eig[0]:.4g} and {eig[1]:.4g}; "  # type: ignore[index]
+            f"Why: the loss Hessian has eigenvalues {eig[0]:.4g} and {eig[1]:.4g}; "
             "this optimizer has no closed-form limit, and the measured critical lr is "
             + (f"{crit:.6g}." if crit is not None else "above 1 (it never broke on the grid).")
         )
     fixes = report.get("fixes")
     if fixes:
         lines.append(f"What would fix it (each simulated for {cfg['epochs']} epochs):")
-        for f in fixes:  # type: ignore[union-attr]
+        for f in fixes:
             lines.append(
                 f"  {'works' if f['works'] else 'no'}: {f['fix']}: {f['status']}, final loss "
                 f"{_num(f['final_loss'])}, prediction at x = 25: {_num(f['prediction_at_25'])}"
@@ -293,7 +361,7 @@ def describe(report: Mapping[str, object]) -> list[str]:
     return lines
 
 
-def _verdict(sim: Mapping[str, object]) -> str:
+def _verdict(sim: Simulated) -> str:
     s = sim["status"]
     if s == "overflow":
         return (f"overflow: the loss became inf/nan at epoch {sim['first_nonfinite_epoch']} and "

@@ -12,28 +12,56 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from typing import TypedDict
 
 import numpy as np
 import xarray as xr
 
 from src import optimizers, outcome, theory
 from src.problem import Problem
-from src.sweep import DIMS, SEED_LR
+from src.schema import DIMS, extra_dims, reference_slice, settings_at
+from src.spec import SEED_LR
 
 SEED_N, SEED_STABLE_N = 20, 10
 """The seed's two dataset sizes: N = 20 overflows at lr 0.01 and N = 10 converges."""
 
 
-def extra_dims(ds: xr.Dataset) -> list[str]:
-    """The map's dimensions beyond the base ones: its swept hyperparameters."""
-    return [str(d) for d in ds.status.dims if d not in DIMS]
+class SeedCase(TypedDict):
+    """SGD at the seed's lr and N = 20: measured against full-batch theory."""
+
+    optimizer: str
+    lr: float
+    n: int
+    full_batch: bool
+    hessian_eigenvalues: list[float]
+    critical_lr: float
+    theory: str
+    theory_growth_rate: float
+    measured_growth_rate: float | None
+    first_nonfinite_epoch: int
+    status: str
 
 
-def reference_slice(ds: xr.Dataset) -> xr.Dataset:
-    """The map at the first batch size and seed, the largest epoch count and the first value
-    of every swept hyperparameter."""
-    first = {d: 0 for d in ("batch_size", "seed", *extra_dims(ds))}
-    return ds.isel(first).sel(epochs=ds.epochs.max())
+class CriticalLRs(TypedDict):
+    """One optimizer's measured and closed-form critical lr by N (``None``: none)."""
+
+    measured: dict[int, float | None]
+    theory: dict[int, float | None]
+    max_rel_diff: float | None
+    non_monotone_n: list[int]
+
+
+class Findings(TypedDict):
+    """Everything :func:`headline` reads off a map (JSON-ready; ``summary.json``)."""
+
+    reference_slice: dict[str, float]
+    status_fraction: dict[str, float]
+    optimizer_args: dict[str, float]
+    seed_lr: float
+    statuses_at_seed_lr: dict[str, dict[str, list[int]]]
+    seed_case: SeedCase | None
+    largest_stable_lr: dict[str, dict[int, float | None]]
+    critical_lr: dict[str, CriticalLRs]
 
 
 def compress(values: Iterable[int]) -> str:
@@ -63,7 +91,7 @@ def statuses_by_n(ref: xr.Dataset, optimizer: str, lr: float) -> dict[str, list[
 
 def largest_stable_lr(ref: xr.Dataset) -> dict[str, dict[int, float | None]]:
     """Per optimizer and N: the largest grid lr that neither overflowed nor diverged."""
-    stable = ref.status <= outcome.SLOW
+    stable = outcome.stable(ref.status)
     out: dict[str, dict[int, float | None]] = {}
     for name in ref.optimizer.values:
         rows = stable.sel(optimizer=name).transpose("n", "lr").values
@@ -74,12 +102,12 @@ def largest_stable_lr(ref: xr.Dataset) -> dict[str, dict[int, float | None]]:
     return out
 
 
-def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
+def seed_case(ds: xr.Dataset, problem: Problem) -> SeedCase | None:
     """SGD at the seed's lr and N = 20: measured versus full-batch theory (None if absent)."""
     ref = reference_slice(ds)
     if "sgd" not in ref.optimizer.values or SEED_N not in ref.n.values:
         return None
-    if _sgd_settings(ds, ref) != {**optimizers.BASE_OPTIONS, **optimizers.get("sgd").defaults}:
+    if settings_at(ds, "sgd", {}) != optimizers.get("sgd").settings():
         return None  # the reference slice's "sgd" is not Keras's plain SGD
     lr = nearest_lr(ds, SEED_LR)
     if not math.isclose(lr, SEED_LR, rel_tol=1e-9):
@@ -88,44 +116,32 @@ def seed_case(ds: xr.Dataset, problem: Problem) -> dict[str, object] | None:
     eig = theory.hessian_eigenvalues(x)
     cell = ref.sel(optimizer="sgd", lr=lr, n=SEED_N)
     batch = int(ds.batch_size.values[0])
-    return {
-        "optimizer": "sgd",
-        "lr": lr,
-        "n": SEED_N,
-        "full_batch": batch >= SEED_N,
-        "hessian_eigenvalues": [float(e) for e in eig],
-        "critical_lr": theory.gd_critical_lr(x),
-        "theory": (
+    return SeedCase(
+        optimizer="sgd",
+        lr=lr,
+        n=SEED_N,
+        full_batch=batch >= SEED_N,
+        hessian_eigenvalues=[float(e) for e in eig],
+        critical_lr=theory.gd_critical_lr(x),
+        theory=(
             "full-batch GD on L = mean((w x + b - y)^2): e <- (I - lr H) e with "
             "H = 2 [[mean x^2, mean x], [mean x, 1]]; stable iff lr < 2 / lambda_max; "
             "the loss grows by (1 - lr lambda_max)^2 per epoch"
         ),
-        "theory_growth_rate": theory.gd_loss_growth(lr, x),
-        "measured_growth_rate": _finite(cell.growth_rate.item()),
-        "first_nonfinite_epoch": int(cell.first_nonfinite_epoch.item()),
-        "status": outcome.STATUSES[int(cell.status.item())],
-    }
+        theory_growth_rate=theory.gd_loss_growth(lr, x),
+        measured_growth_rate=_finite(cell.growth_rate.item()),
+        first_nonfinite_epoch=int(cell.first_nonfinite_epoch.item()),
+        status=outcome.STATUSES[int(cell.status.item())],
+    )
 
 
-def _sgd_settings(ds: xr.Dataset, ref: xr.Dataset) -> dict[str, float]:
-    """The hyperparameters (base options included) "sgd" ran with in the reference slice."""
-    applies = json.loads(ds.attrs.get("hyperparameters_apply_to", "{}"))
-    settings = {**optimizers.BASE_OPTIONS, **optimizers.get("sgd").defaults}
-    chosen = {
-        **json.loads(ds.attrs.get("optimizer_args", "{}")),
-        **{d: float(ref[d].item()) for d in extra_dims(ds)},
-    }
-    settings.update({h: v for h, v in chosen.items() if "sgd" in applies.get(h, ())})
-    return settings
-
-
-def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
+def headline(ds: xr.Dataset, problem: Problem) -> Findings:
     """All findings as a JSON-ready dict (non-finite numbers become ``None``)."""
     ref = reference_slice(ds)
     lr = nearest_lr(ds, SEED_LR)
     status = ds.status.values
     counts = [np.count_nonzero(status == k) for k in range(len(outcome.STATUSES))]
-    return {
+    return {  # a Findings
         "reference_slice": {
             "batch_size": int(ref.batch_size.item()),
             "seed": int(ref.seed.item()),
@@ -147,10 +163,10 @@ def headline(ds: xr.Dataset, problem: Problem) -> dict[str, object]:
     }
 
 
-def critical_lrs(ref: xr.Dataset) -> dict[str, dict[str, object]]:
+def critical_lrs(ref: xr.Dataset) -> dict[str, CriticalLRs]:
     """Per optimizer: measured and closed-form critical lr by N, and their largest relative
     difference where both exist (``None`` where there is no closed form)."""
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, CriticalLRs] = {}
     for name in ref.optimizer.values:
         cell = ref.sel(optimizer=name)
         measured, closed = cell.critical_lr.values, cell.theory_critical_lr.values
@@ -166,18 +182,18 @@ def critical_lrs(ref: xr.Dataset) -> dict[str, dict[str, object]]:
     return out
 
 
-def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str]:
+def describe(findings: Findings, optimizers: Sequence[str]) -> list[str]:
     """The findings in words, one line each (the main job's stdout)."""
     lr = findings["seed_lr"]
-    by_opt: dict[str, dict[str, list[int]]] = findings["statuses_at_seed_lr"]  # type: ignore[assignment]
-    ref: dict[str, float] = findings["reference_slice"]  # type: ignore[assignment]
+    by_opt = findings["statuses_at_seed_lr"]
+    ref = findings["reference_slice"]
     swept = {k: v for k, v in ref.items() if k not in DIMS}
     lines = [
         "Findings and tables read the first value of each swept hyperparameter: "
         + ", ".join(f"{k} = {v:g}" for k, v in swept.items())
         + " (where an optimizer has it; every value is in stability_map.nc)."
     ] if swept else []  # fmt: skip
-    fixed: dict[str, float] = findings.get("optimizer_args") or {}  # type: ignore[assignment]
+    fixed = findings["optimizer_args"]
     if fixed:
         lines.append(
             "Fixed optimizer arguments (where an optimizer has them): "
@@ -196,7 +212,7 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
             parts.insert(0, "never overflows")
         lines.append(f"  {name:<9} " + "; ".join(parts))
     case = findings["seed_case"]
-    if isinstance(case, dict):
+    if case is not None:
         sgd = by_opt["sgd"]
         lines.append(
             f"The seed's question: with SGD at lr {lr:g} the loss "
@@ -217,7 +233,7 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
             adam = _status_of(by_opt["adam"], SEED_N)
             note = "" if adam == "overflow" else " (it does not overflow)"
             lines.append(f"Adam at lr {lr:g}, N = {SEED_N}: {adam}{note}.")
-        lam = case["hessian_eigenvalues"][-1]  # type: ignore[index]
+        lam = case["hessian_eigenvalues"][-1]
         measured = case["measured_growth_rate"]
         kind = "full-batch " if case["full_batch"] else ""
         lines.append(
@@ -230,7 +246,7 @@ def describe(findings: dict[str, object], optimizers: Sequence[str]) -> list[str
             + (f"{measured:.4f}" if measured is not None else "n/a")
             + f"); the largest stable lr is 2/lambda_max = {case['critical_lr']:.6f}."
         )
-        if case["first_nonfinite_epoch"] > 0:  # type: ignore[operator]
+        if case["first_nonfinite_epoch"] > 0:
             lines.append(
                 f"  The loss first became non-finite at epoch {case['first_nonfinite_epoch']}."
             )
@@ -248,10 +264,10 @@ def shown_ns(ns: Sequence[int]) -> list[int]:
 
 
 def critical_lr_table(
-    findings: dict[str, object], optimizers: Sequence[str], ns: Sequence[int]
+    findings: Findings, optimizers: Sequence[str], ns: Sequence[int]
 ) -> list[str]:
     """Rows of measured vs closed-form critical lr (optimizers with a closed form)."""
-    crit: dict[str, dict] = findings["critical_lr"]  # type: ignore[assignment]
+    crit = findings["critical_lr"]
     names = [o for o in optimizers if crit[o]["max_rel_diff"] is not None]
     if not names:
         return []
@@ -271,10 +287,10 @@ def _g(v: float | None) -> str:
 
 
 def stable_lr_table(
-    findings: dict[str, object], optimizers: Sequence[str], ns: Sequence[int]
+    findings: Findings, optimizers: Sequence[str], ns: Sequence[int]
 ) -> list[str]:
     """Rows of "largest stable lr" for the given N (a fixed-width text table)."""
-    table: dict[str, dict[int, float | None]] = findings["largest_stable_lr"]  # type: ignore[assignment]
+    table = findings["largest_stable_lr"]
     head = f"{'N':>5}" + "".join(f"{name:>11}" for name in optimizers)
     rows = [head]
     for n in ns:

@@ -20,7 +20,8 @@ variables' Keras shapes (a ``Dense(1)`` kernel is ``(1, 1)``, which Adafactor fa
 orthogonalises).
 
 Where stock optax computes the same update it could be used instead; where it does not, the
-README's table gives the measured size of the difference on the seed problem.
+table in docs/keras-fidelity.md gives the measured size of the difference on the seed
+problem.
 """
 
 from __future__ import annotations

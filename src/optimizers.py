@@ -65,6 +65,10 @@ class Family:
     build: Callable[..., optax.GradientTransformation]
     complements: tuple[str, ...] = ()
 
+    def takes(self, name: str) -> bool:
+        """Whether ``name`` is one of the family's hyperparameters or a Keras base option."""
+        return name in self.hyperparameters or name in BASE_OPTIONS
+
     def arguments(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Builder arguments from float64 hyperparameter values (Keras's rounding kept).
 
@@ -163,6 +167,12 @@ class Optimizer:
     defaults: Mapping[str, float]
     learning_rate: float
     keras: tuple[str, Mapping[str, float | bool]]
+
+    def settings(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Every hyperparameter and base option this optimizer runs with: its Keras defaults,
+        the base options "off", then those of ``overrides`` it takes (others are ignored)."""
+        chosen = {k: float(v) for k, v in (overrides or {}).items() if self.family.takes(k)}
+        return {**BASE_OPTIONS, **self.defaults, **chosen}
 
     def keras_kwargs(self, hyperparameters: Mapping[str, float]) -> dict[str, object]:
         """Keras constructor arguments for these hyperparameters (booleans and integers as

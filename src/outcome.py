@@ -15,7 +15,13 @@ a little from an already tiny start.
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 import numpy as np
+import xarray as xr
+
+ArrayT = TypeVar("ArrayT", np.ndarray, xr.DataArray)
 
 STATUSES: tuple[str, ...] = ("converged", "slow", "diverging", "overflow")
 """Status names; a status is stored as its index (CF ``flag_values`` / ``flag_meanings``)."""
@@ -24,6 +30,38 @@ CONVERGED, SLOW, DIVERGING, OVERFLOW = range(len(STATUSES))
 
 DEFAULT_TOL = 1e-4
 DEFAULT_DIVERGE_FACTOR = 1.0
+
+RULES = (
+    "overflow: a non-finite loss or weight at some epoch; "
+    "converged: final_loss <= tol * mean(y^2); "
+    "diverging: final_loss > diverge_factor * initial_loss; slow: otherwise"
+)
+"""The rules of :func:`classify` in words (the map's ``status_rules`` attribute)."""
+
+def explained(tol: float, diverge_factor: float) -> tuple[tuple[str, str], ...]:
+    """Each status with its rule in words, in the order :func:`classify` tests them."""
+    return (
+        ("overflow", "a loss or weight became inf/nan at some epoch (the first one is recorded)"),
+        ("converged", f"final loss <= tol x mean(y^2), tol = {tol:g}"),
+        ("diverging", f"finite, but final loss > {diverge_factor:g} x initial loss"),
+        ("slow", "everything else: finite, no worse than at the start, not yet converged"),
+    )
+
+
+BREAKING: tuple[int, ...] = (DIVERGING, OVERFLOW)
+"""The statuses of a learning rate that is too large: training breaks. The others are
+stable (the loss stays finite and does not grow)."""
+
+
+def breaks(status: ArrayT) -> ArrayT:
+    """Whether each status code (:data:`STATUSES` index) is one where training breaks (same
+    kind of array as ``status``: NumPy or xarray)."""
+    return functools.reduce(np.logical_or, [np.equal(status, k) for k in BREAKING])
+
+
+def stable(status: ArrayT) -> ArrayT:
+    """Whether each status code is a stable one (converged or slow): not :func:`breaks`."""
+    return np.logical_not(breaks(status))
 
 
 def classify(

@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib as mpl
 import numpy as np
@@ -25,7 +26,16 @@ import xarray as xr
 from src import outcome
 from src.findings import SEED_N, SEED_STABLE_N
 from src.problem import QUERY_X
-from src.sweep import SEED_LR
+from src.schema import extra_dims
+from src.spec import SEED_LR
+
+if TYPE_CHECKING:
+    from src.validation import ValidationRecord
+
+STATUS_COLOURS = {"diverging": "#CC79A7", "overflow": "#D55E00"}
+"""Flat colours of the statuses where training breaks (:data:`src.outcome.BREAKING`), shared by
+the page and the figures; stable cells are shaded by their loss. Okabe-Ito reddish purple and
+vermillion: distinct from cividis and from each other."""
 
 MAX_CELLS = 200_000
 """Displayed cells (optimizers x lr x N x slices) above which lr and N are thinned."""
@@ -37,8 +47,7 @@ SLICE_DIMS = ("batch_size", "seed", "epochs")
 def slice_dims(ds: xr.Dataset) -> tuple[str, ...]:
     """Every axis the page selects one value of: :data:`SLICE_DIMS`, then the map's swept
     hyperparameters (its dimensions after ``epochs``)."""
-    fixed = ("optimizer", "lr", "n", *SLICE_DIMS)
-    return SLICE_DIMS + tuple(str(d) for d in ds.status.dims if d not in fixed)
+    return SLICE_DIMS + extra_dims(ds)
 
 
 def _stride(ds: xr.Dataset) -> int:
@@ -79,6 +88,7 @@ def page_data(ds: xr.Dataset, limits: tuple[float, float]) -> dict[str, object]:
         "slice_dims": list(dims),
         "axes": {d: [v.item() for v in ds[d].values] for d in dims},
         "statuses": list(outcome.STATUSES),
+        "status_colours": [STATUS_COLOURS.get(name) for name in outcome.STATUSES],
         "limits": list(limits),
         "cmap": [mpl.colors.to_hex(cmap(t)) for t in np.linspace(0, 1, 32)],
         "query_x": QUERY_X,
@@ -118,11 +128,10 @@ def index_html(
         else ""
     )
     meta = {k: v for k, v in summary.items() if k != "findings"}
-    rules = (
-        ("overflow", "a loss or weight became inf/nan at some epoch (the first one is recorded)"),
-        ("converged", f"final loss <= tol x mean(y^2), tol = {ds.attrs['tol']:g}"),
-        ("diverging", f"finite, but final loss > {ds.attrs['diverge_factor']:g} x initial loss"),
-        ("slow", "everything else: finite, no worse than at the start, not yet converged"),
+    rules = outcome.explained(float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]))
+    swatches = "; ".join(
+        f'<span class="sw" style="background:{c}"></span> {name}'
+        for name, c in reversed(STATUS_COLOURS.items())
     )
     status_rows = "".join(f"<tr><td>{esc(a)}</td><td>{esc(b)}</td></tr>" for a, b in rules)
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -142,8 +151,7 @@ sizes, simulated with a vectorized JAX replica of Keras's training loop
 <pre>{esc(chr(10).join(lines))}</pre>
 <h2>The map</h2>
 <p>Hover a cell for its configuration and results. Colour: log10 of the final loss (runs that
-stayed finite and did not diverge); <span class="sw" style="background:#D55E00"></span> overflow;
-<span class="sw" style="background:#CC79A7"></span> diverging; dashed: closed-form critical lr; white dots: the seed, lr 0.01 at N = 20 (large) and
+stayed finite and did not diverge); {swatches}; dashed: closed-form critical lr; white dots: the seed, lr 0.01 at N = 20 (large) and
 N = 10.
 Static PNGs of every map are saved beside this page.</p>
 <div id="controls"></div>{note}
@@ -206,7 +214,7 @@ def _flag(key: str, c: Mapping[str, object]) -> str:
     return _cell(c.get(key))
 
 
-def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
+def validation_section(record: ValidationRecord, png: bytes | None) -> str:
     """The page's "Checked against real Keras" section from a :mod:`src.validation` record."""
     from src.validation import DONE, MIN_LOSS, SENSITIVE, SENSITIVITY_ULPS, headline
 
@@ -237,7 +245,7 @@ def validation_section(record: Mapping[str, object], png: bytes | None) -> str:
             for key, _ in VALIDATION_COLUMNS
         )
         + "</tr>"
-        for c in record["configs"]  # type: ignore[attr-defined]
+        for c in record["configs"]
     )
     share = record["verdict_agreement"]
     agreement = "" if share is None else f" ({100 * share:.0f}%)"
@@ -270,7 +278,6 @@ SCRIPT = r"""
 "use strict";
 const D = JSON.parse(document.getElementById("data").textContent);
 const W = 330, H = 260, L = 46, B = 34, T = 8, R = 8;   // canvas size and margins
-const OVER = "#D55E00", DIVERGING = "#CC79A7";
 const choice = Object.fromEntries(  // the reference slice: the largest epochs, else the first
   D.slice_dims.map(d => [d, d === "epochs" ? D.axes.epochs.length - 1 : 0]));
 const nLr = D.lr.length, nN = D.n.length;
@@ -297,7 +304,7 @@ function draw(canvas, o) {
   const cw = (W - L - R) / nLr + 0.5, ch = (H - B - T) / nN + 0.5;
   for (let j = 0; j < nN; j++) for (let i = 0; i < nLr; i++) {
     const k = (o * nN + j) * nLr + i, st = +s.status[k];
-    g.fillStyle = st === 3 ? OVER : st === 2 ? DIVERGING : colour(s.log_loss[k]);
+    g.fillStyle = D.status_colours[st] || colour(s.log_loss[k]);
     g.fillRect(cellX(i), cellY(j), cw, ch);
   }
   g.setLineDash([5, 3]); g.lineWidth = 1.5; g.beginPath();

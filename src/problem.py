@@ -20,7 +20,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,6 +61,12 @@ class Problem:
         y = self.slope * x + self.intercept
         x_model, x_query = standardize(x, QUERY_X) if self.standardize else (x, QUERY_X)
         return x_model, y, x_query
+
+    def table(self, sizes: Iterable[int], dtype: str) -> tuple[DataTable, np.ndarray]:
+        """The datasets of ``sizes`` (each once) in one :class:`DataTable` of ``dtype``, and
+        the rows: ``rows[n]`` is the table row of size ``n``."""
+        distinct = sorted({int(n) for n in sizes})
+        return data_table([self.dataset(n) for n in distinct], dtype), table_rows(distinct)
 
     def describe(self) -> str:
         """The dataset formula in words, e.g. ``x = 1, 2, ..., N; y = 0.5 x``."""
@@ -133,6 +139,14 @@ def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: 
         b_opt=b_opt.astype(dtype),
         residual=residual.astype(dtype),
     )
+
+
+def table_rows(sizes: Sequence[int]) -> np.ndarray:
+    """The row lookup of a table holding datasets of ``sizes`` (distinct, in table order):
+    ``rows[n]`` is the row of size ``n``."""
+    rows = np.zeros(max(sizes) + 1, np.int64)
+    rows[list(sizes)] = np.arange(len(sizes))
+    return rows
 
 
 def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Pictures and the page: heatmaps, loss curves and a self-contained ``index.html``.
 
-Heatmaps show the map's reference slice (see :func:`src.findings.reference_slice`): learning
+Heatmaps show the map's reference slice (see :func:`src.schema.reference_slice`): learning
 rate on a log x axis, dataset size N up, colour = log10 of the final loss (cividis, readable
 with colour-blindness) where training stayed finite and did not diverge, and two flat colours
 for ``diverging`` and ``overflow``. The seed's configurations (lr 0.01 at N = 20 and N = 10) are
@@ -16,6 +16,7 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -29,11 +30,15 @@ from matplotlib.patches import Patch
 
 from src import findings, outcome, page, store
 from src.problem import Problem
-from src.sweep import DIMS, SEED_LR, RunStats
+from src.runner import RunStats
+from src.schema import DIMS, reference_slice
+from src.spec import SEED_LR
+
+if TYPE_CHECKING:
+    from src.findings import Findings
+    from src.validation import ValidationRecord
 
 LOSS_CMAP = "cividis"
-STATUS_COLOURS = {"diverging": "#CC79A7", "overflow": "#D55E00"}
-"""Okabe-Ito reddish purple and vermillion: distinct from cividis and from each other."""
 
 THEORY_LINE = {
     "color": "black",
@@ -72,7 +77,7 @@ def loss_colour_limits(ref: xr.Dataset) -> tuple[float, float]:
     log10 is increasing, so these are the logs of the smallest and largest positive finite
     losses: no float64 copy of the map is made."""
     loss = ref.final_loss.values
-    shown = (ref.status.values <= outcome.SLOW) & np.isfinite(loss) & (loss > 0)
+    shown = outcome.stable(ref.status.values) & np.isfinite(loss) & (loss > 0)
     if not shown.any():
         return -8.0, 2.0
     lo, hi = (
@@ -93,16 +98,18 @@ def draw_heatmap(
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(cell.final_loss.values.astype(np.float64))
     logs = np.where(np.isfinite(logs), logs, limits[0])
-    loss = np.ma.masked_where(status > outcome.SLOW, logs)
+    stable = outcome.stable(status)
+    loss = np.ma.masked_where(~stable, logs)
     mesh = ax.pcolormesh(x, y, loss, cmap=LOSS_CMAP, vmin=limits[0], vmax=limits[1], shading="flat")
-    bad = np.ma.masked_where(status <= outcome.SLOW, status - outcome.DIVERGING)
+    which = np.zeros(len(outcome.STATUSES), np.int64)  # status code -> its breaking colour
+    which[list(outcome.BREAKING)] = np.arange(len(outcome.BREAKING))
     ax.pcolormesh(
         x,
         y,
-        bad,
-        cmap=ListedColormap(list(STATUS_COLOURS.values())),
+        np.ma.masked_where(stable, which[status]),
+        cmap=ListedColormap([page.STATUS_COLOURS[outcome.STATUSES[k]] for k in outcome.BREAKING]),
         vmin=-0.5,
-        vmax=1.5,
+        vmax=len(outcome.BREAKING) - 0.5,
         shading="flat",
     )
     closed = ref.theory_critical_lr.sel(optimizer=optimizer).values
@@ -120,7 +127,7 @@ def draw_heatmap(
 
 
 def _legend_handles() -> list[Patch | Line2D]:
-    return [Patch(color=c, label=name) for name, c in STATUS_COLOURS.items()] + [
+    return [Patch(color=c, label=name) for name, c in page.STATUS_COLOURS.items()] + [
         Line2D([], [], label="theory boundary", **THEORY_LINE)
     ]
 
@@ -206,7 +213,7 @@ def save_figure(fig: Figure, path: Path) -> bytes:
 
 def write_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
     """Every PNG of the report, written to ``out``; returns name -> PNG bytes."""
-    ref = findings.reference_slice(ds)
+    ref = reference_slice(ds)
     limits = loss_colour_limits(ref)
     optimizers = [str(o) for o in ds.optimizer.values]
     pngs = {
@@ -244,7 +251,7 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
 
 
 def summary_record(
-    ds: xr.Dataset, stats: RunStats | None, found: dict[str, object], wall_seconds: float
+    ds: xr.Dataset, stats: RunStats | None, found: Findings, wall_seconds: float
 ) -> dict[str, object]:
     """The content of ``summary.json``: versions, devices, XLA flags, sizes, timings and findings
     (no run figures when the report is rendered from a saved dataset, ``stats=None``)."""
@@ -288,13 +295,39 @@ def versions() -> dict[str, str]:
     }
 
 
+def validation_figure(record: ValidationRecord) -> Figure:
+    """Keras (solid) and JAX (dashed) loss curves of the Keras check's plotted configurations,
+    log y (gaps: the loss became inf/nan)."""
+    curves = record["curves"]
+    cols = min(2, max(1, len(curves)))
+    rows = max(1, math.ceil(len(curves) / cols))
+    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, curve in zip(axes.flat, curves, strict=False):
+        for key, style in (("keras", {"lw": 2.4, "alpha": 0.55, "color": "C0"}),
+                           ("jax", {"lw": 1.1, "ls": "--", "color": "C3"})):  # fmt: skip
+            h = np.array([np.nan if v is None else v for v in curve[key]], np.float64)
+            with np.errstate(invalid="ignore"):
+                h = np.where(np.isfinite(h) & (h > 0), h, np.nan)
+            label = "Keras model.fit" if key == "keras" else "JAX engine"
+            ax.semilogy(np.arange(1, len(h) + 1), h, label=label, **style)
+        ax.set_title(f"{curve['label']} ({curve['stratum']})", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (History)")
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle("Real Keras against the JAX engine (gaps: loss became inf/nan)", fontsize=10)
+    return fig
+
+
 def publish(
     ds: xr.Dataset,
     stats: RunStats | None,
     problem: Problem,
     out: Path,
     started: float,
-    validation: dict[str, object] | None = None,
+    validation: ValidationRecord | None = None,
 ) -> tuple[dict[str, object], list[str]]:
     """Write every output of a run into ``out``; returns the summary and its text lines.
 
@@ -312,12 +345,10 @@ def publish(
     limits = loss_colour_limits(ds)
     checked = ""
     if validation is not None:
-        from src import validation as keras_check
-
         store.write_json(out / "validation.json", validation)
         png = None
         if validation["curves"]:
-            fig = keras_check.curves_figure(validation)
+            fig = validation_figure(validation)
             png = save_figure(fig, out / "validation_curves.png")
         checked = page.validation_section(validation, png)
     store.write_text(

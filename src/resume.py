@@ -3,7 +3,7 @@
 A run given a :class:`WorkStore` (the main job keeps one in ``<out>/.partial``) saves the
 per-config summaries of its finished chunks there as it goes: consecutive chunks of one
 optimizer family are gathered into one file, ``<family>-<start>-<stop>.npz`` (rows
-``start .. stop`` of that family's block of the grid, see :class:`src.sweep.GridConfigs`),
+``start .. stop`` of that family's block of the grid, see :class:`src.configs.GridConfigs`),
 written atomically once it holds :data:`FLUSH_CONFIGS` configurations or is
 :data:`FLUSH_SECONDS` old, at the end of every family, and when the run is interrupted.
 ``fingerprint.txt`` holds a hash of the sweep and of the software computing it.
@@ -95,7 +95,7 @@ def fingerprint(sweep: object) -> str:
 class WorkStore:
     """The finished chunks of one sweep in directory ``path`` (see the module docstring).
 
-    Open it with :meth:`open`; :func:`src.sweep.run` then :meth:`load`\\ s and :meth:`add`\\ s
+    Open it with :meth:`open`; :func:`src.runner.run` then :meth:`load`\\ s and :meth:`add`\\ s
     chunks. :meth:`discard` removes the directory once the map is safely written.
     """
 

@@ -1,9 +1,10 @@
 """Feeding flat lists of configurations through compiled engine programs, chunk by chunk.
 
-The sweep, the boundary search and ``explain`` all reduce their work to
-:class:`FlatConfigs` -- one row per configuration of one optimizer family -- and hand it to a
-:class:`Simulator`, which compiles each ``(family, shapes, chunk size, history)`` program once,
-pads the last chunk by repeating its last row, and keeps compile and compute seconds apart.
+The sweep, the boundary search and ``explain`` all reduce their work to a
+:class:`~src.configs.ConfigSource` -- rows of configurations of one optimizer family -- and
+hand it to a :class:`Simulator`, which compiles each ``(family, shapes, chunk size, history)``
+program once, pads the last chunk by repeating its last row, and keeps compile and compute
+seconds apart.
 
 With several devices (GPUs, or CPU devices from
 ``XLA_FLAGS=--xla_force_host_platform_device_count=K``), every chunk is split along its config
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from src import engine
 from src import optimizers as opt
+from src.configs import ConfigSource
 from src.problem import DataTable
 
 CHUNK_ELEMENTS = 1 << 17
@@ -41,8 +44,6 @@ MOMENT_ELEMENTS = 1 << 18
 """Default chunk of the moments kernel with a fixed batch order: configs x batches per call
 (262,144 full-batch SGD configs ran ~10% faster than 131,072 on the 2-core machine; the
 per-config working set is a dozen floats)."""
-
-COLUMNS = ("learning_rate", "n", "batch_size", "seed", "epochs")
 
 MomentsCache = dict[tuple[int, int, int, str], engine.Moments]
 """Batch moments by (data row, batch size, batches, dtype)."""
@@ -77,108 +78,12 @@ def chunk_plan(runs: np.ndarray, size: int, speedup: float) -> list[tuple[int, i
     return plan
 
 
-def hyperparameters(
-    family: opt.Family,
-    names: Sequence[str],
-    which: np.ndarray,
-    overrides: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Float64 hyperparameters of configs of optimizers ``names[which]`` of ``family``: each
-    optimizer's Keras defaults, unless ``overrides`` gives (per-config) values.
-
-    Base options appear only where one of ``names`` sets one by default (AdamW's weight
-    decay): the others then get its "off" value, and programs without them stay lean.
-    """
-    defaults = [opt.get(m).defaults for m in names]
-    used = [k for k in opt.BASE_OPTIONS if any(k in d for d in defaults)]
-    values = {
-        h: np.array([d.get(h, opt.BASE_OPTIONS.get(h)) for d in defaults], np.float64)[which]
-        for h in (*family.hyperparameters, *used)
-    }
-    for h, v in (overrides or {}).items():
-        if h not in family.hyperparameters and h not in opt.BASE_OPTIONS:
-            raise ValueError(f"{family.name} has no hyperparameter {h!r}")
-        values[h] = np.broadcast_to(np.asarray(v, np.float64), which.shape)
-    return values
-
-
-def constant_arguments(arguments: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """The builder arguments that take one value only (NaN never counts as one value)."""
-    out = {}
-    for name, values in arguments.items():
-        v = np.asarray(values)
-        if v.size and np.all(v == v.flat[0]):
-            out[name] = float(v.flat[0])
-    return out
-
-
-@dataclasses.dataclass
-class FlatConfigs:
-    """Per-config columns (host arrays) for optimizers of one family.
-
-    ``columns`` holds :data:`COLUMNS`; ``arguments`` the family's builder arguments
-    (:meth:`~src.optimizers.Family.arguments`), one value per config.
-    """
-
-    columns: dict[str, np.ndarray]
-    arguments: dict[str, np.ndarray]
-
-    @staticmethod
-    def of(
-        optimizers: Sequence[str],
-        family: opt.Family,
-        overrides: Mapping[str, np.ndarray] | None = None,
-        **columns: np.ndarray,
-    ) -> FlatConfigs:
-        """Configs from parallel columns; hyperparameters are the Keras defaults of each
-        config's optimizer unless ``overrides`` gives per-config values."""
-        names = sorted(set(optimizers))
-        which = np.searchsorted(names, np.asarray(optimizers))
-        cols = {k: np.asarray(columns[k]) for k in COLUMNS}
-        return FlatConfigs(cols, family.arguments(hyperparameters(family, names, which, overrides)))
-
-    def __len__(self) -> int:
-        return len(self.columns["n"])
-
-    @property
-    def argument_names(self) -> tuple[str, ...]:
-        return tuple(self.arguments)
-
-    def constant_arguments(self) -> dict[str, float]:
-        """Arguments equal for every config: compiled into the program as constants."""
-        return constant_arguments(self.arguments)
-
-    def runs(self) -> np.ndarray:
-        """Where runs of consecutive configs with one dataset size and batch size start, and
-        the end: ``[0, ..., len(self)]``."""
-        n, bs = self.columns["n"], self.columns["batch_size"]
-        change = np.flatnonzero((n[1:] != n[:-1]) | (bs[1:] != bs[:-1])) + 1
-        return np.concatenate([[0], change, [len(n)]]).astype(np.int64)
-
-    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
-        """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
-        host arrays: every process holds them alike and places them on the devices."""
-        idx: slice | np.ndarray = slice(start, start + size)
-        if start + size > len(self):
-            idx = np.minimum(np.arange(start, start + size), len(self) - 1)
-        c = self.columns
-        return engine.Configs(
-            learning_rate=np.asarray(c["learning_rate"][idx], dtype),
-            hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
-            data_row=np.asarray(rows[c["n"][idx]], np.int32),
-            n=np.asarray(c["n"][idx], np.int32),
-            batch_size=np.asarray(c["batch_size"][idx], np.int32),
-            epochs=np.asarray(c["epochs"][idx], np.int32),
-            seed=np.asarray(c["seed"][idx], np.uint32),
-        )
-
-
 @dataclasses.dataclass
 class Simulator:
-    """Runs :class:`FlatConfigs` against one :class:`DataTable`.
+    """Runs configurations (:class:`~src.configs.ConfigSource`) against one :class:`DataTable`.
 
     ``rows[n]`` is the table row of dataset size ``n``. ``chunk_size`` 0 sizes chunks by
-    :data:`CHUNK_ELEMENTS`. Run under the dtype's x64 mode (see :func:`src.sweep.run`).
+    :data:`CHUNK_ELEMENTS`. Run under the dtype's x64 mode (see :func:`src.runner.run`).
     """
 
     table: DataTable
@@ -188,6 +93,9 @@ class Simulator:
     shuffle: bool = False
     chunk_size: int = 0
     kernel: str = "auto"
+    groups: bool | None = None
+    """Whether runs of configs sharing dataset and batch size become groups: ``None`` when it
+    pays (:func:`chunk_plan`), ``True`` always (fixed order), ``False`` never."""
     compile_seconds: float = 0.0
     compute_seconds: float = 0.0
     devices: tuple[jax.Device, ...] = ()
@@ -220,7 +128,7 @@ class Simulator:
     def run(
         self,
         family: opt.Family,
-        flat: FlatConfigs,
+        flat: ConfigSource,
         shapes: engine.Shapes | None = None,
         *,
         history: bool = False,
@@ -237,18 +145,17 @@ class Simulator:
         With ``each``, every chunk's summary goes to ``each(start, summary)`` (configs
         ``start .. start + len``) as soon as it is computed and nothing is kept: the call
         returns ``(None, None)``. ``skip(start, stop)`` true leaves that chunk out (it must
-        say the same in every process). ``flat`` may be any source with ``len``,
-        ``argument_names`` and ``chunk`` (e.g. :class:`src.sweep.GridConfigs`) when
-        ``shapes`` is given.
+        say the same in every process). ``shapes`` defaults to the smallest that hold
+        every row (:meth:`~src.configs.ConfigSource.covering_shapes`).
         """
-        if shapes is None:
-            c = flat.columns
-            shapes = engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
+        shapes = shapes or flat.covering_shapes()
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
         tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
         constants = tuple(sorted(flat.constant_arguments().items()))
-        if self.shuffle:
-            speedup = 0.0  # batches differ per config
+        if self.shuffle or self.groups is False:
+            speedup = 0.0  # shuffled: batches differ per config
+        elif self.groups:
+            speedup = math.inf
         elif self.kernel == "autodiff" and not engine.slot_by_slot(shapes):
             speedup = 1.0
         else:
@@ -335,7 +242,7 @@ class Simulator:
 
     def chunk(
         self,
-        flat: FlatConfigs,
+        flat: ConfigSource,
         start: int,
         size: int,
         shapes: engine.Shapes,

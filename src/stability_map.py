@@ -4,6 +4,9 @@
 Keras optimizers x 81 learning rates from 1e-5 to 1 x N = 1..64, 500 epochs) and writes
 ``reports/stability_map/``. From Python (a notebook, say)::
 
+    from src import xla_options
+    xla_options.configure()  # before JAX starts: the command line's rounding (no FMA)
+
     from src.stability_map import Sweep, load, render, run
 
     ds, stats = run(Sweep(optimizer=("sgd", "adam"), n=(10, 20)))   # the map, in memory
@@ -20,7 +23,9 @@ import xarray as xr
 
 from src.cli import main
 from src.errors import InputError
-from src.sweep import Curve, RunStats, Sweep, problem_of, run
+from src.runner import RunStats, run
+from src.schema import problem_of
+from src.spec import Curve, Sweep
 
 __all__ = ["Curve", "RunStats", "Sweep", "load", "main", "render", "run"]
 

@@ -14,6 +14,7 @@ read). ``--config <out>/sweep.toml --out other`` reproduces the dataset bit for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tomllib
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from src.errors import InputError
-from src.sweep import Sweep
+from src.spec import Sweep
 
 META = "meta"
 RUN_ONLY = ("out", "quiet", "force", "resume", "config")
@@ -93,11 +94,7 @@ def resolved(sweep: Sweep, meta: Mapping[str, str]) -> str:
         "tol": sweep.tol,
         "diverge_factor": sweep.diverge_factor,
         "dtype": sweep.dtype,
-        "slope": p.slope,
-        "intercept": p.intercept,
-        "x_start": p.x_start,
-        "x_step": p.x_step,
-        "standardize": p.standardize,
+        **{f.name: getattr(p, f.name) for f in dataclasses.fields(p)},  # each a flag
         "curve": [
             f"{c.optimizer}:{c.lr!r}:{c.n}:{c.batch_size}:{c.seed}" for c in sweep.resolved_curves
         ],

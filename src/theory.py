@@ -38,9 +38,12 @@ margin in :data:`NEUTRAL`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
+
+from src import optimizers as opt
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 NEUTRAL = 1e-9
@@ -56,6 +59,28 @@ class Dynamics(NamedTuple):
 
 PLAIN = Dynamics()
 """Plain gradient descent (Keras ``SGD()``)."""
+
+
+def closed_form(
+    optimizer: str, overrides: Mapping[str, float], *, one_batch: bool, shuffle: bool
+) -> Dynamics | None:
+    """The dynamics whose critical lr has a closed form here, or ``None`` if it has none.
+
+    Covered: the SGD family (Keras ``SGD``, heavy ball, Nesterov) at its settings (the
+    Keras defaults with ``overrides``) when ``0 <= momentum < 1``, every base option
+    (``clipnorm``, ``weight_decay``, ``use_ema``, ...) is off, and the batches of an epoch come
+    in a fixed order (``one_batch``, or not ``shuffle``). The one rule for the sweep,
+    ``explain`` and the report.
+    """
+    o = opt.get(optimizer)
+    settings = o.settings(overrides)
+    if o.family is not opt.SGD or (shuffle and not one_batch):
+        return None
+    if any(settings[b] != off for b, off in opt.BASE_OPTIONS.items()):
+        return None
+    if not 0 <= settings["momentum"] < 1:
+        return None
+    return Dynamics(float(settings["momentum"]), bool(settings["nesterov"]))
 
 
 def hessian(x: np.ndarray) -> np.ndarray:

@@ -25,24 +25,21 @@ Everything is JSON-ready and goes to ``validation.json``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import multiprocessing
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import NamedTuple
+from typing import TypedDict
 
 import numpy as np
 import xarray as xr
 
 from src import keras_reference, outcome
 from src import optimizers as opt
+from src.keras_reference import KerasJob, KerasResult
+from src.schema import DIMS, curve_positions, extra_dims, hyperparameters_at, problem_of
 
 DEFAULT_COUNT = 2
 """Configurations checked by default on every main-job run: the seed's two. Measured on the
@@ -70,10 +67,72 @@ determined ones."""
 PLOTTED = 4
 """Configurations whose Keras and JAX loss curves are overlaid in the report."""
 
-BASE_DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
-"""Per-config dims every map has; any further dim of ``status`` is a swept hyperparameter."""
-
 OFF, DONE, UNAVAILABLE, SKIPPED, FAILED = "off", "done", "unavailable", "skipped", "failed"
+
+
+class ConfigCheck(TypedDict, total=False):
+    """One re-run configuration in ``validation.json``: the pick, both verdicts, and (when
+    Keras ran) how far the two loss histories are apart."""
+
+    stratum: str
+    optimizer: str
+    hyperparameters: dict[str, float]
+    lr: float
+    n: int
+    batch_size: int
+    seed: int
+    epochs: int
+    status_jax: str
+    status_keras: str | None
+    agree: bool
+    error: str | None
+    float32_sensitivity: float
+    sensitive: bool
+    statuses_float32: list[str]
+    max_rel_err: float
+    first_nonfinite_epoch_jax: int
+    first_nonfinite_epoch_keras: int
+    prediction_jax: float
+    prediction_keras: float
+    keras_seconds: float
+
+
+class CurvePair(TypedDict):
+    """A plotted configuration's two ``History`` loss lists."""
+
+    label: str
+    stratum: str
+    jax: list[float]
+    keras: list[float]
+
+
+class ValidationRecord(TypedDict, total=False):
+    """``validation.json``: how the Keras check went (``status``: off, done, unavailable,
+    skipped or failed, with ``reason``), its totals and every :class:`ConfigCheck`."""
+
+    status: str
+    reason: str | None
+    install: str
+    requested: int
+    checked: int
+    determined: int
+    agreed: int
+    verdict_agreement: float | None
+    max_rel_err: float | None
+    sensitive: int
+    sensitive_agreed: int
+    sensitive_max_rel_err: float | None
+    agreed_all: int
+    rules: dict[str, object] | str
+    keras_version: str | None
+    tensorflow_version: str | None
+    map_dtype: str
+    seed: int
+    workers: int
+    seconds: float
+    configs: list[ConfigCheck]
+    curves: list[CurvePair]
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +158,6 @@ class Pick:
         return f"{self.optimizer} lr={self.lr:.4g} N={self.n} batch={self.batch_size}{extra}"
 
 
-class KerasResult(NamedTuple):
-    """One Keras run: ``History`` losses, final weights, prediction (nan after an error)."""
-
-    history: np.ndarray
-    w: float
-    b: float
-    prediction: float
-    seconds: float
-    error: str | None
-    versions: Mapping[str, str]
-
-
 def parse_count(text: str) -> int:
     """``--validate K``: a whole number >= 0 (0 turns validation off)."""
     from src.errors import InputError
@@ -127,44 +174,10 @@ def parse_count(text: str) -> int:
 # ----------------------------------------------------------------------------- picking
 
 
-def hyperparameters_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict:
-    """The optimizer's non-default hyperparameters at a position of the map.
-
-    Fixed overrides (``ds.attrs["optimizer_args"]``, a JSON dict -- optionally with per-optimizer
-    sub-dicts) first, then the value of every swept-hyperparameter dim; only names the optimizer
-    takes (its family's hyperparameters and :data:`~src.optimizers.BASE_OPTIONS`) are kept, and
-    a base option at its "off" value (``clipnorm = inf``; not one the optimizer sets itself,
-    such as AdamW's ``weight_decay``) is dropped, as :meth:`~src.optimizers.Optimizer.keras_kwargs`
-    drops it.
-    """
-    allowed = (*opt.get(optimizer).family.hyperparameters, *opt.BASE_OPTIONS)
-    fixed = json.loads(ds.attrs.get("optimizer_args") or "{}")
-    values: dict[str, float] = {}
-    for key, value in fixed.items():
-        if isinstance(value, Mapping):
-            if key == optimizer:
-                values.update({k: float(v) for k, v in value.items()})
-        else:
-            values[key] = float(value)
-    for dim in extra_dims(ds):
-        values[dim] = float(ds[dim].values[index[dim]])
-    off, defaults = opt.BASE_OPTIONS, opt.get(optimizer).defaults
-    return {
-        k: v
-        for k, v in values.items()
-        if k in allowed and not (k in off and k not in defaults and v == off[k])
-    }
-
-
-def extra_dims(ds: xr.Dataset) -> tuple[str, ...]:
-    """The map's swept-hyperparameter dims (any per-config dim beyond :data:`BASE_DIMS`)."""
-    return tuple(d for d in ds.status.dims if d not in BASE_DIMS)
-
-
 def pick_at(ds: xr.Dataset, index: Mapping[str, int], stratum: str) -> Pick:
     """The configuration at ``index`` (a position along every dim of ``ds.status``)."""
     index = {d: int(index[d]) for d in ds.status.dims}
-    value = {d: ds[d].values[index[d]] for d in BASE_DIMS}
+    value = {d: ds[d].values[index[d]] for d in DIMS}
     name = str(value["optimizer"])
     return Pick(
         index=index,
@@ -191,13 +204,11 @@ def _position(ds: xr.Dataset, dim: str, value: object) -> int | None:
 def curve_indices(ds: xr.Dataset) -> list[dict[str, int]]:
     """Positions of the sweep's curves that lie on the grid (largest epochs, first value of
     every swept hyperparameter), in the curves' order."""
-    if "curve" not in ds.dims:
-        return []
     out = []
-    for i in range(ds.sizes["curve"]):
+    for _, where in curve_positions(ds):
         index: dict[str, int] = {"epochs": int(np.argmax(ds.epochs.values))}
-        for dim in ("optimizer", "lr", "n", "batch_size", "seed"):
-            at = _position(ds, dim, ds[f"curve_{dim}"].values[i])
+        for dim, value in where.items():
+            at = _position(ds, dim, value)
             if at is None:
                 break
             index[dim] = at
@@ -295,16 +306,11 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
     """The engine's ``History`` losses of each pick (float64, one entry per epoch)."""
     import jax
 
-    from src.problem import data_table
-    from src.simulator import FlatConfigs, Simulator
-    from src.sweep import problem_of
+    from src.configs import FlatConfigs
+    from src.simulator import Simulator
 
     dtype = str(ds.attrs["dtype"])
-    problem = problem_of(ds)
-    sizes = sorted({p.n for p in picks})
-    rows = np.zeros(max(sizes) + 1, np.int64)
-    rows[sizes] = np.arange(len(sizes))
-    table = data_table([problem.dataset(n) for n in sizes], dtype)
+    table, rows = problem_of(ds).table([p.n for p in picks], dtype)
     sim = Simulator(
         table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),
         kernel="autodiff",  # Keras's own per-sample arithmetic, whatever the map's kernel
@@ -318,9 +324,8 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
             chosen = [picks[i] for i in members]
             family = opt.get(chosen[0].optimizer).family
             names = sorted({h for p in chosen for h in p.hyperparameters})
-            overrides = {
-                h: np.array([_hyperparameter(p, h) for p in chosen], np.float64) for h in names
-            }
+            settings = [opt.get(p.optimizer).settings(p.hyperparameters) for p in chosen]
+            overrides = {h: np.array([s[h] for s in settings], np.float64) for h in names}
             flat = FlatConfigs.of(
                 [p.optimizer for p in chosen], family, overrides,
                 learning_rate=np.array([p.lr for p in chosen], np.float64),
@@ -335,109 +340,20 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
 _INT_COLUMNS = ("n", "batch_size", "seed", "epochs")
 
 
-def _hyperparameter(p: Pick, name: str) -> float:
-    if name in p.hyperparameters:
-        return float(p.hyperparameters[name])
-    defaults = opt.get(p.optimizer).defaults
-    return float(defaults[name]) if name in defaults else float(opt.BASE_OPTIONS[name])
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for a while: TensorFlow's C++ start-up lines ("oneDNN
-    custom operations are on", ...) ignore ``TF_CPP_MIN_LOG_LEVEL``."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _init_worker() -> None:
-    """A Keras worker: TensorFlow's op thread pools cut to one thread each (the workers are the
-    parallelism; two runs side by side measured 37 ms per epoch each, against 57 ms without),
-    and its start-up lines kept off the terminal."""
-    for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[key] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    try:
-        with quiet_stderr():
-            import keras  # noqa: F401
-            import tensorflow as tf
-    except ImportError:
-        return  # reported per run by keras_reference
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    # Every run builds a fresh model, whose predict function TensorFlow then warns it retraced.
-    tf.get_logger().setLevel("ERROR")
-
-
-def keras_run(job: Mapping[str, object]) -> KerasResult:
-    """One configuration in Keras (runs in a worker process; errors are returned, not raised)."""
-    t0 = time.perf_counter()
-    args = dict(job)
-    try:
-        run = keras_reference.fit(**args)  # type: ignore[arg-type]
-    except Exception as e:  # one failed run must not lose the others
-        nan = math.nan
-        return KerasResult(np.full(0, nan), nan, nan, nan, time.perf_counter() - t0, repr(e), {})
-    import keras
-    import tensorflow as tf
-
-    return KerasResult(
-        history=run.history,
-        w=run.w,
-        b=run.b,
-        prediction=run.prediction,
-        seconds=time.perf_counter() - t0,
-        error=None,
-        versions={"keras": keras.__version__, "tensorflow": tf.__version__},
-    )
-
-
-def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[dict[str, object]]:
+def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
     """Arguments of :func:`src.keras_reference.fit` for each pick (the engine's initial weights)."""
     from src.engine import initial_params
-    from src.sweep import problem_of
 
     problem = problem_of(ds)
     jobs = []
     for p in picks:
         x, y, x_query = problem.dataset(p.n)
-        jobs.append({
-            "optimizer": p.optimizer, "lr": p.lr, "x": x, "y": y,
-            "w0": float(initial_params(p.seed).w), "b0": 0.0, "batch_size": p.batch_size,
-            "epochs": p.epochs, "hyperparameters": dict(p.hyperparameters), "x_query": x_query,
-        })  # fmt: skip
+        jobs.append(KerasJob(
+            optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(initial_params(p.seed).w),
+            b0=0.0, batch_size=p.batch_size, epochs=p.epochs,
+            hyperparameters=dict(p.hyperparameters), x_query=x_query,
+        ))  # fmt: skip
     return jobs
-
-
-def keras_pool(workers: int) -> ProcessPoolExecutor:
-    """``workers`` spawned processes, each with one TensorFlow thread (:func:`_init_worker`)."""
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-
-
-def submit_keras(pool: ProcessPoolExecutor, jobs: Sequence[Mapping[str, object]]) -> dict:
-    """Every job handed to ``pool``, longest first; returns future -> job index."""
-    cost = [int(j["epochs"]) * -(-len(j["x"]) // int(j["batch_size"])) for j in jobs]  # type: ignore[arg-type, call-overload]
-    order = sorted(range(len(jobs)), key=lambda i: -cost[i])
-    return {pool.submit(keras_run, jobs[i]): i for i in order}
-
-
-def collect_keras(futures: Mapping, progress: Callable[[int], None] | None) -> list[KerasResult]:
-    """The results of :func:`submit_keras`'s futures, in job order, as they complete."""
-    results: list[KerasResult | None] = [None] * len(futures)
-    for future in as_completed(futures):
-        results[futures[future]] = future.result()
-        if progress:
-            progress(1)
-    return [r for r in results if r is not None]
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -467,9 +383,9 @@ def keras_status(run: KerasResult, scale: float, tol: float, diverge_factor: flo
     return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor))
 
 
-def _finite_errors(configs: Sequence[Mapping[str, object]]) -> list[float]:
+def _finite_errors(configs: Sequence[ConfigCheck]) -> list[float]:
     errors = (c.get("max_rel_err") for c in configs)
-    return [float(e) for e in errors if e is not None and math.isfinite(e)]  # type: ignore[arg-type]
+    return [float(e) for e in errors if e is not None and math.isfinite(e)]
 
 
 def history_status(history: np.ndarray, scale: float, tol: float, diverge_factor: float) -> int:
@@ -484,7 +400,7 @@ def compare(
     jax_history: np.ndarray,
     run: KerasResult,
     neighbours: Sequence[np.ndarray] = (),
-) -> dict:
+) -> ConfigCheck:
     """The JSON record of one re-run configuration.
 
     ``neighbours`` are the engine's histories at the float32 neighbours of the pick's learning
@@ -493,11 +409,11 @@ def compare(
     """
     at = ds.isel(p.index)
     status_jax = int(at.status)
-    record: dict[str, object] = {
-        "optimizer": p.optimizer, "lr": p.lr, "n": p.n, "batch_size": p.batch_size,
-        "seed": p.seed, "epochs": p.epochs, "hyperparameters": dict(p.hyperparameters),
-        "stratum": p.stratum, "status_jax": outcome.STATUSES[status_jax],
-    }  # fmt: skip
+    record = ConfigCheck(
+        optimizer=p.optimizer, lr=p.lr, n=p.n, batch_size=p.batch_size, seed=p.seed,
+        epochs=p.epochs, hyperparameters=dict(p.hyperparameters), stratum=p.stratum,
+        status_jax=outcome.STATUSES[status_jax],
+    )  # fmt: skip
     if run.error is not None or len(run.history) == 0:
         return {**record, "status_keras": None, "agree": False, "error": run.error}
     scale = float(ds.loss_scale.sel(n=p.n))
@@ -530,7 +446,9 @@ def _plotted(picks: Sequence[Pick]) -> list[int]:
     return sorted(chosen[:PLOTTED])
 
 
-def _base_record(ds: xr.Dataset, count: int, status: str, reason: str | None) -> dict:
+def _base_record(
+    ds: xr.Dataset, count: int, status: str, reason: str | None
+) -> ValidationRecord:
     return {
         "status": status,
         "reason": reason,
@@ -552,7 +470,7 @@ def _base_record(ds: xr.Dataset, count: int, status: str, reason: str | None) ->
     }
 
 
-def not_run(ds: xr.Dataset, count: int) -> dict | None:
+def not_run(ds: xr.Dataset, count: int) -> ValidationRecord | None:
     """The record of a validation that cannot or need not run (None when it should run)."""
     if count == 0:
         return _base_record(ds, 0, OFF, "turned off (--validate 0)")
@@ -581,7 +499,7 @@ def validate(
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
     started: float | None = None,
-) -> dict:
+) -> ValidationRecord:
     """Re-run ``count`` configurations of ``ds`` in Keras and compare (the record of
     ``validation.json``). ``workers`` 0 means ``min(count, os.cpu_count())``; ``started`` is
     the ``time.perf_counter()`` the check's seconds count from (default: now)."""
@@ -593,12 +511,12 @@ def validate(
     jobs = keras_jobs(ds, picks)
     workers = workers or max(1, min(len(picks), os.cpu_count() or 1))
     try:
-        with keras_pool(workers) as pool:
-            futures = submit_keras(pool, jobs)
+        with keras_reference.keras_pool(workers) as pool:
+            futures = keras_reference.submit_keras(pool, jobs)
             # Meanwhile, in this process: the picks and their float32 neighbours, one program.
             both = engine_histories(ds, [*picks, *float32_neighbours(picks)])
             histories, neighbours = both[: len(picks)], both[len(picks) :]
-            runs = collect_keras(futures, progress)
+            runs = keras_reference.collect_keras(futures, progress)
     except (BrokenProcessPool, OSError) as e:  # the map is still worth writing
         return _base_record(ds, count, FAILED, f"the Keras worker processes failed ({e})")
     k = len(SENSITIVITY_ULPS)
@@ -651,7 +569,7 @@ def validate(
 # ----------------------------------------------------------------------------- reporting
 
 
-def headline(record: Mapping[str, object]) -> str:
+def headline(record: ValidationRecord) -> str:
     """One line: how the check went (or why it did not run)."""
     status = record["status"]
     if status == OFF:
@@ -675,30 +593,3 @@ def headline(record: Mapping[str, object]) -> str:
         f"{record['seconds']:.1f} s: verdicts agree for {record['agreed']}/{record['determined']}"
         f" float32-determined ones, {worst}{aside} (validation.json)."
     )
-
-
-def curves_figure(record: Mapping[str, object]):  # noqa: ANN201 -- matplotlib Figure
-    """Keras (solid) and JAX (dashed) loss curves of the plotted configurations, log y."""
-    from matplotlib.figure import Figure
-
-    curves: list[Mapping] = list(record["curves"])  # type: ignore[call-overload]
-    cols = min(2, max(1, len(curves)))
-    rows = max(1, math.ceil(len(curves) / cols))
-    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, curve in zip(axes.flat, curves, strict=False):
-        for key, style in (("keras", {"lw": 2.4, "alpha": 0.55, "color": "C0"}),
-                           ("jax", {"lw": 1.1, "ls": "--", "color": "C3"})):  # fmt: skip
-            h = np.array([np.nan if v is None else v for v in curve[key]], np.float64)
-            with np.errstate(invalid="ignore"):
-                h = np.where(np.isfinite(h) & (h > 0), h, np.nan)
-            label = "Keras model.fit" if key == "keras" else "JAX engine"
-            ax.semilogy(np.arange(1, len(h) + 1), h, label=label, **style)
-        ax.set_title(f"{curve['label']} ({curve['stratum']})", fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (History)")
-        ax.legend(fontsize=7)
-    for ax in axes.flat[len(curves) :]:
-        ax.set_visible(False)
-    fig.suptitle("Real Keras against the JAX engine (gaps: loss became inf/nan)", fontsize=10)
-    return fig

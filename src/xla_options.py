@@ -1,8 +1,12 @@
 """XLA's CPU compiler options for the engine.
 
 They are process-wide: XLA reads ``XLA_FLAGS`` once, when JAX's backend starts, so they are
-set before that (:mod:`src` applies :func:`cpu_flags` on import) and cannot differ between
-two programs of one process.
+set before that and cannot differ between two programs of one process. Nothing sets them on
+import: the entry points (the main job, the benchmarks, the tests) call :func:`configure`,
+and so should a Python user who wants the command line's rounding::
+
+    from src import xla_options
+    xla_options.configure()   # before the first JAX computation
 
 * **No FMA.** XLA's CPU compiler contracts ``a * b + c`` into fused multiply-adds wherever its
   fusion decisions allow, and those decisions change with array shapes and loop trip counts:
@@ -40,16 +44,33 @@ def cpu_flags(flags: str, machine: str | None = None) -> str:
     return flags.strip()
 
 
+def configure() -> bool:
+    """Cap the instruction set (:func:`cpu_flags`) in ``XLA_FLAGS`` for this process, if
+    JAX's backend has not started yet; returns whether the cap is in force (or not needed)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    wanted = cpu_flags(flags)
+    if wanted == flags.strip():
+        return True
+    if _backend_started():
+        return False
+    os.environ["XLA_FLAGS"] = wanted
+    return True
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge  # whether a backend has started: no public API says so
+
+    return xla_bridge.backends_are_initialized()
+
+
 def use_multi_output_fusion() -> bool:
     """Turn on XLA's multi-output fusion for this process, if JAX's backend has not started
     yet (whether it applies is returned). ``XLA_FLAGS`` that already name backend options are
     left as they are."""
-    from jax._src import xla_bridge  # whether a backend has started: no public API says so
-
     flags = os.environ.get("XLA_FLAGS", "")
     if MULTI_OUTPUT_FUSION in flags.split():
         return True
-    if xla_bridge.backends_are_initialized() or "xla_backend_extra_options" in flags:
+    if _backend_started() or "xla_backend_extra_options" in flags:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {MULTI_OUTPUT_FUSION}".strip()
     return True

@@ -1,27 +1,49 @@
-"""Shared helpers: run a few configurations through the engine exactly as the sweep does."""
+"""Shared fixtures: run a few configurations through the engine exactly as the sweep does."""
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import pytest
 
-import src  # noqa: F401  (sets XLA's CPU flags before JAX starts its backend)
-from src import engine
+from src import engine, xla_options
 from src import optimizers as opt
-from src.problem import Problem, data_table
-from src.simulator import batch_moments
+from src.configs import FlatConfigs
+from src.problem import Problem
+from src.simulator import Simulator
+
+xla_options.configure()  # the main job's rounding, before JAX starts its backend
+
+Simulate = Callable[..., tuple[engine.Summary, np.ndarray]]
 
 
-def simulate(
+@functools.lru_cache(maxsize=32)
+def _simulator(
+    problem: Problem,
+    sizes: tuple[int, ...],
+    dtype: str,
+    tol: float,
+    shuffle: bool,
+    chunk_size: int,
+    kernel: str,
+    groups: bool,
+) -> Simulator:
+    """A :class:`~src.simulator.Simulator` of the datasets of ``sizes``, kept (with the
+    programs it compiled) for later calls alike, as the sweep keeps one for all its chunks.
+    Call it under the dtype's x64 mode."""
+    table, rows = problem.table(sizes, dtype)
+    return Simulator(
+        table, rows, dtype, tol, shuffle, chunk_size=chunk_size, kernel=kernel, groups=groups
+    )
+
+
+def _simulate(
     name: str,
     lr: Sequence[float],
     n: Sequence[int],
@@ -38,49 +60,43 @@ def simulate(
     kernel: str = "autodiff",
     group: bool = False,
 ) -> tuple[engine.Summary, np.ndarray]:
-    """Run configs (parallel lists) of optimizer ``name`` with history; numpy results.
+    """Run configs (parallel lists) of optimizer ``name`` with history, in one chunk of a
+    :class:`~src.simulator.Simulator`; numpy results. ``hyperparameters`` override the
+    optimizer's Keras defaults for every config.
 
     ``group``: the configs share the first one's dataset and batch size, and run as one
-    :class:`~src.engine.Group` (as the simulator runs long runs of such configs)."""
-    o = opt.get(name)
-    hp = {**o.defaults, **(hyperparameters or {})}
-    sizes = sorted(set(n))
-    problem = problem or Problem()
-    table = data_table([problem.dataset(k) for k in sizes], dtype)
-    shapes = shapes or engine.Shapes.covering(n, batch_size, epochs)
+    :class:`~src.engine.Group` (as the simulator runs long runs of such configs); otherwise
+    they run as one mixed chunk."""
+    if group:
+        assert len(set(n)) == 1 and len(set(batch_size)) == 1, "a group shares n and batch"
+    family = opt.get(name).family
+    count = len(lr)
+    overrides = {k: np.full(count, v, np.float64) for k, v in (hyperparameters or {}).items()}
     with jax.enable_x64(dtype == "float64"):
-        rows = np.asarray([sizes.index(k) for k in n], np.int32)
-        moments = shared = None
-        if kernel == "moments" and not shuffle:
-            moments = batch_moments(table, rows, np.asarray(batch_size), shapes.n_batches, dtype)
-        if group:
-            assert len(set(n)) == 1 and len(set(batch_size)) == 1, "a group shares n and batch"
-            shared = engine.Group(
-                data_row=rows[0], n=np.int32(n[0]), batch_size=np.int32(batch_size[0]),
-                moments=None if moments is None else engine.Moments(*(m[0] for m in moments)),
-            )  # fmt: skip
-            moments = None
-        configs = engine.Configs(
-            learning_rate=jnp.asarray(lr, dtype),
-            hyperparameters={
-                k: jnp.full(len(lr), v, dtype) for k, v in o.family.arguments(hp).items()
-            },
-            data_row=jnp.asarray(rows),
-            n=jnp.asarray(n, jnp.int32),
-            batch_size=jnp.asarray(batch_size, jnp.int32),
-            epochs=jnp.asarray(epochs, jnp.int32),
-            seed=jnp.asarray(seed, jnp.uint32),
-            moments=moments,
+        simulator = _simulator(
+            problem or Problem(),
+            tuple(sorted({int(k) for k in n})),
+            dtype,
+            tol,
+            shuffle,
+            count,
+            kernel,
+            group,
         )
-        summary, history = engine.simulate(
-            configs,
-            table,
-            jnp.asarray(tol, dtype),
-            family=o.family,
-            shapes=shapes,
-            shuffle=shuffle,
-            history=True,
-            kernel=kernel,
-            group=shared,
-        )
-        return jax.tree.map(np.asarray, summary), np.asarray(history)
+        flat = FlatConfigs.of(
+            [name] * count, family, overrides, learning_rate=np.asarray(lr, np.float64),
+            n=np.asarray(n), batch_size=np.asarray(batch_size), seed=np.asarray(seed, np.int64),
+            epochs=np.asarray(epochs),
+        )  # fmt: skip
+        summary, history = simulator.run(family, flat, shapes, history=True)
+    assert summary is not None and history is not None
+    return summary, history
+
+
+@pytest.fixture(scope="session")
+def simulate() -> Simulate:
+    """``simulate(name, lr, n, batch_size, epochs, seed, *, dtype, shuffle, tol, problem,
+    shapes, hyperparameters, kernel, group)`` -> ``(summary, history)`` (see
+    :func:`_simulate`). Results depend on the arguments only, so one serves the session
+    (and hypothesis tests, which cannot take function-scoped fixtures)."""
+    return _simulate

@@ -50,6 +50,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, proc.stdout
 
 
+@pytest.mark.slow  # small_run: the main job with Keras in a subprocess
 def test_outputs_are_written(small_run: tuple[Path, str]) -> None:
     out, stdout = small_run
     names = {p.name for p in out.iterdir()}
@@ -70,6 +71,7 @@ def test_outputs_are_written(small_run: tuple[Path, str]) -> None:
     assert "At lr 0.01 (the seed's):" in stdout and "overflow" in stdout
 
 
+@pytest.mark.slow  # small_run: the main job with Keras in a subprocess
 def test_netcdf_schema(small_run: tuple[Path, str]) -> None:
     out, _ = small_run
     with xr.open_dataset(out / "stability_map.nc") as ds:
@@ -104,6 +106,7 @@ def test_netcdf_schema(small_run: tuple[Path, str]) -> None:
         assert ds.attrs["dtype"] == "float32"
 
 
+@pytest.mark.slow  # small_run: the main job with Keras in a subprocess
 def test_summary_json(small_run: tuple[Path, str]) -> None:
     out, _ = small_run
     s = json.loads((out / "summary.json").read_text())
@@ -125,6 +128,7 @@ def test_summary_json(small_run: tuple[Path, str]) -> None:
     assert abs(sum(s["findings"]["status_fraction"].values()) - 1) < 1e-9
 
 
+@pytest.mark.slow  # small_run: the main job with Keras in a subprocess
 def test_index_html_is_self_contained(small_run: tuple[Path, str]) -> None:
     out, _ = small_run
     page = (out / "index.html").read_text()
@@ -210,6 +214,7 @@ def test_atomic_write_leaves_nothing_behind_when_interrupted(tmp_path: Path) -> 
     assert json.loads(target.read_text()) == {"v": None}  # JSON has no nan
 
 
+@pytest.mark.slow  # the whole default main job in a subprocess
 def test_default_main_job(tmp_path: Path) -> None:
     """The acceptance run: no arguments but where to write."""
     proc = subprocess.run(

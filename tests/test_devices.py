@@ -48,6 +48,7 @@ def _devices(out: Path) -> list[str]:
     return json.loads((out / "summary.json").read_text())["devices"]
 
 
+@pytest.mark.slow  # main jobs in subprocesses, several devices
 @MAPS
 def test_one_and_four_devices_give_identical_maps(tmp_path: Path, grid: list[str]) -> None:
     one, four = tmp_path / "one", tmp_path / "four"
@@ -61,6 +62,7 @@ def test_one_and_four_devices_give_identical_maps(tmp_path: Path, grid: list[str
         xr.testing.assert_identical(a.load(), b.load())
 
 
+@pytest.mark.slow  # main jobs in subprocesses, several processes
 def test_two_processes_give_the_map_of_one(tmp_path: Path, grid: list[str] = MAP) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,15 +3,17 @@ bit for bit as mixed chunks do, and the simulator gives them the runs worth it."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
-from conftest import simulate
 from test_padding import same_bits
 
 from src import engine
 from src import optimizers as opt
+from src.configs import FlatConfigs
 from src.problem import Problem, data_table
-from src.simulator import FlatConfigs, Simulator, chunk_plan
+from src.simulator import Simulator, chunk_plan
 
 FAMILIES = sorted({o.family.name: name for name, o in opt.OPTIMIZERS.items()}.values())
 LRS = [1e-4, 1e-3, 5e-3, 2e-2, 0.1, 0.6]  # converging to overflowing, for every family
@@ -24,7 +26,7 @@ def assert_same(a: tuple[engine.Summary, np.ndarray], b: tuple[engine.Summary, n
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str) -> None:
+def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str, simulate: Callable) -> None:
     # Three batches of 8, 8 and 4 (masked slots), 12 epochs, one seed per config; the group
     # program differentiates slot by slot, the mixed one over arrays.
     args = (name, LRS, [20] * 6, [8] * 6, [12, 12, 12, 9, 12, 12], [0, 1, 2, 3, 4, 5])
@@ -37,7 +39,7 @@ FULL_BATCH = [("sgd", "autodiff"), ("adam", "autodiff"), ("sgd", "moments"), ("n
 
 
 @pytest.mark.parametrize(("name", "kernel"), FULL_BATCH)
-def test_full_batch_group_is_bit_identical(name: str, kernel: str) -> None:
+def test_full_batch_group_is_bit_identical(name: str, kernel: str, simulate: Callable) -> None:
     # N = 33 in a 64-slot batch: the widest slot-by-slot program, 31 masked slots.
     args = (name, LRS, [33] * 6, [64] * 6, [15] * 6, [7] * 6)
     assert_same(*(simulate(*args, kernel=kernel, group=g) for g in (False, True)))
@@ -58,7 +60,7 @@ def test_chunk_plan() -> None:
     assert all(not g for *_, g in mixed) and [a for a, *_ in mixed] == list(range(0, 90, 16))
 
 
-def test_simulator_runs_long_runs_as_groups_with_the_same_results() -> None:
+def test_simulator_runs_long_runs_as_groups_with_the_same_results(simulate: Callable) -> None:
     ns, lrs = (3, 20, 33), np.geomspace(1e-4, 0.5, 40)
     n, lr = (g.ravel() for g in np.meshgrid(ns[:2], lrs, indexing="ij"))  # two runs of 40
     n, lr = np.append(n, [33] * 6), np.append(lr, lrs[:6])  # and a short one

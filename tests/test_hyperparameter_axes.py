@@ -13,8 +13,10 @@ import pytest
 
 from src import theory
 from src.cli import main, parse_main_args, sweep_from_args
+from src.runner import run, theory_critical_lr
+from src.schema import DIMS
+from src.spec import Sweep, log_grid
 from src.stability_map import load
-from src.sweep import DIMS, Sweep, log_grid, run, theory_critical_lr
 
 LR = log_grid(1e-3, 1.0, 13)
 NS = (5, 10, 20)
@@ -90,6 +92,7 @@ def test_an_optimizer_without_the_hyperparameter_is_broadcast(swept: Path) -> No
     assert np.isnan(adam.theory_critical_lr.values).all()
 
 
+@pytest.mark.slow  # the browser
 def test_the_page_selects_a_hyperparameter(swept: Path) -> None:
     html = (swept / "index.html").read_text()
     data = json.loads(

@@ -15,6 +15,8 @@ pytest.importorskip("tensorflow")
 
 from src import optimizers as opt
 
+pytestmark = pytest.mark.slow  # Keras
+
 # Options and non-default hyperparameters, each the Keras way of turning them on.
 VARIANTS = [
     ("sgd", {"clipnorm": 0.5}),

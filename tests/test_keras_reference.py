@@ -6,14 +6,17 @@ work); wherever it is, these are the ground truth the whole map rests on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
-from conftest import simulate
 
 pytest.importorskip("tensorflow")
 
 from src import engine, keras_reference
 from src.problem import Problem
+
+pytestmark = pytest.mark.slow  # Keras model.fit, ~3 s a case
 
 # Non-chaotic configurations, at least one per optimizer and per base option: SGD inside or
 # clearly outside its stable range (a full batch, and minibatches with a partial last batch);
@@ -51,7 +54,7 @@ CASES = [
     ("name", "lr", "n", "bs", "epochs", "hp"), CASES, ids=lambda v: str(v).replace(" ", "")
 )
 def test_engine_history_matches_keras_fit(
-    name: str, lr: float, n: int, bs: int, epochs: int, hp: dict[str, float]
+    name: str, lr: float, n: int, bs: int, epochs: int, hp: dict[str, float], simulate: Callable
 ) -> None:
     x, y, _ = Problem().dataset(n)
     w0 = float(engine.initial_params(0).w)

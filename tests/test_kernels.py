@@ -18,9 +18,10 @@ import pytest
 
 from src import engine, outcome
 from src import optimizers as opt
+from src.configs import FlatConfigs
 from src.problem import Problem, data_table
-from src.simulator import FlatConfigs, Simulator
-from src.sweep import log_grid
+from src.simulator import Simulator
+from src.spec import log_grid
 
 NS = (1, 2, 7, 20, 33)
 BATCH_SIZES = (1, 3, 32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.offline_site import npm_source
+from tools.offline_site import npm_source
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ autodiff kernel differentiates slot by slot)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from conftest import simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +42,7 @@ config = st.fixed_dictionaries(
 
 @settings(max_examples=25, deadline=None)
 @given(config)
-def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
+def test_padded_run_is_bit_identical_to_the_run_alone(simulate: Callable, c: dict) -> None:
     grouped = c["group"] and not c["shuffle"]  # a group's batches are fixed
     alone_shapes = engine.Shapes.covering([c["n"]], [c["batch_size"]], [c["epochs"]])
     alone, alone_hist = simulate(
@@ -91,7 +92,7 @@ def test_padded_run_is_bit_identical_to_the_run_alone(c: dict) -> None:
         assert same_bits(alone_hist[0], shared_hist[1, : c["epochs"]])
 
 
-def test_masked_steps_do_not_advance_the_adam_step_counter() -> None:
+def test_masked_steps_do_not_advance_the_adam_step_counter(simulate: Callable) -> None:
     # Adam's bias correction depends on t: had masked batches counted, the padded run with
     # 24 batch rows would see t grow 24 per epoch instead of 1 and its weights would differ.
     alone, _ = simulate("adam", [0.05], [5], [32], [4], [0])

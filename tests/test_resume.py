@@ -14,12 +14,13 @@ import pytest
 import xarray as xr
 
 from src import report, resume, store
-from src import sweep as sweep_module
 from src.cli import PARTIAL, main
+from src.configs import COLUMNS, FlatConfigs, GridConfigs
 from src.problem import Problem
 from src.resume import Intervals, WorkStore
-from src.simulator import COLUMNS, FlatConfigs
-from src.sweep import DIMS, GridConfigs, Sweep, resumed_configs, run
+from src.runner import resumed_configs, run
+from src.schema import DIMS
+from src.spec import Sweep, families
 
 # Two families, a swept hyperparameter only one of them has (adam is repeated along it), and
 # chunks of 4 configs: SGD's block is 20 rows (5 chunks), Adam's 10 (3 chunks).
@@ -159,7 +160,7 @@ def test_grid_chunks_equal_flat_configs() -> None:
     )  # fmt: skip
     rows = np.zeros(10, np.int64)
     rows[[3, 7, 9]] = [0, 1, 2]
-    for names in sweep_module._families(sweep.optimizer).values():
+    for names in families(sweep.optimizer).values():
         grid = GridConfigs.of(sweep, names)
         family = grid.family
         own = sweep.swept_for(family)

@@ -9,7 +9,8 @@ import pytest
 
 from src import findings, outcome, theory
 from src.problem import Problem
-from src.sweep import Sweep, run
+from src.runner import run
+from src.spec import Sweep
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@ loss and every optimizer's equations, checked against a plain NumPy loop (tests/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 import pytest
-from conftest import simulate
 from numpy_keras import fit, transcribed
 
 from src import engine
@@ -40,12 +41,12 @@ def assert_float32_close(actual: np.ndarray, desired: np.ndarray, n: int, what: 
 def stable_lr(name: str, n: int) -> float:
     # Inside SGD's stable region for x <= 50 (the largest curvature is ~5000); adaptive
     # optimizers stay in their smooth transient (near the optimum their steps turn chaotic
-    # and float32 trajectories part ways, see ../shared/reference/keras-semantics.md).
+    # and float32 trajectories part ways, see docs/keras-fidelity.md).
     return 3e-5 if opt.get(name).family.name == "sgd" else 1e-3
 
 
 @pytest.mark.parametrize("name", transcribed(opt.OPTIMIZERS))
-def test_float64_engine_equals_numpy_keras_loop(name: str) -> None:
+def test_float64_engine_equals_numpy_keras_loop(name: str, simulate: Callable) -> None:
     ns, bss = zip(*CASES, strict=True)
     lrs = [stable_lr(name, n) for n in ns]
     summary, history = simulate(name, lrs, ns, bss, [12] * len(ns), [5] * len(ns), dtype="float64")
@@ -56,7 +57,7 @@ def test_float64_engine_equals_numpy_keras_loop(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", transcribed(opt.OPTIMIZERS))
-def test_float32_engine_agrees_with_float32_loop(name: str) -> None:
+def test_float32_engine_agrees_with_float32_loop(name: str, simulate: Callable) -> None:
     ns, bss = zip(*CASES, strict=True)
     lrs = [stable_lr(name, n) for n in ns]
     _, history = simulate(name, lrs, ns, bss, [40] * len(ns), [1] * len(ns))
@@ -65,7 +66,7 @@ def test_float32_engine_agrees_with_float32_loop(name: str) -> None:
         assert_float32_close(history[i], ref, n, f"N={n} batch={bs}")
 
 
-def test_unstable_sgd_trajectory_matches_until_overflow() -> None:
+def test_unstable_sgd_trajectory_matches_until_overflow(simulate: Callable) -> None:
     # The seed itself: lr 0.01, N = 20 grows ~3.55x per epoch; in float32 it reaches inf.
     summary, history = simulate("sgd", [0.01], [20], [32], [200], [0])
     ref, _, _ = reference("sgd", 0.01, 20, 32, 200, 0, "float32")
@@ -77,7 +78,7 @@ def test_unstable_sgd_trajectory_matches_until_overflow() -> None:
     assert np.isnan(history[0][-1]) and np.isnan(ref[-1]) and np.isnan(summary.final_w[0])
 
 
-def test_epoch_loss_is_the_batch_size_weighted_mean() -> None:
+def test_epoch_loss_is_the_batch_size_weighted_mean(simulate: Callable) -> None:
     # N = 50, batch 32: batches of 32 and 18. With lr = 0 the weights never move, so the epoch
     # loss must equal the full-data mean exactly, which the unweighted mean of the two batch
     # means does not.
@@ -98,7 +99,7 @@ def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
     assert float(engine.initial_params(0).b) == 0.0
 
 
-def test_shuffle_permutes_each_epoch_and_keeps_the_full_batch_loss() -> None:
+def test_shuffle_permutes_each_epoch_and_keeps_the_full_batch_loss(simulate: Callable) -> None:
     # Full batch: shuffling only reorders one sum. Minibatches: the trajectory changes.
     _, full_fixed = simulate("sgd", [1e-3], [20], [32], [20], [0], dtype="float64")
     _, full_shuf = simulate("sgd", [1e-3], [20], [32], [20], [0], dtype="float64", shuffle=True)

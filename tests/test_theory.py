@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import simulate
 
 from src import engine, theory
 from src.explain import Case, explain
 from src.problem import Problem, read_xy_csv
-from src.sweep import Sweep, log_grid, run
+from src.runner import run
+from src.spec import Sweep, log_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 DYNAMICS = {
@@ -85,7 +86,9 @@ UNSTABLE = [  # (optimizer, lr, N, batch size): full batch and fixed-order minib
 
 
 @pytest.mark.parametrize(("name", "lr", "n", "bs"), UNSTABLE)
-def test_predicted_growth_and_overflow_epoch(name: str, lr: float, n: int, bs: int) -> None:
+def test_predicted_growth_and_overflow_epoch(
+    name: str, lr: float, n: int, bs: int, simulate: Callable
+) -> None:
     dyn = DYNAMICS[name]
     x, y, _ = Problem().dataset(n)
     summary, history = simulate(name, [lr], [n], [bs], [2000], [0])

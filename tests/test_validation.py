@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from src import keras_reference, validation
+from src import keras_reference, schema, validation
 from src.cli import main
 from src.optimizers import OPTIMIZERS
 from src.outcome import DIVERGING, SLOW, STATUSES
@@ -42,6 +42,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
     return out, proc
 
 
+@pytest.mark.slow  # checked: the main job with Keras in a subprocess
 def test_validation_json_schema_and_agreement(checked: tuple[Path, subprocess.CompletedProcess]):
     out, proc = checked
     record = json.loads((out / "validation.json").read_text())
@@ -75,6 +76,7 @@ def test_validation_json_schema_and_agreement(checked: tuple[Path, subprocess.Co
     assert "oneDNN" not in proc.stderr  # TensorFlow's start-up lines are kept quiet
 
 
+@pytest.mark.slow  # checked: the main job with Keras in a subprocess
 def test_stratification_picks_both_sides_of_a_boundary(
     checked: tuple[Path, subprocess.CompletedProcess],
 ) -> None:
@@ -101,6 +103,7 @@ def test_stratification_picks_both_sides_of_a_boundary(
     assert len({tuple(p.index.values()) for p in everything}) == ds.status.size
 
 
+@pytest.mark.slow  # checked: the main job with Keras in a subprocess
 def test_page_has_the_validation_section(checked: tuple[Path, subprocess.CompletedProcess]):
     out, _ = checked
     page = (out / "index.html").read_text()
@@ -123,7 +126,7 @@ def test_negative_count_is_one_line_and_exit_2(
 def test_validate_0_runs_nothing_in_keras(
     where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validation, "keras_pool", lambda *_: pytest.fail("Keras was started"))
+    monkeypatch.setattr(keras_reference, "keras_pool", lambda *_: pytest.fail("Keras was started"))
     (tmp_path / "s.toml").write_text("validate = 0\n")
     off = ["--validate", "0"] if where == "flag" else ["--config", str(tmp_path / "s.toml")]
     assert main([*TINY, *off, "--out", str(tmp_path)]) == 0
@@ -156,13 +159,13 @@ def test_hyperparameters_of_a_pick_come_from_the_map() -> None:
         attrs={"optimizer_args": json.dumps({"clipnorm": 1.0, "beta_1": 0.8})},
     )  # fmt: skip
     at = {"optimizer": 0, "lr": 0, "n": 0, "batch_size": 0, "seed": 0, "epochs": 0, "momentum": 1}
-    assert validation.hyperparameters_at(ds, "sgd", at) == {"clipnorm": 1.0, "momentum": 0.5}
-    assert validation.hyperparameters_at(ds, "adam", at) == {"clipnorm": 1.0, "beta_1": 0.8}
+    assert schema.hyperparameters_at(ds, "sgd", at) == {"clipnorm": 1.0, "momentum": 0.5}
+    assert schema.hyperparameters_at(ds, "adam", at) == {"clipnorm": 1.0, "beta_1": 0.8}
     ds.attrs["optimizer_args"] = json.dumps({"clipnorm": float("inf")})
-    assert validation.hyperparameters_at(ds, "adam", at) == {}  # clipnorm off: Keras's None
+    assert schema.hyperparameters_at(ds, "adam", at) == {}  # clipnorm off: Keras's None
     if "adamw" in OPTIMIZERS:  # off for the base optimizer, but not AdamW's default: kept
         ds.attrs["optimizer_args"] = json.dumps({"weight_decay": 0.0})
-        assert validation.hyperparameters_at(ds, "adamw", at) == {"weight_decay": 0.0}
+        assert schema.hyperparameters_at(ds, "adamw", at) == {"weight_decay": 0.0}
 
 
 def test_parse_count() -> None:
@@ -175,7 +178,8 @@ def test_parse_count() -> None:
 def test_a_sensitive_run_is_told_apart_by_its_float32_neighbours() -> None:
     # RMSprop at lr 0.27 on N = 36 ends in a limit cycle around the optimum: a few ulp of lr
     # change its path, while SGD at lr 1e-3 is a smooth contraction the same nudges barely move.
-    from src.sweep import Sweep, run
+    from src.runner import run
+    from src.spec import Sweep
 
     ds, _ = run(Sweep(optimizer=("sgd", "rmsprop"), lr=(0.001, 0.273842), n=(36,)))
     at = {"n": 0, "batch_size": 0, "seed": 0, "epochs": 0}

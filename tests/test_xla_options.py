@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import xarray as xr
 
 from src import xla_options
@@ -46,6 +47,7 @@ def _main_job(out: Path, xla_flags: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # two main jobs in subprocesses, one on 4 devices
 def test_multi_output_fusion_changes_no_bit(tmp_path: Path) -> None:
     """The main job with multi-output fusion on 4 devices, and without it (backend options
     given, so the job leaves them alone) on 1: the same map."""

@@ -1,4 +1,4 @@
-"""Honest throughput figures, measured in one run: ``python -m benchmarks.performance``.
+"""Honest throughput figures, measured in one run: ``python -m tools.performance``.
 
 Prints, and writes to ``docs/performance.md``:
 
@@ -33,12 +33,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-import src  # noqa: F401  (XLA's CPU flags, before JAX starts)
-from src import optimizers as opt
-from src import xla_options
-
-from .sweep import one_per_family
-from .workloads import (
+from benchmarks.sweep import one_per_family
+from benchmarks.workloads import (
     MIXED_BATCH_SIZES,
     MIXED_N,
     keras_available,
@@ -48,6 +44,8 @@ from .workloads import (
     sweep_rate,
     sweep_rates,
 )
+from src import optimizers as opt
+from src import xla_options
 
 KERNELS = ("moments", "autodiff")
 SEED_CONFIGS = {"moments": 1_048_576, "autodiff": 1_048_576}
@@ -117,7 +115,7 @@ def measure_in_child(kernel: str) -> dict[str, object]:
     """:func:`measure_kernel` in a fresh process configured as the main job configures itself
     for that kernel (moments: XLA's multi-output fusion, see :mod:`src.xla_options`)."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.performance", "--kernel", kernel],
+        [sys.executable, "-m", "tools.performance", "--kernel", kernel],
         capture_output=True, text=True, check=True, cwd=DOCS.parents[1],
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -150,7 +148,7 @@ def report(m: dict[str, object]) -> str:
     lines = [
         "# Performance notes",
         "",
-        f"Measured {datetime.date.today()} by `python -m benchmarks.performance` on "
+        f"Measured {datetime.date.today()} by `python -m tools.performance` on "
         f"{cpu_name()} ({os.cpu_count()} cores), devices "
         f"{', '.join(str(d) for d in jax.devices())}, JAX {jax.__version__}, Python "
         f"{platform.python_version()}. One run: each kernel's figures and its loop come from "
@@ -217,6 +215,7 @@ def report(m: dict[str, object]) -> str:
 
 
 def main() -> None:
+    xla_options.configure()  # the main job's rounding, before JAX starts its backend
     if sys.argv[1:2] == ["--kernel"]:  # one kernel's part of the run (see measure_in_child)
         kernel = sys.argv[2]
         if kernel == "moments":

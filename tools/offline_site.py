@@ -1,4 +1,4 @@
-"""Make the site of ``asv publish`` work offline: ``python benchmarks/offline_site.py``.
+"""Make the site of ``asv publish`` work offline: ``python -m tools.offline_site``.
 
 asv's page loads jQuery, flot, bootstrap and two small helpers from CDNs and shows only an
 "external dependencies failed" notice without them. This fetches the same versions from the npm

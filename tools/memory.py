@@ -1,4 +1,4 @@
-"""Peak memory of the main job against grid size: ``python -m benchmarks.memory``.
+"""Peak memory of the main job against grid size: ``python -m tools.memory``.
 
 Issue 6's acceptance: 4 million configurations complete with a peak resident memory no more
 than twice that of a 250k-configuration run. Both are the whole main job as a user runs it

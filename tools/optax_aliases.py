@@ -1,6 +1,6 @@
 """Keras's update equations against the obvious optax alias, on the seed problem.
 
-``python -m benchmarks.optax_aliases`` trains the seed configuration (N = 20, full batch,
+``python -m tools.optax_aliases`` trains the seed configuration (N = 20, full batch,
 seed 0, 500 epochs, float32) twice through the same engine: with the Keras-exact
 transformation of :mod:`src.keras_optax` (which the tests pin to real Keras) and with the optax
 alias a JAX user would reach for, given Keras's hyperparameter values wherever the alias takes
@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import src  # noqa: F401  (XLA's CPU flags, before JAX starts)
-from src import engine, outcome
+from src import engine, outcome, xla_options
 from src import optimizers as opt
 from src.problem import Problem, data_table
 
@@ -116,6 +115,7 @@ def _alias(
 
 
 def main() -> None:
+    xla_options.configure()  # the main job's rounding, before JAX starts its backend
     print(f"N = {N}, full batch, seed 0, {EPOCHS} epochs, float32; Keras-exact vs alias")
     print("| optimizer | optax alias | lr | max rel. loss diff | final loss (Keras / alias) "
           "| status (Keras / alias) |")  # fmt: skip

@@ -1,0 +1,264 @@
+"""Configurations: the rows an engine program trains, one per configuration.
+
+Every caller of the engine -- the sweep, the boundary search, ``explain``, the Keras check --
+reduces its work to a :class:`ConfigSource` of one optimizer family and hands it to a
+:class:`~src.simulator.Simulator`. Two sources exist:
+
+* :class:`FlatConfigs` -- parallel per-config columns, built from explicit lists;
+* :class:`GridConfigs` -- one family's block of a sweep's Cartesian grid, generating the
+  columns of a chunk's rows on demand, so no per-config array of the whole grid is built.
+
+Row for row both give the same :class:`~src.engine.Configs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from src import engine
+from src import optimizers as opt
+from src.schema import DIMS
+
+if TYPE_CHECKING:
+    from src.spec import Sweep
+
+COLUMNS = ("learning_rate", "n", "batch_size", "seed", "epochs")
+"""The per-config columns besides the optimizer's builder arguments."""
+
+
+def hyperparameters(
+    family: opt.Family,
+    names: Sequence[str],
+    which: np.ndarray,
+    overrides: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Float64 hyperparameters of configs of optimizers ``names[which]`` of ``family``: each
+    optimizer's Keras defaults, unless ``overrides`` gives (per-config) values.
+
+    Base options appear only where one of ``names`` sets one by default (AdamW's weight
+    decay): the others then get its "off" value, and programs without them stay lean.
+    """
+    defaults = [opt.get(m).defaults for m in names]
+    used = [k for k in opt.BASE_OPTIONS if any(k in d for d in defaults)]
+    values = {
+        h: np.array([d.get(h, opt.BASE_OPTIONS.get(h)) for d in defaults], np.float64)[which]
+        for h in (*family.hyperparameters, *used)
+    }
+    for h, v in (overrides or {}).items():
+        if h not in family.hyperparameters and h not in opt.BASE_OPTIONS:
+            raise ValueError(f"{family.name} has no hyperparameter {h!r}")
+        values[h] = np.broadcast_to(np.asarray(v, np.float64), which.shape)
+    return values
+
+
+def constant_arguments(arguments: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The builder arguments that take one value only (NaN never counts as one value)."""
+    out = {}
+    for name, values in arguments.items():
+        v = np.asarray(values)
+        if v.size and np.all(v == v.flat[0]):
+            out[name] = float(v.flat[0])
+    return out
+
+
+@dataclasses.dataclass
+class FlatConfigs:
+    """Per-config columns (host arrays) for optimizers of one family.
+
+    ``columns`` holds :data:`COLUMNS`; ``arguments`` the family's builder arguments
+    (:meth:`~src.optimizers.Family.arguments`), one value per config.
+    """
+
+    columns: dict[str, np.ndarray]
+    arguments: dict[str, np.ndarray]
+
+    @staticmethod
+    def of(
+        optimizers: Sequence[str],
+        family: opt.Family,
+        overrides: Mapping[str, np.ndarray] | None = None,
+        **columns: np.ndarray,
+    ) -> FlatConfigs:
+        """Configs from parallel columns; hyperparameters are the Keras defaults of each
+        config's optimizer unless ``overrides`` gives per-config values."""
+        names = sorted(set(optimizers))
+        which = np.searchsorted(names, np.asarray(optimizers))
+        cols = {k: np.asarray(columns[k]) for k in COLUMNS}
+        return FlatConfigs(cols, family.arguments(hyperparameters(family, names, which, overrides)))
+
+    def __len__(self) -> int:
+        return len(self.columns["n"])
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        return tuple(self.arguments)
+
+    def constant_arguments(self) -> dict[str, float]:
+        """Arguments equal for every config: compiled into the program as constants."""
+        return constant_arguments(self.arguments)
+
+    def covering_shapes(self) -> engine.Shapes:
+        c = self.columns
+        return engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
+
+    def runs(self) -> np.ndarray:
+        """Where runs of consecutive configs with one dataset size and batch size start, and
+        the end: ``[0, ..., len(self)]``."""
+        n, bs = self.columns["n"], self.columns["batch_size"]
+        change = np.flatnonzero((n[1:] != n[:-1]) | (bs[1:] != bs[:-1])) + 1
+        return np.concatenate([[0], change, [len(n)]]).astype(np.int64)
+
+    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
+        host arrays: every process holds them alike and places them on the devices."""
+        idx: slice | np.ndarray = slice(start, start + size)
+        if start + size > len(self):
+            idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        c = self.columns
+        return engine.Configs(
+            learning_rate=np.asarray(c["learning_rate"][idx], dtype),
+            hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
+            data_row=np.asarray(rows[c["n"][idx]], np.int32),
+            n=np.asarray(c["n"][idx], np.int32),
+            batch_size=np.asarray(c["batch_size"][idx], np.int32),
+            epochs=np.asarray(c["epochs"][idx], np.int32),
+            seed=np.asarray(c["seed"][idx], np.uint32),
+        )
+
+
+class ConfigSource(Protocol):
+    """What a :class:`~src.simulator.Simulator` runs: rows of one optimizer family."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        """The family's builder arguments (:meth:`~src.optimizers.Family.arguments`)."""
+        ...
+
+    def constant_arguments(self) -> dict[str, float]:
+        """Builder arguments equal for every row: compiled into the program as constants."""
+        ...
+
+    def runs(self) -> np.ndarray:
+        """Where runs of consecutive rows sharing dataset size and batch size start, and the
+        end: ``[0, ..., len(self)]``."""
+        ...
+
+    def covering_shapes(self) -> engine.Shapes:
+        """The smallest program shapes that hold every row."""
+        ...
+
+    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as host
+        arrays; ``rows[n]`` is the data-table row of dataset size ``n``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfigs:
+    """One optimizer family's block of a sweep's grid, as a config source made chunk by chunk.
+
+    :attr:`shape` is ``(optimizers of the family, lr, n, batch_size, seed, epochs)``, then the
+    swept hyperparameters the family has (``own``; it is repeated along the others). Rows
+    walk it in C order of :data:`WALK`, dataset size and batch size outermost: each
+    ``(n, batch_size)`` is then one run of rows that can share its batches (:func:`runs`,
+    :class:`src.engine.Group`). :meth:`chunk` computes the columns and builder arguments
+    of its rows only, so no per-config array of the whole block is ever built; row for row it
+    gives what :class:`FlatConfigs` of the same grid gives.
+    """
+
+    WALK = (2, 3, 0, 1, 4, 5)
+    """The order rows walk the grid's first six axes in (the swept hyperparameters follow)."""
+
+    names: tuple[str, ...]
+    family: opt.Family
+    axes: tuple[np.ndarray, ...]  # coordinates of every axis of shape after the first
+    own: tuple[str, ...]
+    fixed: Mapping[str, float]  # the sweep's fixed overrides for this family
+
+    @staticmethod
+    def of(sweep: Sweep, names: Sequence[str]) -> GridConfigs:
+        family = opt.get(names[0]).family
+        own = sweep.swept_for(family)
+        axes = tuple(np.asarray(sweep.axis(d)) for d in (*DIMS[1:], *own))
+        return GridConfigs(tuple(names), family, axes, own, sweep.overrides_for(family))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.names), *(len(a) for a in self.axes))
+
+    def __len__(self) -> int:
+        return math.prod(self.shape)
+
+    def _at(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The indices of ``rows`` along every axis of :attr:`shape`."""
+        walk = (*self.WALK, *range(len(self.WALK), len(self.shape)))
+        walked = np.unravel_index(rows, [self.shape[d] for d in walk])
+        at: list[np.ndarray] = [np.empty(0)] * len(walk)
+        for d, i in zip(walk, walked, strict=True):
+            at[d] = i
+        return tuple(at)
+
+    def runs(self) -> np.ndarray:
+        """Where each ``(n, batch_size)``'s run of rows starts, and the end."""
+        return np.arange(0, len(self) + 1, len(self) // (self.shape[2] * self.shape[3]))
+
+    def covering_shapes(self) -> engine.Shapes:
+        return engine.Shapes.covering(self.axes[1], self.axes[2], self.axes[4])
+
+    def repeats(self, sweep: Sweep) -> int:
+        """How many configurations of the map each row stands for (its copies along the
+        swept axes the family lacks)."""
+        return len(self.names) * math.prod(sweep.shape[1:]) // len(self)
+
+    def _arguments(self, which: np.ndarray, at: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        swept = {h: a[i] for h, a, i in zip(self.own, self.axes[5:], at[5:], strict=True)}
+        values = hyperparameters(self.family, self.names, which, {**self.fixed, **swept})
+        return self.family.arguments(values)
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        zero = np.zeros(1, np.int64)
+        return tuple(self._arguments(zero, [zero] * len(self.axes)))
+
+    def constant_arguments(self) -> dict[str, float]:
+        """Builder arguments equal for every row (:func:`src.simulator.constant_arguments`),
+        read off the block's distinct settings only: optimizer x own swept values."""
+        settings = np.meshgrid(
+            np.arange(len(self.names)), *(np.arange(len(a)) for a in self.axes[5:]), indexing="ij"
+        )
+        which, *own = (g.ravel() for g in settings)
+        return constant_arguments(self._arguments(which, [which] * 5 + own))
+
+    def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as
+        :meth:`src.simulator.FlatConfigs.chunk` gives them."""
+        idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        which, *at = self._at(idx)
+        columns = {k: a[i] for k, a, i in zip(COLUMNS, self.axes, at, strict=False)}
+        return FlatConfigs(columns, self._arguments(which, at)).chunk(0, size, rows, dtype)
+
+    def positions(
+        self, sweep: Sweep, block: np.ndarray, start: int, stop: int
+    ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """Rows ``start .. stop``: their indices along :attr:`shape`, and their flat positions
+        in the map's arrays, ``(rows, repeats)`` (``block``: the family's optimizers' indices
+        on the map's optimizer axis)."""
+        at = self._at(np.arange(start, stop))
+        strides = np.cumprod((1, *sweep.shape[:0:-1]))[::-1]  # in elements, C order
+        dims = sweep.dims
+        own = dict(zip(self.own, at[len(DIMS) :], strict=True))
+        where = block[at[0]] * strides[0]
+        offsets = np.zeros(1, np.int64)
+        for i in range(1, len(dims)):
+            if i < len(DIMS) or dims[i] in own:
+                where = where + (at[i] if i < len(DIMS) else own[dims[i]]) * strides[i]
+            else:  # a swept axis the family lacks: the row goes to every position along it
+                offsets = np.add.outer(offsets, np.arange(sweep.shape[i]) * strides[i]).ravel()
+        return at, where[:, None] + offsets[None, :]

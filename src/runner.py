@@ -1,0 +1,374 @@
+"""Running a sweep: the map, its loss curves, its measured boundary, as one labelled dataset.
+
+:func:`run` checks that the grid fits in memory, feeds every optimizer family's block of
+the grid (:class:`~src.configs.GridConfigs`) through one :class:`~src.simulator.Simulator`
+chunk by chunk (classifying each chunk into the map as it finishes, and saving it for
+``--resume``), trains the few :class:`~src.spec.Curve` configurations with their whole
+history, bisects every cell's critical learning rate with the engine
+(:func:`src.boundary.search`), evaluates the closed forms on the grid (:mod:`src.theory`),
+and lays it all out with :func:`src.schema.to_dataset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+import xarray as xr
+
+from src import boundary, engine, outcome, schema, theory
+from src import optimizers as opt
+from src.configs import FlatConfigs, GridConfigs
+from src.errors import InputError
+from src.problem import DataTable
+from src.simulator import Simulator
+from src.spec import Sweep, families
+
+if TYPE_CHECKING:
+    from src.resume import WorkStore
+
+def bytes_per_config(dtype: str) -> int:
+    """Host memory per configuration: the map's own arrays (six summaries in ``dtype``, two
+    int32 epochs and the int8 status: 33 bytes in float32) twice over, for what writing and
+    reporting the map take on top (measured: 1.6 times; ``python -m tools.memory``).
+    Configurations are generated and simulated chunk by chunk: nothing else grows with the
+    grid."""
+    return 2 * (6 * np.dtype(dtype).itemsize + 2 * 4 + 1)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStats:
+    """How the run went: sizes and seconds (compute excludes compilation)."""
+
+    n_configs: int
+    config_epochs: int
+    programs: int
+    compile_seconds: float
+    compute_seconds: float
+    wall_seconds: float
+    devices: tuple[str, ...]
+
+    @property
+    def config_epochs_per_second(self) -> float:
+        return self.config_epochs / self.compute_seconds if self.compute_seconds > 0 else math.nan
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process (MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimated_bytes(sweep: Sweep) -> int:
+    """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories."""
+    curves = len(sweep.resolved_curves)
+    return (
+        sweep.n_configs * bytes_per_config(sweep.dtype)
+        + (len(sweep.n) + curves) * max(sweep.n) * 32
+        + curves * max(sweep.epochs) * 16
+    )
+
+
+def check_memory(sweep: Sweep) -> None:
+    """Refuse (:class:`~src.errors.InputError`) a grid needing more than half the memory
+    available, naming how many configurations a run could have instead."""
+    needed, available = estimated_bytes(sweep), available_memory()
+    if needed > available // 2:
+        limit = max(1, (available // 2) // bytes_per_config(sweep.dtype))
+        raise InputError(
+            f"the grid has {sweep.n_configs:,} configurations and needs about "
+            f"{needed / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
+            f"available; split it into runs of at most {limit:,} configurations "
+            f"(e.g. fewer --lr points, or a few --optimizers or --n ranges per run)"
+        )
+
+
+
+def run(
+    sweep: Sweep,
+    progress: Callable[[int], None] | None = None,
+    stage: Callable[[str], None] | None = None,
+    work: WorkStore | None = None,
+) -> tuple[xr.Dataset, RunStats]:
+    """Simulate every configuration of ``sweep``; returns the labelled map and run statistics.
+
+    ``progress(k)`` is called after every chunk of the map with the number of configs it
+    finished; ``stage(text)`` names each later phase (loss curves, boundary search).
+
+    With ``work`` (a :class:`src.resume.WorkStore` opened for this sweep), every finished chunk
+    is also saved there, and the chunks it already holds are read instead of simulated
+    (:func:`resumed_configs` counts them); the map is the same either way.
+    """
+    check_memory(sweep)
+    with jax.enable_x64(sweep.dtype == "float64"):
+        return _run(sweep, progress, stage or (lambda _: None), work)
+
+
+def resumed_configs(sweep: Sweep, work: WorkStore) -> int:
+    """Configurations of the map (repeats along swept axes included) that ``work`` holds."""
+    total = 0
+    for f, names in enumerate(families(sweep.optimizer).values()):
+        grid = GridConfigs.of(sweep, names)
+        total += work.finished(f).overlap(0, len(grid)) * grid.repeats(sweep)
+    return total
+
+
+def _run(
+    sweep: Sweep,
+    progress: Callable[[int], None] | None,
+    stage: Callable[[str], None],
+    work: WorkStore | None = None,
+) -> tuple[xr.Dataset, RunStats]:
+    wall0 = time.perf_counter()
+    curves = sweep.resolved_curves
+    table, rows = sweep.problem.table([*sweep.n, *(c.n for c in curves)], sweep.dtype)
+    sim = Simulator(
+        table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size, sweep.kernel
+    )
+    shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
+
+    results = {
+        k: np.empty(sweep.shape, schema.result_dtype(k, sweep.dtype))
+        for k in engine.Summary._fields
+    }
+    status = np.empty(sweep.shape, np.int8)
+    simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
+
+    stage("loss curves")
+    histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
+    for names in families([c.optimizer for c in curves]).values():
+        members = [i for i, c in enumerate(curves) if c.optimizer in names]
+        chosen = [curves[i] for i in members]
+        family = opt.get(names[0]).family
+        flat = FlatConfigs.of(
+            [c.optimizer for c in chosen], family, sweep.curve_settings(names[0]),
+            learning_rate=np.array([c.lr for c in chosen]),
+            n=np.array([c.n for c in chosen]), batch_size=np.array([c.batch_size for c in chosen]),
+            seed=np.array([c.seed for c in chosen]), epochs=np.full(len(chosen), max(sweep.epochs)),
+        )  # fmt: skip
+        _, losses = sim.run(family, flat, history=True)
+        histories[members] = losses[:, : histories.shape[1]]
+
+    stage("bisecting critical lr")
+    critical = _measured_boundary(sweep, status, sim, shapes, table, rows)
+    ds = schema.to_dataset(
+        sweep, results, status, critical, theory_critical_lr(sweep),
+        per_n_variables(sweep, table, rows), curves, histories,
+    )  # fmt: skip
+    stats = RunStats(
+        n_configs=sweep.n_configs,
+        config_epochs=simulated * sum(sweep.epochs) // len(sweep.epochs),
+        programs=sim.programs,
+        compile_seconds=sim.compile_seconds,
+        compute_seconds=sim.compute_seconds,
+        wall_seconds=time.perf_counter() - wall0,
+        devices=tuple(str(d) for d in jax.devices()),
+    )
+    return ds, stats
+
+
+def _simulate_map(
+    sweep: Sweep,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    table: DataTable,
+    rows: np.ndarray,
+    results: dict[str, np.ndarray],
+    status: np.ndarray,
+    progress: Callable[[int], None] | None,
+    work: WorkStore | None,
+) -> int:
+    """Fill ``results`` and ``status`` (the map's arrays) chunk by chunk, family by family;
+    returns how many configurations were simulated (not read from ``work``).
+
+    Each finished chunk is classified and written into the map at once (and saved in
+    ``work``), so nothing but the map itself grows with the grid.
+    """
+    scale = np.asarray(table.loss_scale, np.float64)[rows]  # dataset size -> mean(y^2)
+    opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
+    into = {k: v.reshape(-1) for k, v in results.items()} | {"status": status.reshape(-1)}
+    simulated = 0
+    try:
+        for f, names in enumerate(families(sweep.optimizer).values()):
+            grid = GridConfigs.of(sweep, names)
+            block = np.array([opt_index[n] for n in names])
+            simulated += _simulate_family(
+                sweep, sim, shapes, scale, f, grid, block, into, progress, work
+            )
+    finally:
+        if work is not None:
+            work.flush()  # what finished before an interruption is kept
+    return simulated
+
+
+def _simulate_family(
+    sweep: Sweep,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    scale: np.ndarray,
+    f: int,
+    grid: GridConfigs,
+    block: np.ndarray,
+    into: dict[str, np.ndarray],
+    progress: Callable[[int], None] | None,
+    work: WorkStore | None,
+) -> int:
+    """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
+    optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat)."""
+    repeats = grid.repeats(sweep)
+    done = work.finished(f) if work is not None else None
+    simulated = 0
+
+    def place(start: int, s: engine.Summary) -> None:
+        at, where = grid.positions(sweep, block, start, start + len(s.final_loss))
+        values = {
+            k: np.asarray(v, into[k].dtype) for k, v in zip(engine.Summary._fields, s, strict=True)
+        }
+        code = outcome.classify(
+            values["initial_loss"], values["final_loss"], values["first_nonfinite_epoch"],
+            scale[grid.axes[1][at[2]]], sweep.tol, sweep.diverge_factor,
+        )  # fmt: skip
+        for k, v in (*values.items(), ("status", code)):
+            into[k][where] = v[:, None]
+
+    def finished(start: int, s: engine.Summary) -> None:
+        nonlocal simulated
+        stop = start + len(s.final_loss)
+        place(start, s)
+        simulated += stop - start
+        if work is not None:
+            work.add(f, start, s)
+        if progress is not None:
+            new = stop - start - (done.overlap(start, stop) if done is not None else 0)
+            progress(new * repeats)
+
+    if work is not None:
+        for start, s in work.load(f):
+            place(start, s)
+    sim.run(grid.family, grid, shapes, each=finished, skip=None if done is None else done.covers)
+    if work is not None:
+        work.flush()
+    return simulated
+
+
+def _measured_boundary(
+    sweep: Sweep,
+    status: np.ndarray,
+    sim: Simulator,
+    shapes: engine.Shapes,
+    table: DataTable,
+    rows: np.ndarray,
+) -> boundary.Boundary:
+    """Critical lr of every cell (all dims but lr), bisected with the engine.
+
+    Cells that differ only in a swept hyperparameter their optimizer does not have are the
+    same run: only the first of them is bisected and its result repeated.
+    """
+    dims = sweep.dims
+    cell_dims = tuple(d for d in dims if d != "lr")
+    by_cell = np.moveaxis(status, dims.index("lr"), -1)  # (optimizer, n, bs, seed, epochs, ..., lr)
+    cell_shape = by_cell.shape[:-1]
+    coords = [np.ravel(g) for g in np.meshgrid(*(np.arange(k) for k in cell_shape), indexing="ij")]
+    values = {d: np.asarray(sweep.axis(d))[c] for d, c in zip(cell_dims, coords, strict=True)}
+    families = np.array([opt.get(o).family.name for o in values["optimizer"]])
+    scale = np.asarray(table.loss_scale, np.float64)
+    lacks = {  # per swept hyperparameter: which optimizers (by index) do not have it
+        h: np.array([not opt.get(o).family.takes(h) for o in sweep.optimizer])
+        for h in dims[len(schema.DIMS) :]
+    }
+    searched = np.ones(len(coords[0]), bool)
+    for h, lacking in lacks.items():
+        searched &= ~lacking[coords[0]] | (coords[cell_dims.index(h)] == 0)
+    searched = np.flatnonzero(searched)
+
+    def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
+        cells = searched[cells]
+        out = np.empty(len(cells), bool)
+        for name in dict.fromkeys(families[cells]):
+            pick = np.flatnonzero(families[cells] == name)
+            c = cells[pick]
+            family = opt.get(values["optimizer"][c[0]]).family
+            overrides = {
+                **sweep.overrides_for(family), **{h: values[h][c] for h in sweep.swept_for(family)}
+            }  # fmt: skip
+            flat = FlatConfigs.of(
+                values["optimizer"][c], family, overrides, learning_rate=lrs[pick],
+                n=values["n"][c], batch_size=values["batch_size"][c], seed=values["seed"][c],
+                epochs=values["epochs"][c],
+            )  # fmt: skip
+            s, _ = sim.run(family, flat, shapes, pad_to=1 << (len(c) - 1).bit_length())
+            st = outcome.classify(
+                s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
+                scale[rows[values["n"][c]]], sweep.tol, sweep.diverge_factor,
+            )  # fmt: skip
+            out[pick] = outcome.breaks(st)
+        return out
+
+    found = boundary.search(
+        np.asarray(sweep.lr),
+        outcome.breaks(by_cell).reshape(-1, by_cell.shape[-1])[searched],
+        breaks_at,
+        sweep.boundary_rtol,
+    )
+    critical = np.full(len(coords[0]), np.nan)
+    non_monotone = np.zeros(len(coords[0]), bool)
+    critical[searched], non_monotone[searched] = found
+    result = boundary.Boundary(critical.reshape(cell_shape), non_monotone.reshape(cell_shape))
+    for a in result:
+        for i in range(len(sweep.optimizer)):
+            first = tuple(
+                slice(0, 1) if d in lacks and lacks[d][i] else slice(None) for d in cell_dims[1:]
+            )
+            a[i] = np.broadcast_to(a[i][first], a[i].shape)
+    return result
+
+
+def theory_critical_lr(sweep: Sweep) -> np.ndarray:
+    """Closed-form critical lr per cell (dims of :attr:`~src.spec.Sweep.dims` but lr), where
+    :func:`src.theory.closed_form` says there is one; nan elsewhere."""
+    cell_dims = tuple(d for d in sweep.dims if d != "lr")
+    out = np.full(tuple(len(sweep.axis(d)) for d in cell_dims), np.nan)
+    swept = sweep.hyperparameters
+    cache: dict[tuple, float] = {}
+    for i, name in enumerate(sweep.optimizer):
+        family = opt.get(name).family
+        for hidx in itertools.product(*(range(len(v)) for _, v in swept)):
+            overrides = {**sweep.overrides_for(family)}
+            overrides.update({h: v[k] for (h, v), k in zip(swept, hidx, strict=True)})
+            for j, n in enumerate(sweep.n):
+                x = sweep.problem.dataset(n)[0]
+                for k, bs in enumerate(sweep.batch_size):
+                    dyn = theory.closed_form(
+                        name, overrides, one_batch=bs >= n, shuffle=sweep.shuffle
+                    )
+                    if dyn is None:
+                        continue
+                    key = (n, min(bs, n), dyn)
+                    if key not in cache:
+                        cache[key] = theory.critical_lr(x, bs, dyn)
+                    out[(i, j, k, slice(None), slice(None), *hidx)] = cache[key]
+    return out
+
+
+def per_n_variables(sweep: Sweep, table: DataTable, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`src.schema.PER_N_VARIABLES` along ``sweep.n``."""
+    xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
+    return {
+        "loss_scale": np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]],
+        "hessian_max_eigenvalue": np.array([theory.hessian_eigenvalues(x)[-1] for x in xs]),
+        "gd_critical_lr": np.array([theory.gd_critical_lr(x) for x in xs]),
+    }

@@ -1,0 +1,225 @@
+"""The map's names: the one module that writes and reads them.
+
+A stability map is an :class:`xarray.Dataset`. Its per-config variables have the dimensions
+:data:`DIMS` and then one per swept hyperparameter; its per-cell variables (everything a cell
+of the grid has in common across learning rates) have all of those but ``lr``; per dataset
+size ``n`` it holds the data's scale and closed-form limits, and per ``curve`` the loss
+histories kept in full. The attributes record what the map was run with, the problem (its
+fields serialised one by one, ``problem_<field>``), and the versions.
+
+Everything that builds a map (:func:`to_dataset`) or reads one back (:func:`problem_of`,
+:func:`reference_slice`, :func:`hyperparameters_at`, ...) goes through here, so a new
+dimension, variable or problem field is named in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+import optax
+import xarray as xr
+
+from src import engine, outcome
+from src import optimizers as opt
+from src.problem import QUERY_X, Problem
+
+if TYPE_CHECKING:
+    from src.boundary import Boundary
+    from src.spec import Curve, Sweep
+
+DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
+"""The base dimensions of every per-config variable, in storage order; a sweep's swept
+hyperparameters follow them (:attr:`src.spec.Sweep.dims`)."""
+
+SUMMARY_VARIABLES: dict[str, tuple[str, str]] = {
+    "initial_loss": ("loss of the first epoch (History[0])", "1"),
+    "final_loss": ("loss of the last epoch (History[-1])", "1"),
+    "first_nonfinite_epoch": ("first epoch with a non-finite loss or weight (-1: none)", "epoch"),
+    "first_converged_epoch": ("first epoch with loss <= tol * mean(y^2) (-1: none)", "epoch"),
+    "growth_rate": (
+        f"per-epoch loss ratio (geometric mean) between the last two {engine.GROWTH_WINDOW}"
+        "-epoch window ends with a finite loss",
+        "1",
+    ),
+    "final_w": ("kernel after training", "1"),
+    "final_b": ("bias after training", "1"),
+    "prediction": (f"model output at x = {QUERY_X:g} after training", "1"),
+}
+"""Per-config variables from the engine's :class:`~src.engine.Summary`: (long name, units)."""
+
+PER_N_VARIABLES: dict[str, str] = {
+    "loss_scale": "mean(y^2) (1 if all y are 0): converged if loss <= tol * this",
+    "hessian_max_eigenvalue": "largest eigenvalue of the full-batch loss Hessian",
+    "gd_critical_lr": "full-batch gradient descent critical learning rate 2 / lambda_max",
+}
+"""Variables of each dataset size: their long names."""
+
+RESERVED_NAMES = frozenset(
+    {*DIMS, "learning_rate", "curve", "epoch", "cell", *PER_N_VARIABLES, "loss_history",
+     "status", "critical_lr", "theory_critical_lr", "non_monotone"}
+)  # fmt: skip
+"""Names a swept hyperparameter may not take (they label other parts of the dataset)."""
+
+PROBLEM_PREFIX = "problem_"
+
+
+def result_dtype(name: str, dtype: str) -> str:
+    """Storage dtype of a :data:`SUMMARY_VARIABLES` entry in a map of ``dtype``."""
+    return "int32" if name.endswith("_epoch") else dtype
+
+
+def problem_attrs(problem: Problem) -> dict[str, float | int]:
+    """The problem's fields as attributes, ``problem_<field>`` (booleans as 0/1)."""
+    return {
+        PROBLEM_PREFIX + f.name: (
+            int(v) if isinstance(v := getattr(problem, f.name), bool) else v
+        )
+        for f in dataclasses.fields(problem)
+    }
+
+
+def problem_of(ds: xr.Dataset) -> Problem:
+    """The :class:`~src.problem.Problem` a saved map was computed on (from its attributes)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Problem):
+        raw = ds.attrs[PROBLEM_PREFIX + f.name]
+        values[f.name] = bool(raw) if f.type in (bool, "bool") else float(raw)
+    return Problem(**values)
+
+
+def extra_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """The map's swept-hyperparameter dimensions (any per-config dim beyond :data:`DIMS`)."""
+    return tuple(str(d) for d in ds.status.dims if d not in DIMS)
+
+
+def reference_slice(ds: xr.Dataset) -> xr.Dataset:
+    """The map at the first batch size and seed, the largest epoch count and the first value
+    of every swept hyperparameter: what the findings, tables and figures read."""
+    first = {d: 0 for d in ("batch_size", "seed", *extra_dims(ds))}
+    return ds.isel(first).sel(epochs=ds.epochs.max())
+
+
+def chosen_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict[str, float]:
+    """The hyperparameters the map set for ``optimizer`` at a position along its dims
+    (``index``; missing swept dims count as their first value): fixed overrides
+    (``optimizer_args``, a JSON dict, optionally with per-optimizer sub-dicts), then the
+    swept values, keeping the names the optimizer takes."""
+    family = opt.get(optimizer).family
+    values: dict[str, float] = {}
+    for key, value in json.loads(ds.attrs.get("optimizer_args") or "{}").items():
+        if isinstance(value, Mapping):
+            if key == optimizer:
+                values.update({k: float(v) for k, v in value.items()})
+        else:
+            values[key] = float(value)
+    for dim in extra_dims(ds):
+        values[dim] = float(ds[dim].values[index.get(dim, 0)])
+    return {k: v for k, v in values.items() if family.takes(k)}
+
+
+def settings_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict[str, float]:
+    """Every hyperparameter and base option ``optimizer`` ran with at ``index``."""
+    return opt.get(optimizer).settings(chosen_at(ds, optimizer, index))
+
+
+def hyperparameters_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict:
+    """The hyperparameters to name for a re-run at ``index`` (:func:`chosen_at`), less base
+    options at their "off" value that the optimizer does not set itself (``clipnorm = inf``;
+    AdamW's ``weight_decay`` stays), as :meth:`~src.optimizers.Optimizer.keras_kwargs` drops
+    them."""
+    off, defaults = opt.BASE_OPTIONS, opt.get(optimizer).defaults
+    return {
+        k: v
+        for k, v in chosen_at(ds, optimizer, index).items()
+        if not (k in off and k not in defaults and v == off[k])
+    }
+
+
+def curve_positions(ds: xr.Dataset) -> list[tuple[int, dict[str, object]]]:
+    """Each kept curve's ``(index, coordinates)``: its optimizer, lr, n, batch size, seed."""
+    fields = ("optimizer", "lr", "n", "batch_size", "seed")
+    if "curve" not in ds.dims:
+        return []
+    return [
+        (i, {f: ds[f"curve_{f}"].values[i] for f in fields}) for i in range(ds.sizes["curve"])
+    ]
+
+
+def to_dataset(
+    sweep: Sweep,
+    results: Mapping[str, np.ndarray],
+    status: np.ndarray,
+    critical: Boundary,
+    theory_critical_lr: np.ndarray,
+    per_n: Mapping[str, np.ndarray],
+    curves: Sequence[Curve],
+    histories: np.ndarray,
+) -> xr.Dataset:
+    """The labelled map: per-config ``results`` (:data:`SUMMARY_VARIABLES`) and ``status``;
+    per-cell measured (``critical``) and closed-form critical lrs; :data:`PER_N_VARIABLES`
+    along ``sweep.n``; the kept curves' ``histories``; the sweep's settings as attributes."""
+    dims = sweep.dims
+    data_vars: dict[str, tuple] = {"status": (dims, status, outcome.cf_attributes())}
+    for name, (text, units) in SUMMARY_VARIABLES.items():
+        data_vars[name] = (dims, results[name], {"long_name": text, "units": units})
+    cell_dims = tuple(d for d in dims if d != "lr")
+    data_vars["critical_lr"] = (
+        cell_dims, critical.critical_lr,
+        {"long_name": "smallest lr at which training overflows or diverges (measured by "
+         f"bisection to {sweep.boundary_rtol:g} relative; nan: none found)"},
+    )  # fmt: skip
+    data_vars["non_monotone"] = (
+        cell_dims, critical.non_monotone.astype(np.int8),
+        {"long_name": "1 if a grid lr above critical_lr is stable again"},
+    )  # fmt: skip
+    data_vars["theory_critical_lr"] = (
+        cell_dims, theory_critical_lr,
+        {"long_name": "closed-form critical lr of (Keras) SGD, momentum and Nesterov: "
+         "2 c(mu) / lambda_max for one batch, rho(epoch map) = 1 for fixed-order minibatches "
+         "(nan: no closed form: adaptive optimizers, momentum outside [0, 1), a base option "
+         "such as clipnorm set)"},
+    )  # fmt: skip
+    for name, text in PER_N_VARIABLES.items():
+        data_vars[name] = ("n", per_n[name], {"long_name": text})
+    data_vars["loss_history"] = (
+        ("curve", "epoch"),
+        histories,
+        {"long_name": "History losses of selected configurations"},
+    )
+    coords: dict[str, object] = {d: list(getattr(sweep, d)) for d in DIMS}
+    applies = {
+        h: list(sweep.applies_to(h)) for h in (*dims[len(DIMS) :], *dict(sweep.optimizer_args))
+    }
+    for h, values in sweep.hyperparameters:
+        coords[h] = (h, np.array(values, np.float64), {
+            "long_name": f"swept optimizer hyperparameter {h} (applies to "
+            f"{', '.join(applies[h]) or 'no optimizer'}; the other optimizers ran once, "
+            "their results repeated along this axis)",
+        })  # fmt: skip
+    coords["epoch"] = np.arange(1, histories.shape[1] + 1)
+    coords["curve"] = [sweep.curve_label(c) for c in curves]
+    for field in ("optimizer", "lr", "n", "batch_size", "seed"):
+        coords[f"curve_{field}"] = ("curve", [getattr(c, field) for c in curves])
+    attrs = {
+        "title": "Stability map of Keras Dense(1) + MSE trained by model.fit",
+        "problem": sweep.problem.describe(),
+        **problem_attrs(sweep.problem),
+        "dtype": sweep.dtype,
+        "shuffle": int(sweep.shuffle),
+        "kernel": engine.resolve_kernel(sweep.kernel, sweep.shuffle),
+        "tol": sweep.tol,
+        "diverge_factor": sweep.diverge_factor,
+        "optimizer_args": json.dumps(dict(sweep.optimizer_args)),
+        "hyperparameters_apply_to": json.dumps(applies),
+        "status_rules": outcome.RULES,
+        "jax_version": jax.__version__,
+        "optax_version": optax.__version__,
+        "numpy_version": np.__version__,
+        "xarray_version": xr.__version__,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
