@@ -2,7 +2,7 @@
 
 They are process-wide: XLA reads ``XLA_FLAGS`` once, when JAX's backend starts, so they are
 set before that and cannot differ between two programs of one process. Nothing sets them on
-import: the entry points (the main job, the benchmarks, the tests) call :func:`configure`,
+import: the entry points (the main job, the benchmarks and tools, the tests) call :func:`configure`,
 and so should a Python user who wants the command line's rounding::
 
     from src import xla_options

@@ -16,6 +16,10 @@ from src.problem import Problem, data_table
 from src.simulator import Simulator, chunk_plan
 
 FAMILIES = sorted({o.family.name: name for name, o in opt.OPTIMIZERS.items()}.values())
+# The quick subset (-m "not slow") checks SGD and Adam; the full suite every family.
+BY_FAMILY = [
+    n if n in ("sgd", "adam") else pytest.param(n, marks=pytest.mark.slow) for n in FAMILIES
+]
 LRS = [1e-4, 1e-3, 5e-3, 2e-2, 0.1, 0.6]  # converging to overflowing, for every family
 
 
@@ -25,7 +29,7 @@ def assert_same(a: tuple[engine.Summary, np.ndarray], b: tuple[engine.Summary, n
     assert same_bits(a[1], b[1])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BY_FAMILY)
 def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str, simulate: Callable) -> None:
     # Three batches of 8, 8 and 4 (masked slots), 12 epochs, one seed per config; the group
     # program differentiates slot by slot, the mixed one over arrays.
@@ -35,7 +39,13 @@ def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str, simulate: Call
     assert len({float(v) for v in runs[0][0].final_loss}) > 3  # the configs differ
 
 
-FULL_BATCH = [("sgd", "autodiff"), ("adam", "autodiff"), ("sgd", "moments"), ("nadam", "moments")]
+SLOW = pytest.mark.slow
+FULL_BATCH = [
+    ("sgd", "autodiff"),
+    pytest.param("adam", "autodiff", marks=SLOW),
+    ("sgd", "moments"),
+    pytest.param("nadam", "moments", marks=SLOW),
+]
 
 
 @pytest.mark.parametrize(("name", "kernel"), FULL_BATCH)

@@ -28,6 +28,10 @@ BATCH_SIZES = (1, 3, 32)
 LRS = log_grid(1e-4, 3.0, 7)
 EPOCHS = 30
 FAMILIES = sorted({o.family.name: name for name, o in opt.OPTIMIZERS.items()}.values())
+# The quick subset (-m "not slow") checks SGD and Adam; the full suite every family.
+BY_FAMILY = [
+    n if n in ("sgd", "adam") else pytest.param(n, marks=pytest.mark.slow) for n in FAMILIES
+]
 
 
 _SIMULATORS: dict[tuple[str, str, bool], Simulator] = {}
@@ -109,11 +113,12 @@ def check(name: str, shuffle: bool) -> None:
     assert np.all((gap >= 0) & (gap <= 3)), gap
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BY_FAMILY)
 def test_kernels_agree_on_every_family(name: str) -> None:
     check(name, shuffle=False)
 
 
+@pytest.mark.slow  # per-sample autodiff over shuffled batches: ~15 s a case
 @pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
 def test_kernels_agree_with_shuffled_batches(name: str) -> None:
     check(name, shuffle=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +41,7 @@ config = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow  # 25 examples, most compiling programs of their own
 @settings(max_examples=25, deadline=None)
 @given(config)
 def test_padded_run_is_bit_identical_to_the_run_alone(simulate: Callable, c: dict) -> None:

@@ -53,6 +53,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, files: int) -> None:
     monkeypatch.setattr(WorkStore, "flush", flush_then_stop)
 
 
+@pytest.mark.slow  # the main job three times
 def test_interrupted_run_resumed_gives_the_same_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # two main jobs in subprocesses
 def test_rerun_from_the_written_sweep_file_is_identical(tmp_path: Path) -> None:
     first, again = tmp_path / "first", tmp_path / "again"
     proc = run_cli("--optimizers", "sgd,adam", "--lr", "1e-3:1e-1:7", "--n", "5,20,40",

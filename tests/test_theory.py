@@ -119,6 +119,7 @@ def test_explain_answers_the_seed_question() -> None:
     assert half["works"] and half["prediction_at_25"] == pytest.approx(12.5, abs=0.05)
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_explain_on_a_csv(tmp_path: Path) -> None:
     f = tmp_path / "points.csv"
     f.write_text("x,y\n1,0.6\n2,1.1\n3,1.4\n\n4,2.1\n5,2.4\n30,15.2\n")

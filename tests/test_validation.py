@@ -175,6 +175,7 @@ def test_parse_count() -> None:
             validation.parse_count(bad)
 
 
+@pytest.mark.slow  # two optimizers, and their float32 neighbours, in a map
 def test_a_sensitive_run_is_told_apart_by_its_float32_neighbours() -> None:
     # RMSprop at lr 0.27 on N = 36 ends in a limit cycle around the optimum: a few ulp of lr
     # change its path, while SGD at lr 1e-3 is a smooth contraction the same nudges barely move.
