@@ -14,9 +14,11 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from src import engine, findings, optimizers, outcome, validation, xla_options
@@ -27,9 +29,11 @@ from src.runner import RunStats, check_memory, resumed_configs, run
 from src.spec import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid
 
 MAX_AXIS_POINTS = 10_000_000
+"""Refuse larger axes before building them (the grid check then covers the product)."""
 PARTIAL = ".partial"
 """Where in ``--out`` a run keeps its finished chunks until the map is written (``--resume``)."""
-"""Refuse larger axes before building them (the grid check then covers the product)."""
+CHECK_FAILED = 3
+"""Exit status of a main job whose map and report were written but whose Keras check failed."""
 
 EXPLAIN_EXAMPLES = """\
 examples:
@@ -38,7 +42,21 @@ examples:
   python -m src.stability_map explain --optimizer sgd --lr 0.05 --data my_points.csv --json
 """
 
-EXAMPLES = """\
+STATUSES_HELP = (
+    "statuses (each configuration gets the first that applies; shown at the default --tol\n"
+    "and --diverge-factor):\n"
+    + "".join(
+        f"  {name:<11} {rule}\n"
+        for name, rule in outcome.explained(outcome.DEFAULT_TOL, outcome.DEFAULT_DIVERGE_FACTOR)
+    )
+    + """
+exit status: 0 done; 2 bad input, or an output that cannot be written (one line says which);
+3 the map and report were written but the Keras check failed; 130 interrupted (--resume
+continues). One run at a time may write into an --out folder.
+"""
+)
+
+EXAMPLES = STATUSES_HELP + """
 examples:
   python -m src.stability_map explain --optimizer sgd --lr 0.01 --n 20   # one config, why
   python -m src.stability_map --config reports/stability_map/sweep.toml --out again  # rerun
@@ -120,6 +138,16 @@ def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _one_int(text: str, flag: str, lo: int, hi: int) -> int:
+    """One whole number in ``[lo, hi]``."""
+    values = _ints(text, flag)
+    if len(values) != 1:
+        raise InputError(f"{flag} takes one whole number, got {text!r}")
+    if not lo <= values[0] <= hi:
+        raise InputError(f"{flag} must be between {lo:,} and {hi:,}, got {values[0]}")
+    return values[0]
+
+
 def parse_curve(text: str) -> Curve:
     """``OPTIMIZER:LR:N[:BATCH_SIZE[:SEED]]``."""
     parts = text.split(":")
@@ -144,23 +172,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--optimizers",
         default=",".join(DEFAULT_OPTIMIZERS),
-        help=f"comma list of {', '.join(optimizers.OPTIMIZERS)} (default: all)",
+        help=f"comma list of {', '.join(optimizers.OPTIMIZERS)} "
+        f"(default {','.join(DEFAULT_OPTIMIZERS)})",
     )
     p.add_argument(
         "--lr",
         default="1e-5:1:81",
-        help="learning rates: comma list, or start:stop:count log-spaced (default 1e-5:1:81)",
+        help="learning rates > 0: comma list, or start:stop:count log-spaced, rounded to 6 "
+        "significant digits (at most ~1.15 million points per 5 decades; default 1e-5:1:81)",
     )
     p.add_argument(
         "--n",
         default="1:64",
-        help="dataset sizes: comma list or start:stop inclusive (default 1:64)",
+        help="dataset sizes N >= 1: comma list or start:stop inclusive (default 1:64)",
     )
     p.add_argument(
-        "--batch-size", default="32", help="comma list of batch sizes (default 32, Keras's)"
+        "--batch-size", default="32", help="comma list of batch sizes >= 1 (default 32, Keras's)"
     )
-    p.add_argument("--epochs", default="500", help="comma list of epoch counts (default 500)")
-    p.add_argument("--seeds", default="0", help="comma list of initialisation seeds (default 0)")
+    p.add_argument(
+        "--epochs",
+        default="500",
+        help=f"comma list of epoch counts, 1 to {engine.MAX_EPOCHS:,} (default 500)",
+    )
+    p.add_argument(
+        "--seeds", default="0", help="comma list of initialisation seeds, 0 to 2**32-1 (default 0)"
+    )
     p.add_argument(
         "--shuffle",
         action="store_true",
@@ -169,14 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tol",
         default=str(outcome.DEFAULT_TOL),
-        help="converged when final loss <= tol * mean(y^2) (default 1e-4)",
+        help="tolerance > 0: converged when final loss <= tol * mean(y^2) (default 1e-4)",
     )
     p.add_argument(
         "--diverge-factor",
         default=str(outcome.DEFAULT_DIVERGE_FACTOR),
-        help="diverging when final loss > factor * initial loss (default 1)",
+        help="factor > 0: diverging when final loss > factor * initial loss (default 1)",
     )
-    p.add_argument("--dtype", default="float32", help="float32 (Keras's) or float64")
+    p.add_argument(
+        "--dtype", default="float32", help="float32 (Keras's; default) or float64"
+    )
     _problem_flags(p)
     p.add_argument(
         "--curve",
@@ -187,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the seed's SGD and Adam runs)",
     )
     p.add_argument(
-        "--chunk-size", default="0", help="configurations per engine call (default: automatic)"
+        "--chunk-size",
+        default="0",
+        help="configurations per engine call, >= 0 (default 0: automatic)",
     )
     p.add_argument(
         "--kernel",
@@ -199,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--boundary-rtol",
         default=str(DEFAULT_RTOL),
-        help="relative precision of the measured critical lr per cell (default 0.001)",
+        help="relative precision of the measured critical lr per cell, in (0, 1) "
+        "(default 0.001)",
     )
     p.add_argument(
         "--sweep",
@@ -208,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=V1,V2,...",
         help="sweep an optimizer hyperparameter (or base option such as clipnorm) as one more "
         "axis of the map, e.g. momentum=0,0.5,0.9 (repeatable; optimizers without it are run "
-        "once and repeated along the axis)",
+        "once and repeated along the axis; default: none)",
     )
     p.add_argument(
         "--optimizer-args",
@@ -221,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--validate",
         default=None,
         metavar="K",
-        help="re-run K configurations of the map in real Keras (TensorFlow) and compare "
-        f"(default {validation.DEFAULT_COUNT} when TensorFlow is installed; 0: off)",
+        help="re-run K >= 0 configurations of the map in real Keras (TensorFlow) and compare "
+        f"(default {validation.DEFAULT_COUNT}; 0: off). Costs ~10 s to start the Keras workers "
+        "plus ~30 ms per epoch of each configuration, two at a time on two cores (500 epochs: "
+        "~15 s each)",
     )
     p.add_argument(
         "--out",
@@ -234,25 +277,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="HOST:PORT",
         help="run over several processes/hosts with jax.distributed: process 0's address "
-        "(every process runs the same command with its own --process-id)",
+        "(every process runs the same command with its own --process-id; default: one process)",
     )
-    p.add_argument("--num-processes", default="1", help="processes in all (with --coordinator)")
-    p.add_argument("--process-id", default="0", help="this process, 0 .. K-1 (0 writes)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--force", action="store_true", help="overwrite a map already in --out")
+    p.add_argument(
+        "--num-processes",
+        default="1",
+        help="processes in all, >= 1 (with --coordinator; default 1)",
+    )
+    p.add_argument("--process-id", default="0", help="this process, 0 .. K-1 (default 0; 0 writes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a finished map already in --out (default: refuse)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run of the same sweep into --out from the chunks it "
         f"saved ({PARTIAL}/ there), simulating only the rest; the map is the same as an "
-        "uninterrupted run's (without it, a saved unfinished run is discarded)",
+        "uninterrupted run's (default: a saved unfinished run is discarded)",
     )
     p.add_argument(
         "--config",
         default=None,
         metavar="SWEEP.toml",
         help="read flags from a sweep file (every run writes one: <out>/sweep.toml); "
-        "flags on the command line override it",
+        "flags on the command line override it (default: none)",
     )
     return p
 
@@ -355,32 +406,49 @@ def build_explain_parser() -> argparse.ArgumentParser:
         epilog=EXPLAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--optimizer", default="sgd", help=f"one of {', '.join(optimizers.OPTIMIZERS)}")
-    p.add_argument("--lr", default="0.01", help="learning rate (default 0.01)")
-    p.add_argument("--n", default=None, help="dataset size of the problem (default 20)")
-    p.add_argument("--data", default=None, metavar="FILE.csv", help="your data: CSV, columns x,y")
-    p.add_argument("--batch-size", default="32")
-    p.add_argument("--epochs", default="500")
-    p.add_argument("--seed", default="0")
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        help=f"one of {', '.join(optimizers.OPTIMIZERS)} (default sgd)",
+    )
+    p.add_argument("--lr", default="0.01", help="learning rate > 0 (default 0.01)")
+    p.add_argument("--n", default=None, help="dataset size N >= 1 of the problem (default 20)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE.csv",
+        help="your data instead: CSV, columns x,y (default: the problem's)",
+    )
+    p.add_argument("--batch-size", default="32", help="batch size >= 1 (default 32, Keras's)")
+    p.add_argument(
+        "--epochs", default="500", help=f"epochs, 1 to {engine.MAX_EPOCHS:,} (default 500)"
+    )
+    p.add_argument("--seed", default="0", help="initialisation seed, 0 to 2**32-1 (default 0)")
     p.add_argument(
         "--optimizer-args",
         default="",
         metavar="K=V,...",
-        help="hyperparameters, e.g. momentum=0.5, beta_1=0.8 or clipnorm=1",
+        help="hyperparameters, e.g. momentum=0.5, beta_1=0.8 or clipnorm=1 (default: Keras's)",
     )
-    p.add_argument("--dtype", default="float32")
+    p.add_argument(
+        "--dtype", default="float32", help="float32 (Keras's; default) or float64"
+    )
     _problem_flags(p)
-    p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the diagnosis as JSON (default: words)"
+    )
     return p
 
 
 def _problem_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slope", default="0.5", help="targets y = slope * x + intercept (default 0.5)")
-    p.add_argument("--intercept", default="0", help="(default 0)")
+    p.add_argument("--intercept", default="0", help="(finite; default 0)")
     p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
-    p.add_argument("--x-step", default="1", help="(default 1)")
+    p.add_argument("--x-step", default="1", help="(finite, non-zero; default 1)")
     p.add_argument(
-        "--standardize", action="store_true", help="standardise x to zero mean, unit variance"
+        "--standardize",
+        action="store_true",
+        help="standardise x to zero mean, unit variance (default: raw x)",
     )
 
 
@@ -410,23 +478,36 @@ def parse_optimizer_args(text: str, name: str) -> dict[str, float]:
     return out
 
 
-def _guarded(job: Callable[[], None]) -> int:
-    """Run ``job``: bad input -> one line and status 2, ^C -> 130, a closed stdout -> quiet."""
+def _guarded(job: Callable[[], int | None]) -> int:
+    """Run ``job``: bad input or an output that cannot be written -> one line and status 2,
+    ^C -> 130, a closed stdout -> quiet; otherwise the job's own status (0 by default)."""
     try:
-        job()
+        return job() or 0
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _one_line(f"error: {e}")
+        return 2
+    except OSError as e:  # the disk is full, a name is too long, a folder is read-only ...
+        from src import store
+
+        where = f": {e.filename}" if e.filename else ""
+        _one_line(
+            f"error: cannot write the outputs{where}: {store.describe(e)}; nothing was left "
+            "half-written, and --resume continues from the chunks already saved"
+        )
         return 2
     except KeyboardInterrupt:
-        print(
+        _one_line(
             "interrupted: no output file was left half-written (--resume continues a map "
-            "from the chunks it finished)",
-            file=sys.stderr,
+            "from the chunks it finished)"
         )
         return 130
     except BrokenPipeError:  # e.g. piped into `head`: what was asked for is done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def _one_line(text: str) -> None:
+    print(" ".join(text.split("\n")), file=sys.stderr)
 
 
 def explain_job(argv: Sequence[str]) -> None:
@@ -440,16 +521,16 @@ def explain_job(argv: Sequence[str]) -> None:
         raise InputError("give --n (the problem's dataset) or --data (yours), not both")
     if args.dtype not in ("float32", "float64"):
         raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
-    lrs, ns = parse_lr(args.lr), parse_n(args.n or "20")
+    lrs, ns = parse_lr(args.lr), parse_n("20" if args.n is None else args.n)
     if len(lrs) != 1 or len(ns) != 1:
         raise InputError("explain takes one --lr and one --n (the main job sweeps several)")
     case = explain.Case(
         optimizer=name,
         lr=lrs[0],
         n=ns[0],
-        batch_size=_positive_ints(args.batch_size, "--batch-size")[0],
-        epochs=_positive_ints(args.epochs, "--epochs")[0],
-        seed=_ints(args.seed, "--seed")[0],
+        batch_size=_one_int(args.batch_size, "--batch-size", 1, 2**31 - 1),
+        epochs=_one_int(args.epochs, "--epochs", 1, engine.MAX_EPOCHS),
+        seed=_one_int(args.seed, "--seed", 0, 2**32 - 1),
         hyperparameters=parse_optimizer_args(args.optimizer_args, name),
         problem=_problem(args),
         data=None if args.data is None else read_xy_csv(args.data),
@@ -463,16 +544,21 @@ def explain_job(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the main job (or ``explain``); returns the exit status (0, 2 bad input, 130 ^C)."""
+    """Run the main job (or ``explain``); returns the exit status: 0 done, 2 bad input or an
+    output that cannot be written, 3 (:data:`CHECK_FAILED`) the Keras check failed after the
+    map and report were written, 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     xla_options.configure()  # before JAX's backend starts: the map's rounding (no FMA)
-    if argv[:1] == ["explain"]:
-        return _guarded(lambda: explain_job(argv[1:]))
-    return _guarded(lambda: map_job(argv))
+    job = (lambda: explain_job(argv[1:])) if argv[:1] == ["explain"] else (lambda: map_job(argv))
+    # Overflow is what the map studies: NumPy's warnings about it would only be noise.
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _guarded(job)
 
 
-def map_job(argv: Sequence[str]) -> None:
-    """The main job: run the sweep, write the report, print the findings."""
+def map_job(argv: Sequence[str]) -> int:
+    """The main job: run the sweep, write the report, print the findings. Returns 0, or
+    :data:`CHECK_FAILED` when the map and report were written but the Keras check failed."""
     started = time.perf_counter()
     args = parse_main_args(argv)
     sweep = sweep_from_args(args)
@@ -492,12 +578,24 @@ def map_job(argv: Sequence[str]) -> None:
         )
         if not distributed.is_writer():  # computes its shard of every chunk; writes nothing
             run(sweep)
-            return
-    from src import report, resume, store, sweep_file  # heavy imports once the input is good
+            return 0
+    from src import store  # heavy imports once the input is good
 
     out = store.prepare_output_dir(Path(args.out))
+    with store.locked(out):
+        return _map_into(out, args, sweep, checks, started)
+
+
+def _map_into(
+    out: Path, args: argparse.Namespace, sweep: Sweep, checks: int, started: float
+) -> int:
+    """The main job's work in ``out``, its lock held."""
+    from src import report, resume, store, sweep_file
+
+    store.remove_temporaries(out)
+    store.remove_temporaries(out / PARTIAL)
     unfinished = (out / PARTIAL / resume.FINGERPRINT).exists()
-    if (out / "stability_map.nc").exists() and not args.force and not (args.resume and unfinished):
+    if store.is_complete(out) and not args.force and not (args.resume and unfinished):
         raise InputError(
             f"--out {out} already holds a stability map"
             + (" and no unfinished run to resume" if args.resume else "")
@@ -505,16 +603,22 @@ def map_job(argv: Sequence[str]) -> None:
         )
     if args.resume and not unfinished and not args.quiet:
         print(f"nothing to resume in {out}: starting from the beginning", file=sys.stderr)
+    store.incomplete(out)
     work = resume.WorkStore.open(out / PARTIAL, sweep, resume=args.resume)
     ds, stats = _run_with_progress(sweep, quiet=args.quiet, work=work)
+    store.write_netcdf(out / report.MAP_FILE, ds)  # the map first: the Keras check is a guest
     checked = _validate_with_progress(ds, checks, quiet=args.quiet)
     if not args.quiet:
         print("writing the report ...", file=sys.stderr)
-    summary, lines = report.publish(ds, stats, sweep.problem, out, started, validation=checked)
+    summary, lines = report.publish(
+        ds, stats, sweep.problem, out, started, validation=checked, map_written=True
+    )
     store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
+    store.complete(out)
     work.discard()  # every file is written: the saved chunks have served
     _print_summary(ds, stats, sweep, summary, lines, out)
     print(validation.headline(checked))
+    return CHECK_FAILED if checked["status"] == validation.FAILED else 0
 
 
 def _validation_count(text: str | None) -> int:
@@ -524,7 +628,16 @@ def _validation_count(text: str | None) -> int:
 def _validate_with_progress(
     ds: xr.Dataset, count: int, quiet: bool
 ) -> validation.ValidationRecord:
-    """The Keras check of the map (:func:`src.validation.validate`), with a progress bar."""
+    """The Keras check of the map (:func:`src.validation.validate`), with a progress bar. The
+    check is a guest in the run: whatever goes wrong in it becomes a ``failed`` record."""
+    try:
+        return _checked(ds, count, quiet)
+    except Exception as e:  # the map is written whatever the check does
+        reason = f"the check stopped with {type(e).__name__}: {e}"
+        return validation.failed(ds, count, " ".join(reason.split()))
+
+
+def _checked(ds: xr.Dataset, count: int, quiet: bool) -> validation.ValidationRecord:
     started = time.perf_counter()
     if quiet or validation.not_run(ds, count) is not None:
         return validation.validate(ds, count, started=started)
@@ -541,8 +654,9 @@ def _print_summary(
     ds: xr.Dataset, stats: RunStats, sweep: Sweep, summary: dict, lines: list[str], out: Path
 ) -> None:
     dims = " x ".join(f"{ds.sizes[d]} {d}" for d in ds.status.dims if ds.sizes[d] > 1)
+    count = f"{stats.n_configs:,} configuration" + ("s" if stats.n_configs != 1 else "")
     print(
-        f"Stability map of {sweep.problem.describe()}: {dims} = {stats.n_configs:,} configurations "
+        f"Stability map of {sweep.problem.describe()}: {dims + ' = ' if dims else ''}{count} "
         f"in {summary['wall_seconds']:.1f} s ({stats.compute_seconds:.2f} s compute, "
         f"{stats.config_epochs_per_second:.3g} config-epochs/s on {', '.join(stats.devices)})."
     )

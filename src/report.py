@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from src.findings import Findings
     from src.validation import ValidationRecord
 
+MAP_FILE = "stability_map.nc"
+"""The map itself, in ``--out``."""
+
 LOSS_CMAP = "cividis"
 
 THEORY_LINE = {
@@ -183,8 +186,8 @@ def overview_figure(
 def curves_figure(ds: xr.Dataset) -> Figure:
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
-    for label in ds.curve.values:
-        losses = ds.loss_history.sel(curve=label).values.astype(np.float64)
+    for i, label in enumerate(ds.curve.values):
+        losses = ds.loss_history.isel(curve=i).values.astype(np.float64)
         (line,) = ax.semilogy(
             ds.epoch.values, np.where(np.isfinite(losses), losses, np.nan), label=label
         )
@@ -328,12 +331,15 @@ def publish(
     out: Path,
     started: float,
     validation: ValidationRecord | None = None,
+    map_written: bool = False,
 ) -> tuple[dict[str, object], list[str]]:
     """Write every output of a run into ``out``; returns the summary and its text lines.
 
     ``validation`` (a :func:`src.validation.validate` record) adds ``validation.json``, the
-    overlaid Keras/JAX curves (``validation_curves.png``) and a section of the page."""
-    store.write_netcdf(out / "stability_map.nc", ds)
+    overlaid Keras/JAX curves (``validation_curves.png``) and a section of the page.
+    ``map_written``: :data:`MAP_FILE` is already there (the main job writes it first)."""
+    if not map_written:
+        store.write_netcdf(out / MAP_FILE, ds)
     found = findings.headline(ds, problem)
     optimizers = [str(o) for o in ds.optimizer.values]
     lines = findings.describe(found, optimizers)

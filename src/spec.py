@@ -9,6 +9,7 @@ raises :class:`~src.errors.InputError` with one line naming the problem; running
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -27,18 +28,39 @@ SEED_LR = 0.01
 
 
 
+LR_DIGITS = 6
+"""Significant digits of a log grid's learning rates (the coordinate labels, the values run)."""
+
+
 def log_grid(start: float, stop: float, count: int) -> tuple[float, ...]:
-    """``count`` log-spaced values from ``start`` to ``stop``, rounded to 6 significant digits.
+    """``count`` log-spaced values from ``start`` to ``stop``, rounded to :data:`LR_DIGITS`
+    significant digits.
 
     Rounding makes the decades exact (``1e-5:1:81`` holds 0.01 and 0.001 exactly) and the
-    coordinate labels readable; the engine runs the rounded values.
+    coordinate labels readable; the engine runs the rounded values. Neighbours then stay
+    distinct only if they are at least ``10**(1 - LR_DIGITS)`` apart (relative): a denser grid
+    is refused, naming how many points fit (:func:`max_log_points`).
     """
     if not (start > 0 and stop > 0):
         raise InputError(f"learning rates must be > 0, got {start}:{stop}")
     if count < 1:
         raise InputError(f"a grid needs at least 1 point, got {count}")
+    most = max_log_points(start, stop)
+    if count > most:
+        raise InputError(
+            f"{count:,} log-spaced points from {start:g} to {stop:g} would repeat once rounded "
+            f"to {LR_DIGITS} significant digits; at most {most:,} fit"
+        )
     values = np.geomspace(start, stop, count) if count > 1 else np.array([start])
-    return tuple(float(f"{v:.6g}") for v in values)
+    return tuple(float(f"{v:.{LR_DIGITS}g}") for v in values)
+
+
+def max_log_points(start: float, stop: float) -> int:
+    """The most log-spaced points from ``start`` to ``stop`` that stay distinct at
+    :data:`LR_DIGITS` significant digits: neighbours a relative ``10**(1 - LR_DIGITS)`` apart
+    (the widest gap between such numbers, just above a power of ten)."""
+    span = abs(math.log(stop / start))
+    return 1 + math.floor(span / math.log1p(10.0 ** (1 - LR_DIGITS)) * (1 + 1e-12))
 
 
 def default_lr_grid() -> tuple[float, ...]:
@@ -120,7 +142,8 @@ class Sweep:
             if not getattr(self, name):
                 raise InputError(f"the {name} axis is empty")
             if len(set(getattr(self, name))) != len(getattr(self, name)):
-                raise InputError(f"the {name} axis has repeated values: {getattr(self, name)}")
+                repeated = _repeats(getattr(self, name))
+                raise InputError(f"the {name} axis has repeated values: {repeated}")
         for name in self.optimizer:
             opt.get(name)
         _check_all(self.lr, lambda v: math.isfinite(v) and v > 0, "learning rate", "> 0")
@@ -145,6 +168,8 @@ class Sweep:
             )
         if self.chunk_size < 0:
             raise InputError(f"chunk size must be >= 0 (0 = automatic), got {self.chunk_size}")
+        if self.curves is not None and len(set(self.curves)) != len(self.curves):
+            raise InputError(f"a curve is given twice: {_repeats([c.label for c in self.curves])}")
         for c in self.curves or ():
             opt.get(c.optimizer)
             if not (c.lr > 0 and c.n >= 1 and c.batch_size >= 1 and 0 <= c.seed < 2**32):
@@ -179,7 +204,9 @@ class Sweep:
             if not values:
                 raise InputError(f"the swept hyperparameter {h} has no values")
             if len(set(values)) != len(values):
-                raise InputError(f"the swept hyperparameter {h} has repeated values: {values}")
+                raise InputError(
+                    f"the swept hyperparameter {h} has repeated values: {_repeats(values)}"
+                )
             for v in values:
                 _check_hyperparameter_value(h, v)
         for h, v in self.optimizer_args:
@@ -239,6 +266,13 @@ class Sweep:
             return self.curves
         return seed_curves(self.optimizer, self.batch_size[0], self.seed[0])
 
+
+
+def _repeats(values: Sequence[object], shown: int = 5) -> str:
+    """The values that occur more than once (a few of them: an axis can be long)."""
+    twice = [v for v, k in collections.Counter(values).items() if k > 1]
+    more = f" and {len(twice) - shown:,} more" if len(twice) > shown else ""
+    return ", ".join(map(str, twice[:shown])) + more
 
 
 def _check_all(values: Sequence[float], ok: Callable[[float], bool], what: str, rule: str) -> None:

@@ -45,7 +45,11 @@ def render(ds: xr.Dataset, out: str | Path) -> Path:
     from src import report, store
 
     folder = store.prepare_output_dir(Path(out))
-    report.publish(ds, None, problem_of(ds), folder, time.perf_counter())
+    with store.locked(folder):
+        store.remove_temporaries(folder)
+        store.incomplete(folder)
+        report.publish(ds, None, problem_of(ds), folder, time.perf_counter())
+        store.complete(folder)
     return folder / "index.html"
 
 

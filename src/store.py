@@ -1,14 +1,23 @@
-"""Atomic output files: a reader never sees a half-written file under its final name.
+"""Output folders and atomic output files: a reader never sees a half-written file under its
+final name, and two runs never write into one folder at once.
 
 Every writer goes through :func:`atomic_path`: the content is written to a temporary file in
 the destination's own directory (so the final ``os.replace`` is a rename on one file system),
 flushed to disk, and only then renamed over the destination. An interrupted run leaves the
-previous file (or none) in place, and at worst a ``.tmp`` file that is removed on error.
+previous file (or none) in place, and at worst a ``.tmp`` file: removed on error, and by the
+next run into the folder (:func:`remove_temporaries`) if the process was killed.
+
+A run holds :func:`locked` on its folder for its whole length (an advisory ``fcntl`` lock on
+``.lock``, which names the holder's pid), and marks the folder :func:`complete` only once
+every output is written: the marker, not the presence of files, says that a folder holds a
+finished map.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -108,18 +117,81 @@ def _chunks(shape: tuple[int, ...], most: int) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+COMPLETE = ".complete"
+"""The marker of a folder whose map and report were all written (:func:`complete`)."""
+LOCK = ".lock"
+"""The file a run locks (:func:`locked`) while it writes into a folder; it holds its pid."""
+_TEMPORARY = ".*.tmp"  # what atomic_path names its temporary files
+
+
 def prepare_output_dir(out: Path) -> Path:
-    """Create ``out`` if needed and check that files can be written there."""
+    """Create ``out`` if needed and check that files can be written there (one-line
+    :class:`~src.errors.InputError` otherwise: not a directory, name too long, no permission,
+    read-only, no space)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory")
     try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:
-        raise InputError(f"--out {out} is not writable: {e.strerror or e}") from None
+        raise InputError(f"--out {out} is not writable: {describe(e)}") from None
     return out
+
+
+def describe(error: OSError) -> str:
+    """An OS error in a few words (``No space left on device``), whatever it carries."""
+    return str(error.strerror or errno.errorcode.get(error.errno or 0) or error)
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the folder's lock for the ``with`` block; another holder (a run still writing into
+    ``out``) is refused at once with an :class:`~src.errors.InputError` naming its pid. The
+    lock goes with the process, however it ends."""
+    path = Path(out) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(
+                f"--out {out} is in use by another run (pid {holder}); wait for it to finish "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` when a process
+    was killed mid-write (call it holding :func:`locked`: no live writer owns them)."""
+    gone = []
+    for tmp in Path(folder).glob(_TEMPORARY):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
+def is_complete(out: Path) -> bool:
+    """Whether ``out`` holds a finished run's outputs (:func:`complete` was called)."""
+    return (Path(out) / COMPLETE).exists()
+
+
+def complete(out: Path) -> None:
+    """Mark ``out`` as holding a finished map: the last file a run writes."""
+    write_text(Path(out) / COMPLETE, "every output of this run was written\n")
+
+
+def incomplete(out: Path) -> None:
+    """Unmark ``out`` before a run starts overwriting it."""
+    (Path(out) / COMPLETE).unlink(missing_ok=True)
 
 
 def _json_default(obj: object) -> object:

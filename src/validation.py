@@ -470,6 +470,11 @@ def _base_record(
     }
 
 
+def failed(ds: xr.Dataset, count: int, reason: str) -> ValidationRecord:
+    """The record of a check that went wrong (``reason``: one line)."""
+    return _base_record(ds, count, FAILED, reason)
+
+
 def not_run(ds: xr.Dataset, count: int) -> ValidationRecord | None:
     """The record of a validation that cannot or need not run (None when it should run)."""
     if count == 0:
@@ -518,7 +523,7 @@ def validate(
             histories, neighbours = both[: len(picks)], both[len(picks) :]
             runs = keras_reference.collect_keras(futures, progress)
     except (BrokenProcessPool, OSError) as e:  # the map is still worth writing
-        return _base_record(ds, count, FAILED, f"the Keras worker processes failed ({e})")
+        return failed(ds, count, f"the Keras worker processes failed ({e})")
     k = len(SENSITIVITY_ULPS)
     configs = [
         compare(ds, p, h, r, neighbours[i * k : (i + 1) * k])

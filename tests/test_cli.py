@@ -44,7 +44,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
@@ -195,7 +195,7 @@ def test_bad_input_from_the_real_command_line() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=3600,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown optimizer 'nope'")
@@ -219,7 +219,7 @@ def test_default_main_job(tmp_path: Path) -> None:
     """The acceptance run: no arguments but where to write."""
     proc = subprocess.run(
         [sys.executable, "-m", "src.stability_map", "--quiet", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     with xr.open_dataset(tmp_path / "stability_map.nc") as ds:

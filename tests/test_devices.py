@@ -40,7 +40,7 @@ def _main_job(out: Path, devices: int = 1, *extra: str, grid: list[str] = MAP) -
 
 
 def _finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=3600)
     assert proc.returncode == 0, err
 
 

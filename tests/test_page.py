@@ -35,7 +35,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--optimizers", "sgd,momentum,adam",
          "--lr", "1e-4:1:21", "--n", "1:24", "--batch-size", "8,32", "--epochs", "60",
          "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out / "index.html"

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "src.stability_map", "--quiet", "--validate", "0", *argv],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
 
 

@@ -128,7 +128,7 @@ def test_explain_on_a_csv(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "src.stability_map", "explain", "--lr", "0.01", "--data", str(f),
          "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

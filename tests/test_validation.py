@@ -36,7 +36,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
          "--lr", "1e-3:0.1:7", "--n", "5,10,20", "--epochs", "30", "--validate", "6",
          "--sweep", "momentum=0,0.5",
          "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out, proc

@@ -41,7 +41,7 @@ def _main_job(out: Path, xla_flags: str) -> dict:
     env = {**os.environ, "XLA_FLAGS": xla_flags}
     done = subprocess.run(
         [sys.executable, "-m", "src.stability_map", *MOMENTS_MAP, "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads((out / "summary.json").read_text())
