@@ -32,6 +32,8 @@ MAX_AXIS_POINTS = 10_000_000
 """Refuse larger axes before building them (the grid check then covers the product)."""
 PARTIAL = ".partial"
 """Where in ``--out`` a run keeps its finished chunks until the map is written (``--resume``)."""
+EXPLAIN_MAX_N = 10_000_000
+"""The largest dataset ``explain`` builds (a few arrays of N float64s)."""
 CHECK_FAILED = 3
 """Exit status of a main job whose map and report were written but whose Keras check failed."""
 
@@ -187,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset sizes N >= 1: comma list or start:stop inclusive (default 1:64)",
     )
     p.add_argument(
-        "--batch-size", default="32", help="comma list of batch sizes >= 1 (default 32, Keras's)"
+        "--batch-size",
+        default="32",
+        help="comma list of batch sizes, 1 to 2,147,483,647 (default 32, Keras's)",
     )
     p.add_argument(
         "--epochs",
@@ -197,11 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", default="0", help="comma list of initialisation seeds, 0 to 2**32-1 (default 0)"
     )
-    p.add_argument(
-        "--shuffle",
-        action="store_true",
-        help="reshuffle every epoch (Keras's fit default; off here)",
-    )
+    _switch(p, "--shuffle", "reshuffle every epoch (Keras's fit default; off here)")
     p.add_argument(
         "--tol",
         default=str(outcome.DEFAULT_TOL),
@@ -285,17 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes in all, >= 1 (with --coordinator; default 1)",
     )
     p.add_argument("--process-id", default="0", help="this process, 0 .. K-1 (default 0; 0 writes)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite a finished map already in --out (default: refuse)",
-    )
-    p.add_argument(
+    _switch(p, "--quiet", "no progress bar (default: shown)")
+    _switch(p, "--force", "overwrite a finished map already in --out (default: refuse)")
+    _switch(
+        p,
         "--resume",
-        action="store_true",
-        help="continue an interrupted run of the same sweep into --out from the chunks it "
-        f"saved ({PARTIAL}/ there), simulating only the rest; the map is the same as an "
+        "continue an interrupted run of the same sweep into --out from the chunks it saved "
+        f"({PARTIAL}/ there), simulating only the rest; the map is the same as an "
         "uninterrupted run's (default: a saved unfinished run is discarded)",
     )
     p.add_argument(
@@ -412,7 +408,9 @@ def build_explain_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(optimizers.OPTIMIZERS)} (default sgd)",
     )
     p.add_argument("--lr", default="0.01", help="learning rate > 0 (default 0.01)")
-    p.add_argument("--n", default=None, help="dataset size N >= 1 of the problem (default 20)")
+    p.add_argument(
+        "--n", default=None, help="dataset size N, 1 to 10,000,000, of the problem (default 20)"
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -434,10 +432,13 @@ def build_explain_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", help="float32 (Keras's; default) or float64"
     )
     _problem_flags(p)
-    p.add_argument(
-        "--json", action="store_true", help="print the diagnosis as JSON (default: words)"
-    )
+    _switch(p, "--json", "print the diagnosis as JSON (default: words)")
     return p
+
+
+def _switch(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """A flag that is off unless given."""
+    p.add_argument(flag, action="store_true", help=text)
 
 
 def _problem_flags(p: argparse.ArgumentParser) -> None:
@@ -445,11 +446,7 @@ def _problem_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intercept", default="0", help="(finite; default 0)")
     p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
     p.add_argument("--x-step", default="1", help="(finite, non-zero; default 1)")
-    p.add_argument(
-        "--standardize",
-        action="store_true",
-        help="standardise x to zero mean, unit variance (default: raw x)",
-    )
+    _switch(p, "--standardize", "standardise x to zero mean, unit variance (default: raw x)")
 
 
 def _problem(args: argparse.Namespace) -> Problem:
@@ -524,6 +521,8 @@ def explain_job(argv: Sequence[str]) -> None:
     lrs, ns = parse_lr(args.lr), parse_n("20" if args.n is None else args.n)
     if len(lrs) != 1 or len(ns) != 1:
         raise InputError("explain takes one --lr and one --n (the main job sweeps several)")
+    if ns[0] > EXPLAIN_MAX_N:
+        raise InputError(f"explain --n must be at most {EXPLAIN_MAX_N:,}, got {ns[0]:,}")
     case = explain.Case(
         optimizer=name,
         lr=lrs[0],
@@ -553,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Overflow is what the map studies: NumPy's warnings about it would only be noise.
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
+        # ... and so would matplotlib's about degenerate axes of such maps.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"matplotlib|src\.report")
         return _guarded(job)
 
 

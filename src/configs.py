@@ -125,7 +125,9 @@ class FlatConfigs:
             hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
             data_row=np.asarray(rows[c["n"][idx]], np.int32),
             n=np.asarray(c["n"][idx], np.int32),
-            batch_size=np.asarray(c["batch_size"][idx], np.int32),
+            # A batch size of N or more is one batch of N: the same run, and sample counts
+            # (batch index x size) stay inside int32.
+            batch_size=np.asarray(np.minimum(c["batch_size"][idx], c["n"][idx]), np.int32),
             epochs=np.asarray(c["epochs"][idx], np.int32),
             seed=np.asarray(c["seed"][idx], np.uint32),
         )

@@ -22,6 +22,7 @@ from src import boundary, outcome, theory
 from src import optimizers as opt
 from src.configs import FlatConfigs
 from src.engine import initial_params
+from src.errors import InputError
 from src.problem import QUERY_X, Problem, data_table, standardize, table_rows
 from src.simulator import Simulator
 from src.spec import default_lr_grid
@@ -210,6 +211,13 @@ def first_breaking_n(case: Case, dyn: theory.Dynamics) -> int | None:
 def explain(case: Case) -> Diagnosis:
     """The whole diagnosis, JSON-ready (see :func:`describe` for the words)."""
     x, y, _ = case.dataset()
+    with np.errstate(over="ignore"):
+        squares = float(np.mean(x * x)), float(np.mean(y * y))
+    if not all(map(math.isfinite, squares)):
+        raise InputError(
+            "explain: the data are too large for a diagnosis: mean(x^2) or mean(y^2) overflows "
+            "float64 (so does every loss); rescale x and y"
+        )
     lab = Lab(case)
     sim = lab.simulate(case)
     report = Diagnosis(
@@ -231,7 +239,7 @@ def explain(case: Case) -> Diagnosis:
     if dyn is not None:
         crit = theory.critical_lr(x, case.batch_size, dyn)
         growth = theory.loss_growth(x, case.batch_size, case.lr, dyn)
-        w0 = float(initial_params(case.seed, case.dtype).w)
+        w0 = float(initial_params(case.seed).w)  # drawn in float32 whatever the dtype
         horizon = min(case.epochs, PREDICTED_EPOCHS)
         predicted = theory.predicted_history(x, y, w0, 0.0, case.lr, case.batch_size, horizon, dyn)
         report["theory"] = Prediction(

@@ -75,11 +75,12 @@ def available_memory() -> int:
 
 def estimated_bytes(sweep: Sweep) -> int:
     """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories."""
-    curves = len(sweep.resolved_curves)
+    curves = sweep.resolved_curves
+    n_max = max(*sweep.n, *(c.n for c in curves))
     return (
         sweep.n_configs * bytes_per_config(sweep.dtype)
-        + (len(sweep.n) + curves) * max(sweep.n) * 32
-        + curves * max(sweep.epochs) * 16
+        + (len(sweep.n) + len(curves)) * n_max * 32
+        + len(curves) * max(sweep.epochs) * 16
     )
 
 
@@ -90,7 +91,8 @@ def check_memory(sweep: Sweep) -> None:
     if needed > available // 2:
         limit = max(1, (available // 2) // bytes_per_config(sweep.dtype))
         raise InputError(
-            f"the grid has {sweep.n_configs:,} configurations and needs about "
+            f"the grid has {sweep.n_configs:,} configuration{'s' if sweep.n_configs != 1 else ''}"
+            f" and needs about "
             f"{needed / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB "
             f"available; split it into runs of at most {limit:,} configurations "
             f"(e.g. fewer --lr points, or a few --optimizers or --n ranges per run)"

@@ -108,7 +108,8 @@ class Simulator:
         self._mesh = Mesh(np.array(self.devices), ("configs",))
         self._split = NamedSharding(self._mesh, PartitionSpec("configs"))
         self._replicated = NamedSharding(self._mesh, PartitionSpec())
-        self._table = jax.device_put(_host(self.table), self._replicated)
+        with jax.enable_x64(self.dtype == "float64"):  # float64 tables stay float64
+            self._table = jax.device_put(_host(self.table), self._replicated)
 
     @property
     def programs(self) -> int:

@@ -28,6 +28,9 @@ SEED_LR = 0.01
 
 
 
+MAX_INT32 = 2**31 - 1
+"""The largest batch size (the engine counts samples in int32)."""
+
 LR_DIGITS = 6
 """Significant digits of a log grid's learning rates (the coordinate labels, the values run)."""
 
@@ -148,7 +151,8 @@ class Sweep:
             opt.get(name)
         _check_all(self.lr, lambda v: math.isfinite(v) and v > 0, "learning rate", "> 0")
         _check_all(self.n, lambda v: v >= 1, "dataset size N", ">= 1")
-        _check_all(self.batch_size, lambda v: v >= 1, "batch size", ">= 1")
+        _check_all(self.batch_size, lambda v: 1 <= v <= MAX_INT32, "batch size",
+                   f"in [1, {MAX_INT32:,}]")  # fmt: skip
         _check_all(
             self.epochs, lambda v: 1 <= v <= engine.MAX_EPOCHS, "epochs",
             f"in [1, {engine.MAX_EPOCHS}]",
@@ -172,8 +176,12 @@ class Sweep:
             raise InputError(f"a curve is given twice: {_repeats([c.label for c in self.curves])}")
         for c in self.curves or ():
             opt.get(c.optimizer)
-            if not (c.lr > 0 and c.n >= 1 and c.batch_size >= 1 and 0 <= c.seed < 2**32):
-                raise InputError(f"bad curve {c.label}: needs lr > 0, N >= 1, batch size >= 1")
+            if not (c.lr > 0 and c.n >= 1 and 1 <= c.batch_size <= MAX_INT32
+                    and 0 <= c.seed < 2**32):  # fmt: skip
+                raise InputError(
+                    f"bad curve {c.label}: needs lr > 0, N >= 1, batch size in "
+                    f"[1, {MAX_INT32:,}] and seed in [0, 2**32)"
+                )
         self._check_hyperparameters()
 
     def _check_hyperparameters(self) -> None:

@@ -178,7 +178,7 @@ _curve = _either(
         (*GARBAGE, "sgd:0.01", "nope:0.01:3", "sgd:0:3", "sgd:0.01:0", "sgd:0.01:3:0",
          "sgd:0.01:3:1:-1", "sgd:nan:3", "sgd:1e400:3", "sgd:0.01:1e30", "sgd:0.01:3:1e30",
          "sgd:0.01:3:1:1e30", "sgd:0.01:3:1:2:3", "sgd:1:2:3:4:5", ":0.01:3", "sgd::3",
-         "sgd:0.01,0.1:3", "sgd:1e-3:1:3:2")
+         "sgd:0.01,0.1:3", "sgd:1e-3:1:3:2", "sgd:0.01:2:2147483648")
     ),
 )  # fmt: skip
 
@@ -352,6 +352,15 @@ def _flags(draw: st.DrawFn, options: dict[str, st.SearchStrategy], most: int) ->
 
 _switch = st.just(True)
 
+PROBLEM_FLAGS = {
+    "--slope": _problem_float,
+    "--intercept": _problem_float,
+    "--x-start": _problem_float,
+    "--x-step": _problem_float,
+    "--standardize": _switch,
+}
+"""The problem's flags, shared by both commands."""
+
 MAIN_OPTIONAL = {
     "--batch-size": _batch_size,
     "--seeds": _seeds,
@@ -359,11 +368,7 @@ MAIN_OPTIONAL = {
     "--tol": _positive_float,
     "--diverge-factor": _positive_float,
     "--dtype": _dtype,
-    "--slope": _problem_float,
-    "--intercept": _problem_float,
-    "--x-start": _problem_float,
-    "--x-step": _problem_float,
-    "--standardize": _switch,
+    **PROBLEM_FLAGS,
     "--chunk-size": _chunk_size,
     "--kernel": _kernel,
     "--boundary-rtol": _boundary_rtol,
@@ -420,11 +425,7 @@ EXPLAIN_OPTIONS = {
     ),
     "--optimizer-args": _key_values(),
     "--dtype": _dtype,
-    "--slope": _problem_float,
-    "--intercept": _problem_float,
-    "--x-start": _problem_float,
-    "--x-step": _problem_float,
-    "--standardize": _switch,
+    **PROBLEM_FLAGS,
     "--json": _switch,
     "--data": _either(
         st.sampled_from(("valid", "upper_extra", "quoted", "huge", "one_row", "same_x")),
@@ -478,7 +479,11 @@ REGRESSIONS: list[list[Token]] = [
     ["explain", "--seed", "-1", "--epochs", "2"],
     ["explain", "--epochs", "1e30"],
     [*MAIN, "--out", Out("fresh"), "--curve", "sgd:0.01:1", "--curve", "sgd:0.01:1"],
+    ["explain", "--epochs", "2", "--x-start", "1e300"],
+    ["explain", "--epochs", "2", "--data", Data("huge")],
     [*MAIN, "--out", Out("fresh"), "--batch-size", "1e30"],
+    [*MAIN, "--out", Out("fresh"), "--batch-size", "2147483648"],
+    [*MAIN, "--out", Out("fresh"), "--curve", "sgd:0.01:2:2147483648"],
     [*MAIN, "--out", Out("long")],
     [*MAIN, "--out", Out("under_long")],
     [*MAIN, "--out", Out("file")],
