@@ -76,7 +76,7 @@ def available_memory() -> int:
 def estimated_bytes(sweep: Sweep) -> int:
     """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories."""
     curves = sweep.resolved_curves
-    n_max = max(*sweep.n, *(c.n for c in curves))
+    n_max = max([*sweep.n, *(c.n for c in curves)])
     return (
         sweep.n_configs * bytes_per_config(sweep.dtype)
         + (len(sweep.n) + len(curves)) * n_max * 32
