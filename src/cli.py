@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="re-run K >= 0 configurations of the map in real Keras (TensorFlow) and compare "
         f"(default {validation.DEFAULT_COUNT}; 0: off). Costs ~10 s to start the Keras workers "
-        "plus ~30 ms per epoch of each configuration, two at a time on two cores (500 epochs: "
-        "~15 s each)",
+        "plus ~45 ms per epoch of each configuration, two at a time on two cores (the default "
+        "check of two 500-epoch runs: ~35 s)",
     )
     p.add_argument(
         "--out",
