@@ -64,7 +64,7 @@ examples:
   python -m src.stability_map --config reports/stability_map/sweep.toml --out again  # rerun
   python -m src.stability_map                         # the seed problem's default map
   python -m src.stability_map --optimizers sgd,adam --lr 1e-4:1:121 --n 1:32
-  python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --shuffle
+  python -m src.stability_map --n 20 --batch-size 4,32 --seeds 0,1,2 --no-shuffle
   python -m src.stability_map --standardize --out reports/standardized
   python -m src.stability_map --optimizers sgd --sweep momentum=0,0.5,0.9,0.99 --n 1:32
 """
@@ -201,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", default="0", help="comma list of initialisation seeds, 0 to 2**32-1 (default 0)"
     )
-    _switch(p, "--shuffle", "reshuffle every epoch (Keras's fit default; off here)")
+    p.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reshuffle the samples every epoch, as Keras's fit does by default (default: on; "
+        "--no-shuffle feeds them in their order every epoch, fit(shuffle=False))",
+    )
     p.add_argument(
         "--tol",
         default=str(outcome.DEFAULT_TOL),
@@ -234,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="how a batch's loss and gradient are computed: moments (per-batch sufficient "
         "statistics, O(1) per step), autodiff (per-sample autodiff, Keras's arithmetic) or auto "
-        "(moments unless --shuffle; default)",
+        "(moments; default)",
     )
     p.add_argument(
         "--boundary-rtol",
@@ -565,7 +571,7 @@ def map_job(argv: Sequence[str]) -> int:
     sweep = sweep_from_args(args)
     check_memory(sweep)
     checks = _validation_count(args.validate)
-    if engine.resolve_kernel(sweep.kernel, sweep.shuffle) == "moments":
+    if engine.resolve_kernel(sweep.kernel) == "moments":
         xla_options.use_multi_output_fusion()  # before JAX's backend starts (see its docs)
     if args.resume and args.coordinator is not None:
         raise InputError("--resume runs in one process; it does not combine with --coordinator")

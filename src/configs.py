@@ -71,11 +71,14 @@ class FlatConfigs:
     """Per-config columns (host arrays) for optimizers of one family.
 
     ``columns`` holds :data:`COLUMNS`; ``arguments`` the family's builder arguments
-    (:meth:`~src.optimizers.Family.arguments`), one value per config.
+    (:meth:`~src.optimizers.Family.arguments`), one value per config. ``orders``, shape
+    ``(configs, max epochs, max n)``, are sample orders to replay in a shuffled program
+    (:attr:`src.engine.Configs.order`).
     """
 
     columns: dict[str, np.ndarray]
     arguments: dict[str, np.ndarray]
+    orders: np.ndarray | None = None
 
     @staticmethod
     def of(
@@ -106,12 +109,15 @@ class FlatConfigs:
         c = self.columns
         return engine.Shapes.covering(c["n"], c["batch_size"], c["epochs"])
 
-    def runs(self) -> np.ndarray:
-        """Where runs of consecutive configs with one dataset size and batch size start, and
-        the end: ``[0, ..., len(self)]``."""
-        n, bs = self.columns["n"], self.columns["batch_size"]
-        change = np.flatnonzero((n[1:] != n[:-1]) | (bs[1:] != bs[:-1])) + 1
-        return np.concatenate([[0], change, [len(n)]]).astype(np.int64)
+    def runs(self, by_seed: bool = False) -> np.ndarray:
+        """Where runs of consecutive configs with one dataset size and batch size (and
+        seed, ``by_seed``) start, and the end: ``[0, ..., len(self)]``. Replayed orders
+        are per config: every config is then a run of its own."""
+        keys = [self.columns[k] for k in ("n", "batch_size", *(("seed",) if by_seed else ()))]
+        if self.orders is not None:
+            keys.append(np.arange(len(self)))
+        change = np.flatnonzero(np.any([k[1:] != k[:-1] for k in keys], axis=0)) + 1
+        return np.concatenate([[0], change, [len(self)]]).astype(np.int64)
 
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
@@ -120,6 +126,7 @@ class FlatConfigs:
         if start + size > len(self):
             idx = np.minimum(np.arange(start, start + size), len(self) - 1)
         c = self.columns
+        orders = None if self.orders is None else np.asarray(self.orders[idx], np.int32)
         return engine.Configs(
             learning_rate=np.asarray(c["learning_rate"][idx], dtype),
             hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
@@ -130,6 +137,7 @@ class FlatConfigs:
             batch_size=np.asarray(np.minimum(c["batch_size"][idx], c["n"][idx]), np.int32),
             epochs=np.asarray(c["epochs"][idx], np.int32),
             seed=np.asarray(c["seed"][idx], np.uint32),
+            order=orders,
         )
 
 
@@ -147,9 +155,9 @@ class ConfigSource(Protocol):
         """Builder arguments equal for every row: compiled into the program as constants."""
         ...
 
-    def runs(self) -> np.ndarray:
-        """Where runs of consecutive rows sharing dataset size and batch size start, and the
-        end: ``[0, ..., len(self)]``."""
+    def runs(self, by_seed: bool = False) -> np.ndarray:
+        """Where runs of consecutive rows sharing dataset size and batch size (and seed,
+        ``by_seed``) start, and the end: ``[0, ..., len(self)]``."""
         ...
 
     def covering_shapes(self) -> engine.Shapes:
@@ -168,14 +176,15 @@ class GridConfigs:
 
     :attr:`shape` is ``(optimizers of the family, lr, n, batch_size, seed, epochs)``, then the
     swept hyperparameters the family has (``own``; it is repeated along the others). Rows
-    walk it in C order of :data:`WALK`, dataset size and batch size outermost: each
-    ``(n, batch_size)`` is then one run of rows that can share its batches (:func:`runs`,
-    :class:`src.engine.Group`). :meth:`chunk` computes the columns and builder arguments
+    walk it in C order of :data:`WALK`, dataset size, batch size and seed outermost: each
+    ``(n, batch_size)``, and each ``(n, batch_size, seed)``, is then one run of rows that can
+    share its batches (:func:`runs`, :class:`src.engine.Group`; shuffled batches depend on
+    the seed). :meth:`chunk` computes the columns and builder arguments
     of its rows only, so no per-config array of the whole block is ever built; row for row it
     gives what :class:`FlatConfigs` of the same grid gives.
     """
 
-    WALK = (2, 3, 0, 1, 4, 5)
+    WALK = (2, 3, 4, 0, 1, 5)
     """The order rows walk the grid's first six axes in (the swept hyperparameters follow)."""
 
     names: tuple[str, ...]
@@ -207,9 +216,11 @@ class GridConfigs:
             at[d] = i
         return tuple(at)
 
-    def runs(self) -> np.ndarray:
-        """Where each ``(n, batch_size)``'s run of rows starts, and the end."""
-        return np.arange(0, len(self) + 1, len(self) // (self.shape[2] * self.shape[3]))
+    def runs(self, by_seed: bool = False) -> np.ndarray:
+        """Where each ``(n, batch_size)``'s (``by_seed``: ``(n, batch_size, seed)``'s) run
+        of rows starts, and the end."""
+        count = self.shape[2] * self.shape[3] * (self.shape[4] if by_seed else 1)
+        return np.arange(0, len(self) + 1, len(self) // count)
 
     def covering_shapes(self) -> engine.Shapes:
         return engine.Shapes.covering(self.axes[1], self.axes[2], self.axes[4])

@@ -106,6 +106,9 @@ class Configs(NamedTuple):
     ``hyperparameters`` maps each of the family's hyperparameter names to an array (names
     compiled in as constants are absent). ``moments`` holds each batch's :class:`Moments`
     (shape ``(configs, n_batches)``) for the moments kernel with a fixed batch order.
+    ``order``, shape ``(configs, epochs, n_max)``, replays given sample orders in a shuffled
+    program (each epoch's first ``n`` entries a permutation of ``0 .. n-1``): the orders a
+    Keras run used, recovered by :mod:`src.keras_reference`, in place of the engine's own.
     """
 
     learning_rate: Array
@@ -116,13 +119,16 @@ class Configs(NamedTuple):
     epochs: Array
     seed: Array
     moments: Moments | None = None
+    order: Array | None = None
 
 
 class Group(NamedTuple):
     """What every config of a chunk shares when the chunk is one group: its dataset, size
-    and batch size (and, for the moments kernel, the batches' :class:`Moments`, shape
-    ``(n_batches,)``). Given to :func:`simulate`, the fixed batches' contents are built once
-    for the whole chunk instead of once per config, so a step reads no per-config batch data.
+    and batch size (and, for the moments kernel with a fixed order, the batches'
+    :class:`Moments`, shape ``(n_batches,)``; for a shuffled program, the ``seed`` whose key
+    draws every epoch's order). Given to :func:`simulate`, the batches' contents are built
+    once for the whole chunk instead of once per config, so a step reads no per-config
+    batch data; shuffled, each epoch's order and batches are drawn once for the chunk.
 
     Batch counts and the epoch's divisor stay per config: dividing by a value shared by the
     chunk, XLA's CPU backend rounded differently when the program was compiled for several
@@ -133,6 +139,7 @@ class Group(NamedTuple):
     n: Array
     batch_size: Array
     moments: Moments | None = None
+    seed: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,16 +197,14 @@ statistics (:class:`Moments`), O(1) per step whatever the batch size; ``auto`` i
 :func:`resolve_kernel`."""
 
 
-def resolve_kernel(kernel: str, shuffle: bool) -> str:
-    """The kernel ``auto`` stands for: ``moments`` where the batches are fixed (their
-    statistics are then computed once, in float64, and every step is O(1)); ``autodiff`` for
-    shuffled maps, whose batch statistics would have to be recomputed in float32 every epoch
-    at the cost of the per-sample pass they replace."""
+def resolve_kernel(kernel: str) -> str:
+    """The kernel ``auto`` stands for: ``moments``. With a fixed order the batches'
+    statistics are computed once, in float64, and every step is O(1); shuffled, a chunk of
+    configs sharing dataset, batch size and seed (a :class:`Group`) computes each epoch's
+    batch statistics once for all of them."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    if kernel != "auto":
-        return kernel
-    return "autodiff" if shuffle else "moments"
+    return "moments" if kernel == "auto" else kernel
 
 
 PER_SLOT_WIDTH = 64
@@ -309,13 +314,26 @@ def _pairwise_sum_list(terms: list) -> object:
     return terms[0]
 
 
-def moments_loss_and_grad(params: Params, m: Moments) -> tuple[Array, Params]:
+def moments_loss_and_grad(
+    params: Params, m: Moments, count: Array | None = None
+) -> tuple[Array, Params]:
     """Mean squared error of one batch and its gradient from its :class:`Moments` (exact in
-    real arithmetic for a linear model; a dozen flops however large the batch)."""
+    real arithmetic for a linear model; a dozen flops however large the batch).
+
+    Keras forms the batch's *sum* of squared errors before dividing by its ``count``
+    samples, so its loss is already ``inf`` once ``count * loss`` exceeds the dtype's
+    largest value, while the mean formed here would still be finite (for the seed, 2-3
+    epochs later). Given ``count``, the loss becomes ``inf`` exactly there; finite losses
+    keep every bit. The gradient needs no such care: Keras scales each sample's term by
+    ``1 / count`` before summing.
+    """
     dw = params.w - m.w_opt
     u = m.x_mean * dw + (params.b - m.b_opt)
     s = m.x_var * dw
     loss = s * dw + u * u + m.floor
+    if count is not None:
+        total = loss * count
+        loss = jnp.where(jnp.isfinite(total), loss, total)
     return loss, Params(w=2 * (s + m.x_mean * u), b=2 * u)
 
 
@@ -476,18 +494,21 @@ def batches_of_epoch(
     shapes: Shapes,
     kernel: str,
     shuffle: bool,
+    order: Array | None = None,
 ) -> Moments | tuple[Array, Array, Array]:
     """What a step needs of each batch of one epoch (leading axis: batches).
 
     The moments kernel with a fixed order reads the precomputed :class:`Moments` of
     ``batching`` (a config, or its :class:`Group`); otherwise the epoch's sample order
-    (:func:`_epoch_order`) is cut into the ``(n_batches, batch_width)`` grid and gathered:
-    the moments of each batch (moments kernel, shuffled) or ``(x, y, valid)`` (autodiff).
+    (``order`` where given, else :func:`_epoch_order`) is cut into the
+    ``(n_batches, batch_width)`` grid and gathered: the moments of each batch (moments
+    kernel, shuffled) or ``(x, y, valid)`` (autodiff).
     """
     if kernel == "moments" and not shuffle:
         return batching.moments
     row, n = batching.data_row, batching.n
-    order = _epoch_order(key, epoch, n, shapes, shuffle)
+    if order is None:
+        order = _epoch_order(key, epoch, n, shapes, shuffle)
     idx, valid = _batch_layout(order, n, batching.batch_size, shapes)
     x = data.x[row][idx]
     if kernel == "moments":
@@ -501,7 +522,7 @@ def batch_loss_and_grad(
 ) -> tuple[Array, Params]:
     """One batch's loss and gradient (as :func:`batches_of_epoch` gave the batch)."""
     if kernel == "moments":
-        return moments_loss_and_grad(params, batch)
+        return moments_loss_and_grad(params, batch, jnp.maximum(count, 1))
     x, y, valid = batch
     return autodiff_loss_and_grad(params, x, y, valid, jnp.maximum(count, 1), per_slot=per_slot)
 
@@ -527,13 +548,15 @@ def simulate_one(
     altogether). With ``group``, the config's dataset and batch size are the group's (see
     :class:`Group`).
     """
-    if group is not None and shuffle:
-        raise ValueError("a group shares a fixed batch order; shuffled batches are per config")
+    if group is not None and shuffle and (group.seed is None or cfg.order is not None):
+        raise ValueError("a shuffled group draws its orders from the group's seed")
+    if cfg.order is not None and not shuffle:
+        raise ValueError("replayed sample orders need a shuffled program")
     dtype = data.x.dtype
     batching = cfg if group is None else group
     threshold = tol * data.loss_scale[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
-    shuffle_key = _keys(cfg.seed)[1]
+    shuffle_key = _keys(cfg.seed if group is None or group.seed is None else group.seed)[1]
     arguments = {**cfg.hyperparameters, **{k: np.dtype(dtype).type(v) for k, v in constants}}
     opt = family.transformation(cfg.learning_rate, arguments, KERAS_SHAPES)
     n_float = cfg.n.astype(dtype)
@@ -543,7 +566,8 @@ def simulate_one(
     per_slot = group is not None and slot_by_slot(shapes)
 
     def epoch_batches(epoch: Array) -> object:
-        return batches_of_epoch(batching, data, shuffle_key, epoch, shapes, kernel, shuffle)
+        order = None if cfg.order is None else cfg.order[epoch]
+        return batches_of_epoch(batching, data, shuffle_key, epoch, shapes, kernel, shuffle, order)
 
     fixed = None if shuffle else epoch_batches(jnp.zeros((), jnp.int32))
 

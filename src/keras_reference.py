@@ -4,8 +4,10 @@ worker processes that run many of them side by side.
 Builds the seed model, ``Sequential([Input((1,)), Dense(1)])`` with MSE, with the optimizer's
 Keras class and the configuration's hyperparameters, starts it from exactly the engine's
 initial weights (``set_weights``) and trains with ``fit(shuffle=False, batch_size=...,
-epochs=..., verbose=0)``. TensorFlow is imported only when a run is asked for, so the rest of
-the package works without it.
+epochs=..., verbose=0)``. On request it trains with ``shuffle=True`` from a
+``keras.utils.set_random_seed`` seed and reads back the order in which Keras fed the samples
+(so the engine can replay it), and it can run the whole of Keras in float64. TensorFlow is
+imported only when a run is asked for, so the rest of the package works without it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, NotRequired, TypedDict
 
 import numpy as np
 
@@ -29,14 +32,22 @@ from src.problem import QUERY_X
 
 INSTALL_HINT = "pip install tensorflow-cpu  (Keras 3 with the TensorFlow backend)"
 
+DTYPES = ("float32", "float64")
+"""The precisions a Keras run can take (``keras.config.floatx`` for the run)."""
+
 
 class KerasRun(NamedTuple):
-    """``History`` losses, final weights and ``predict(np.array([x_query]))``."""
+    """``History`` losses, final weights and ``predict(np.array([x_query]))``.
+
+    ``orders``: with ``shuffle``, the sample indices (rows of ``x``, ``y``) in the order Keras's
+    batches held them, one row of N per epoch (int32, shape ``(epochs, N)``): consecutive
+    batches of ``batch_size``, the last one partial. None without shuffle."""
 
     history: np.ndarray
     w: float
     b: float
     prediction: float
+    orders: np.ndarray | None = None
 
 
 def available() -> bool:
@@ -59,6 +70,76 @@ def _keras():  # noqa: ANN202
     return keras
 
 
+@contextlib.contextmanager
+def _floatx(keras, dtype: str) -> Iterator[None]:  # noqa: ANN001
+    """Keras's ``floatx`` and its global dtype policy set to ``dtype`` for a while, then
+    restored (even on error).
+
+    Both: losses, metrics and optimizers take ``floatx`` when built, layers the global
+    policy, which Keras fixes at its first use (from the ``floatx`` of that moment) and
+    which ``set_floatx`` alone would then leave at float32."""
+    saved_floatx, saved_policy = keras.config.floatx(), keras.config.dtype_policy()
+    try:
+        keras.config.set_floatx(dtype)
+        keras.config.set_dtype_policy(dtype)
+        yield
+    finally:
+        keras.config.set_floatx(saved_floatx)
+        keras.config.set_dtype_policy(saved_policy)
+
+
+def _recording_sequential(keras, buffer, filled):  # noqa: ANN001, ANN202
+    """A ``keras.Sequential`` whose training step first copies its batch, the rows
+    ``concat([x, y], axis=1)``, into ``buffer`` (a ``tf.Variable`` of shape ``(epochs·N, 2)``)
+    at row ``filled`` (an int32 ``tf.Variable``, then advanced by the batch size), then runs
+    Keras's own ``train_step`` on the untouched batch.
+
+    The copy reads the batch and writes only these two variables, which nothing of the model
+    reads: every op of Keras's step gets the same inputs as without it, and the ``tf.data``
+    pipeline (where the shuffle happens) is built by ``fit`` exactly as in a plain run. The
+    variables live in this closure, not on the model, so they are not model weights either.
+    ``tests/test_keras_order.py`` checks that the ``History`` and the final weights are
+    bit-identical to a plain ``fit`` for every optimizer."""
+    import tensorflow as tf
+
+    class RecordingSequential(keras.Sequential):
+        def train_step(self, data):  # noqa: ANN001, ANN202
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            rows = tf.concat([x, y], axis=1)
+            at = filled + tf.range(tf.shape(rows)[0], dtype=filled.dtype)
+            buffer.scatter_nd_update(at[:, None], rows)
+            filled.assign_add(tf.shape(rows, out_type=filled.dtype)[0])
+            return super().train_step(data)
+
+    return RecordingSequential
+
+
+def sample_orders(rows: np.ndarray, xs: np.ndarray, ys: np.ndarray, epochs: int) -> np.ndarray:
+    """The indices of the rows of ``(xs, ys)`` that the recorded ``rows`` (``(epochs·N, 2)``,
+    in the order training saw them) are, one row of N per epoch (int32).
+
+    Rows are matched by their exact bits. Identical rows are interchangeable (their
+    arithmetic is identical), so within an epoch each value takes the indices holding it in
+    increasing order. Raises ``RuntimeError`` if an epoch is not a permutation of the data."""
+    data = np.concatenate([xs.reshape(-1, 1), ys.reshape(-1, 1)], axis=1)
+    n = len(data)
+    rows = np.asarray(rows, data.dtype)
+    if rows.shape != (epochs * n, 2):
+        raise RuntimeError(f"recorded {rows.shape} sample rows, expected {(epochs * n, 2)}")
+    keys = [r.tobytes() for r in data]
+    orders = np.empty((epochs, n), np.int32)
+    for e in range(epochs):
+        free: dict[bytes, deque[int]] = {}
+        for i, k in enumerate(keys):
+            free.setdefault(k, deque()).append(i)
+        for j, row in enumerate(rows[e * n : (e + 1) * n]):
+            left = free.get(row.tobytes())
+            if not left:
+                raise RuntimeError(f"epoch {e + 1}: batch row {j} {row} is not a free sample")
+            orders[e, j] = left.popleft()
+    return orders
+
+
 def fit(
     optimizer: str,
     lr: float,
@@ -70,28 +151,76 @@ def fit(
     epochs: int = 500,
     hyperparameters: Mapping[str, float] | None = None,
     x_query: float = QUERY_X,
+    *,
+    shuffle: bool = False,
+    seed: int | None = 0,
+    dtype: str = "float32",
 ) -> KerasRun:
-    """Train one configuration in Keras, from the given initial weights."""
+    """Train one configuration in Keras, from the given initial weights.
+
+    ``shuffle``: ``keras.utils.set_random_seed(seed)`` before the model is built, then
+    ``fit(shuffle=True)``: Keras's ``tf.random.shuffle`` order, reproducible for a seed within
+    one Keras/TensorFlow version. Measured in Keras 3.15.1 / TensorFlow 2.21: once seeded,
+    that order is the SAME permutation in every epoch (the shuffle is a seeded op in a
+    ``tf.data`` map that each epoch re-iterates from the start). ``seed=None`` clears
+    TensorFlow's global seed instead (``tf.random.set_seed(None)``), as in a process that
+    never seeds: every epoch then draws a fresh permutation, not reproducible, but recorded
+    all the same. The run's ``orders`` say which samples each batch held (see
+    :func:`_recording_sequential`: recording them leaves the arithmetic, ``History`` and
+    weights bit for bit as a plain ``fit``). Without ``shuffle`` the data go in their given
+    order (``fit(shuffle=False)``, ``seed`` unused) and ``orders`` is None.
+
+    ``dtype``: ``"float32"`` (Keras's default) or ``"float64"``: then
+    ``keras.config.floatx()`` is float64 for the call (restored afterwards, even on error), so
+    the input, the Dense layer, the data, the initial weights, the loss and its ``History``
+    mean are float64, and so is every optimizer variable: the learning rate is a float64
+    variable holding the given ``lr`` unrounded (not float32's 0.0099999998 for 0.01), the
+    slots follow the weights' dtype, and every other hyperparameter (betas, epsilon, rho,
+    momentum, ...) is a Python float that the update casts to the weights' dtype, float64,
+    so it is used unrounded as well; only the ``iterations`` counter stays int64. The engine's
+    float64 runs must therefore take every hyperparameter, the lr included, as the double
+    given, never rounded through float32.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     keras = _keras()
     spec = opt.get(optimizer)
     cls = spec.keras[0]
     args = spec.keras_kwargs(hyperparameters or {})
-    model = keras.Sequential([keras.Input(shape=(1,)), keras.layers.Dense(1)])
-    model.compile(
-        optimizer=getattr(keras.optimizers, cls)(learning_rate=lr, **args),
-        loss="mean_squared_error",
-    )
-    model.set_weights([np.array([[w0]], np.float32), np.array([b0], np.float32)])
-    xs = np.asarray(x, np.float32).reshape(-1, 1)
-    ys = np.asarray(y, np.float32).reshape(-1, 1)
-    hist = model.fit(xs, ys, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
-    kernel, bias = model.get_weights()
-    pred = model.predict(np.array([x_query], np.float32), verbose=0)
+    xs = np.asarray(x, dtype).reshape(-1, 1)
+    ys = np.asarray(y, dtype).reshape(-1, 1)
+    with _floatx(keras, dtype):
+        model_class = keras.Sequential
+        if shuffle:
+            import tensorflow as tf
+
+            if seed is None:
+                tf.random.set_seed(None)  # no global seed: a fresh permutation every epoch
+            else:
+                keras.utils.set_random_seed(seed)
+            buffer = tf.Variable(tf.zeros((epochs * len(xs), 2), dtype), trainable=False)
+            filled = tf.Variable(0, dtype=tf.int32, trainable=False)
+            model_class = _recording_sequential(keras, buffer, filled)
+        layers = [keras.Input(shape=(1,), dtype=dtype), keras.layers.Dense(1, dtype=dtype)]
+        model = model_class(layers)
+        model.compile(
+            optimizer=getattr(keras.optimizers, cls)(learning_rate=lr, **args),
+            loss="mean_squared_error",
+        )
+        model.set_weights([np.array([[w0]], dtype), np.array([b0], dtype)])
+        hist = model.fit(xs, ys, batch_size=batch_size, epochs=epochs, shuffle=shuffle, verbose=0)
+        kernel, bias = model.get_weights()
+        pred = model.predict(np.array([x_query], dtype), verbose=0)
+    orders = None
+    if shuffle:
+        recorded = buffer.numpy()[: int(filled.numpy())]
+        orders = sample_orders(recorded, xs, ys, epochs)
     return KerasRun(
         history=np.asarray(hist.history["loss"], np.float64),
         w=float(kernel.ravel()[0]),
         b=float(bias.ravel()[0]),
         prediction=float(np.asarray(pred).ravel()[0]),
+        orders=orders,
     )
 
 
@@ -111,10 +240,15 @@ class KerasJob(TypedDict):
     epochs: int
     hyperparameters: dict[str, float]
     x_query: float
+    shuffle: NotRequired[bool]
+    seed: NotRequired[int | None]
+    dtype: NotRequired[str]
 
 
 class KerasResult(NamedTuple):
-    """One Keras run: ``History`` losses, final weights, prediction (nan after an error)."""
+    """One Keras run: ``History`` losses, final weights, prediction (nan after an error), and
+    with ``shuffle`` the sample order of every epoch (:attr:`KerasRun.orders`; None without
+    shuffle or after an error)."""
 
     history: np.ndarray
     w: float
@@ -123,6 +257,7 @@ class KerasResult(NamedTuple):
     seconds: float
     error: str | None
     versions: Mapping[str, str]
+    orders: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -167,7 +302,8 @@ def keras_run(job: KerasJob) -> KerasResult:
         run = fit(**job)
     except Exception as e:  # one failed run must not lose the others
         nan = math.nan
-        return KerasResult(np.full(0, nan), nan, nan, nan, time.perf_counter() - t0, repr(e), {})
+        seconds = time.perf_counter() - t0
+        return KerasResult(np.full(0, nan), nan, nan, nan, seconds, repr(e), {}, None)
     import keras
     import tensorflow as tf
 
@@ -179,6 +315,7 @@ def keras_run(job: KerasJob) -> KerasResult:
         seconds=time.perf_counter() - t0,
         error=None,
         versions={"keras": keras.__version__, "tensorflow": tf.__version__},
+        orders=run.orders,
     )
 
 

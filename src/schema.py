@@ -211,7 +211,7 @@ def to_dataset(
         **problem_attrs(sweep.problem),
         "dtype": sweep.dtype,
         "shuffle": int(sweep.shuffle),
-        "kernel": engine.resolve_kernel(sweep.kernel, sweep.shuffle),
+        "kernel": engine.resolve_kernel(sweep.kernel),
         "tol": sweep.tol,
         "diverge_factor": sweep.diverge_factor,
         "optimizer_args": json.dumps(dict(sweep.optimizer_args)),

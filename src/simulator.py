@@ -55,14 +55,27 @@ moments ~1.05x). A run of configs sharing dataset and batch size gets chunks of 
 that gain pays for padding its last chunk."""
 
 
-def chunk_plan(runs: np.ndarray, size: int, speedup: float) -> list[tuple[int, int, bool]]:
+SHUFFLED_GROUP_SPEEDUP = 4.0
+"""The same for shuffled batches, where a group also draws each epoch's order and gathers its
+batches once for the chunk instead of once per config."""
+
+MIN_SHUFFLED_GROUP = 16
+"""The smallest chunk of a shuffled group: shorter runs (the boundary search's cells, one
+config each) share mixed chunks rather than each compiling into a call of its own."""
+
+
+def chunk_plan(
+    runs: np.ndarray, size: int, speedup: float, group_size: int = 0
+) -> list[tuple[int, int, bool]]:
     """Chunks ``(start, stop, is_group)`` covering ``0 .. runs[-1]`` in order.
 
-    ``runs`` are the boundaries of runs of one dataset size and batch size. A run of ``L``
-    configs is cut into group chunks if ``ceil(L / size) <= speedup * L / size`` (its group
+    ``runs`` are the boundaries of runs of one dataset size and batch size (and seed, for
+    shuffled batches). A run of ``L`` configs is cut into group chunks of ``group_size``
+    (default ``size``) if ``ceil(L / group_size) * group_size <= speedup * L`` (its group
     chunks, the last one padded, cost no more than its share of mixed chunks); the configs
     between such runs go into mixed chunks of at most ``size``. ``speedup`` 0: no groups.
     """
+    group_size = group_size or size
     plan: list[tuple[int, int, bool]] = []
 
     def mixed(a: int, b: int) -> None:
@@ -70,9 +83,9 @@ def chunk_plan(runs: np.ndarray, size: int, speedup: float) -> list[tuple[int, i
 
     loose = 0  # start of the configs not yet planned
     for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
-        if -(-(b - a) // size) * size <= speedup * (b - a):
+        if -(-(b - a) // group_size) * group_size <= speedup * (b - a):
             mixed(loose, a)
-            plan.extend((s, min(s + size, b), True) for s in range(a, b, size))
+            plan.extend((s, min(s + group_size, b), True) for s in range(a, b, group_size))
             loose = b
     mixed(loose, int(runs[-1]))
     return plan
@@ -103,7 +116,7 @@ class Simulator:
     _moments: MomentsCache = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.kernel = engine.resolve_kernel(self.kernel, self.shuffle)
+        self.kernel = engine.resolve_kernel(self.kernel)
         self.devices = self.devices or tuple(jax.devices())
         self._mesh = Mesh(np.array(self.devices), ("configs",))
         self._split = NamedSharding(self._mesh, PartitionSpec("configs"))
@@ -124,6 +137,10 @@ class Simulator:
         else:
             per_config = shapes.n_batches * shapes.batch_width
             size = max(1, min(count, CHUNK_ELEMENTS * len(self.devices) // per_config))
+        return self._whole_devices(size)
+
+    def _whole_devices(self, size: int) -> int:
+        """``size`` rounded up to a multiple of the device count."""
         return -(-size // len(self.devices)) * len(self.devices)
 
     def run(
@@ -153,19 +170,29 @@ class Simulator:
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
         tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
         constants = tuple(sorted(flat.constant_arguments().items()))
-        if self.shuffle or self.groups is False:
-            speedup = 0.0  # shuffled: batches differ per config
+        runs = flat.runs(by_seed=self.shuffle)
+        group_size = size
+        if self.groups is False:
+            speedup = 0.0
         elif self.groups:
             speedup = math.inf
+        elif self.shuffle:
+            # Shuffled, a group draws each epoch's order and batches once instead of once
+            # per config; its chunks are sized to the runs, so padding stays small.
+            speedup = SHUFFLED_GROUP_SPEEDUP
+            longest = int(np.max(np.diff(runs), initial=1))
+            group_size = self._whole_devices(
+                min(size, max(MIN_SHUFFLED_GROUP, 1 << (longest - 1).bit_length()))
+            )
         elif self.kernel == "autodiff" and not engine.slot_by_slot(shapes):
             speedup = 1.0
         else:
             speedup = GROUP_SPEEDUP[self.kernel]
-        plan = chunk_plan(flat.runs(), size, speedup)
+        plan = chunk_plan(runs, size, speedup, group_size)
 
         def program(configs: engine.Configs, group: engine.Group | None) -> Callable:
-            key = (family, flat.argument_names, shapes, size, history, self.shuffle,
-                   self.dtype, constants, group is not None)  # fmt: skip
+            key = (family, flat.argument_names, shapes, len(configs.n), history, self.shuffle,
+                   self.dtype, constants, group is not None, configs.order is not None)  # fmt: skip
             if key not in self._compiled:
                 t0 = time.perf_counter()
                 self._compiled[key] = self._program(
@@ -198,7 +225,8 @@ class Simulator:
             keep = stop - start
             if skip is not None and skip(start, stop):
                 continue
-            configs, group = self.chunk(flat, start, size, shapes, constants, grouped)
+            width = group_size if grouped else size
+            configs, group = self.chunk(flat, start, width, shapes, constants, grouped)
             compiled = program(configs, group)
             t0 = time.perf_counter()
             outputs = compiled(configs, self._table, tol, group)
@@ -271,6 +299,7 @@ class Simulator:
         group = engine.Group(
             data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
             moments=None if moments is None else engine.Moments(*(m[0] for m in moments)),
+            seed=c.seed[0] if self.shuffle else None,
         )  # fmt: skip
         return self._place(c), jax.device_put(group, self._replicated)
 

@@ -126,7 +126,7 @@ class Sweep:
     batch_size: tuple[int, ...] = (32,)
     seed: tuple[int, ...] = (0,)
     epochs: tuple[int, ...] = (500,)
-    shuffle: bool = False
+    shuffle: bool = True
     tol: float = outcome.DEFAULT_TOL
     diverge_factor: float = outcome.DEFAULT_DIVERGE_FACTOR
     dtype: str = "float32"

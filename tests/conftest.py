@@ -59,6 +59,7 @@ def _simulate(
     hyperparameters: dict[str, float] | None = None,
     kernel: str = "autodiff",
     group: bool = False,
+    orders: np.ndarray | None = None,
 ) -> tuple[engine.Summary, np.ndarray]:
     """Run configs (parallel lists) of optimizer ``name`` with history, in one chunk of a
     :class:`~src.simulator.Simulator`; numpy results. ``hyperparameters`` override the
@@ -66,9 +67,11 @@ def _simulate(
 
     ``group``: the configs share the first one's dataset and batch size, and run as one
     :class:`~src.engine.Group` (as the simulator runs long runs of such configs); otherwise
-    they run as one mixed chunk."""
+    they run as one mixed chunk. ``orders`` (shuffled only): sample orders to replay,
+    ``(configs, max epochs, max n)``."""
     if group:
         assert len(set(n)) == 1 and len(set(batch_size)) == 1, "a group shares n and batch"
+        assert not shuffle or len(set(seed)) == 1, "a shuffled group shares its seed"
     family = opt.get(name).family
     count = len(lr)
     overrides = {k: np.full(count, v, np.float64) for k, v in (hyperparameters or {}).items()}
@@ -88,6 +91,7 @@ def _simulate(
             n=np.asarray(n), batch_size=np.asarray(batch_size), seed=np.asarray(seed, np.int64),
             epochs=np.asarray(epochs),
         )  # fmt: skip
+        flat.orders = orders
         summary, history = simulator.run(family, flat, shapes, history=True)
     assert summary is not None and history is not None
     return summary, history
@@ -96,7 +100,7 @@ def _simulate(
 @pytest.fixture(scope="session")
 def simulate() -> Simulate:
     """``simulate(name, lr, n, batch_size, epochs, seed, *, dtype, shuffle, tol, problem,
-    shapes, hyperparameters, kernel, group)`` -> ``(summary, history)`` (see
+    shapes, hyperparameters, kernel, group, orders)`` -> ``(summary, history)`` (see
     :func:`_simulate`). Results depend on the arguments only, so one serves the session
     (and hypothesis tests, which cannot take function-scoped fixtures)."""
     return _simulate

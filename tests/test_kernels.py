@@ -125,11 +125,10 @@ def test_kernels_agree_with_shuffled_batches(name: str) -> None:
 
 
 def test_auto_picks_moments_for_fixed_batches_and_autodiff_when_shuffled() -> None:
-    assert engine.resolve_kernel("auto", shuffle=False) == "moments"
-    assert engine.resolve_kernel("auto", shuffle=True) == "autodiff"
-    assert engine.resolve_kernel("autodiff", shuffle=False) == "autodiff"
+    assert engine.resolve_kernel("auto") == "moments"
+    assert engine.resolve_kernel("autodiff") == "autodiff"
     with pytest.raises(ValueError, match="unknown kernel"):
-        engine.resolve_kernel("fast", shuffle=False)
+        engine.resolve_kernel("fast")
 
 
 def test_moments_of_a_batch_give_its_loss_and_gradient() -> None:
