@@ -299,7 +299,10 @@ def keras_run(job: KerasJob) -> KerasResult:
     """One configuration in Keras (runs in a worker process; errors are returned, not raised)."""
     t0 = time.perf_counter()
     try:
-        run = fit(**job)
+        # TensorFlow's graph optimiser logs "Not handling type DT_DOUBLE" from C++ on float64
+        # runs, past TF_CPP_MIN_LOG_LEVEL: the worker's terminal lines are not the user's.
+        with quiet_stderr():
+            run = fit(**job)
     except Exception as e:  # one failed run must not lose the others
         nan = math.nan
         seconds = time.perf_counter() - t0

@@ -73,7 +73,8 @@ def chunk_plan(
     shuffled batches). A run of ``L`` configs is cut into group chunks of ``group_size``
     (default ``size``) if ``ceil(L / group_size) * group_size <= speedup * L`` (its group
     chunks, the last one padded, cost no more than its share of mixed chunks); the configs
-    between such runs go into mixed chunks of at most ``size``. ``speedup`` 0: no groups.
+    between such runs go into mixed chunks of at most ``size``. ``speedup`` 0: no groups;
+    a run of one config is never a group (it would share nothing).
     """
     group_size = group_size or size
     plan: list[tuple[int, int, bool]] = []
@@ -83,7 +84,7 @@ def chunk_plan(
 
     loose = 0  # start of the configs not yet planned
     for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
-        if -(-(b - a) // group_size) * group_size <= speedup * (b - a):
+        if b - a > 1 and -(-(b - a) // group_size) * group_size <= speedup * (b - a):
             mixed(loose, a)
             plan.extend((s, min(s + group_size, b), True) for s in range(a, b, group_size))
             loose = b

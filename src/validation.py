@@ -12,15 +12,26 @@ history of the same configuration. The picks are stratified and deterministic gi
 3. ``seed`` again -- the sweep's other curves on the grid;
 4. ``random`` -- uniformly random configurations of the whole map.
 
-For every configuration the record holds the map's status and the status of the Keras
-``History`` under the map's own rules (:func:`src.outcome.classify`), whether they agree, the
-largest relative difference of the two loss histories over the epochs where both are finite
-and above :data:`MIN_LOSS`, the first epoch whose loss is not finite in each, and each
-prediction at x = 25. The engine also trains each pick at learning rates a few float32 ulp
-away: where that alone moves its loss by more than :data:`SENSITIVE`, the run is *sensitive* to
-rounding (a chaotic limit cycle, or long exponential growth), no float32 implementation has a
-unique trajectory to agree with, and the pick is reported apart from the agreement totals.
-Everything is JSON-ready and goes to ``validation.json``.
+Keras runs in the map's dtype (``float64`` maps: ``keras.config.set_floatx``) and in its
+order: a shuffled map's picks are trained by ``fit(shuffle=True)`` without a seed, as a user's
+own call is, and :mod:`src.keras_reference` records the order each epoch fed the samples in.
+
+What is compared is what the map holds. For every configuration the record holds the map's
+own status and first non-finite epoch, and the status of the Keras ``History`` under the
+map's rules (:func:`src.outcome.classify`), whether they agree, and each prediction at x = 25.
+The loss histories are compared epoch by epoch by re-running the pick with the kernel that
+made the map (:data:`~src.engine.KERNELS`) -- for a fixed order that re-run reproduces the
+map's stored values bit for bit (``reproduces_map``); for a shuffled map it replays the
+exact orders Keras used (the map's own orders are the engine's random ones, so only its
+verdict and overflow epoch can be held against Keras's). Where the map's kernel is not the
+autodiff kernel (Keras's per-sample arithmetic) that re-run is reported as well. The largest
+relative difference counts epochs where both losses are finite and above :data:`MIN_LOSS`.
+
+The engine also trains each pick at learning rates a few ulp away: where that alone moves
+its loss by more than :data:`SENSITIVE`, the run is *sensitive* to rounding (a chaotic limit
+cycle, or long exponential growth), no float32 implementation has a unique trajectory to
+agree with, and the pick is reported apart from the agreement totals. Everything is
+JSON-ready and goes to ``validation.json``.
 """
 
 from __future__ import annotations
@@ -31,12 +42,12 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 import xarray as xr
 
-from src import keras_reference, outcome
+from src import engine, keras_reference, outcome
 from src import optimizers as opt
 from src.keras_reference import KerasJob, KerasResult
 from src.schema import DIMS, curve_positions, extra_dims, hyperparameters_at, problem_of
@@ -92,8 +103,16 @@ class ConfigCheck(TypedDict, total=False):
     max_rel_err: float
     first_nonfinite_epoch_jax: int
     first_nonfinite_epoch_keras: int
+    first_nonfinite_agree: bool
+    first_nonfinite_epoch_rerun: int
+    reproduces_map: bool
+    final_loss_jax: float
+    final_loss_keras: float
     prediction_jax: float
     prediction_keras: float
+    autodiff_status: str
+    autodiff_max_rel_err: float
+    autodiff_first_nonfinite_epoch: int
     keras_seconds: float
 
 
@@ -122,11 +141,15 @@ class ValidationRecord(TypedDict, total=False):
     sensitive: int
     sensitive_agreed: int
     sensitive_max_rel_err: float | None
+    first_nonfinite_agreed: int
+    overflowing: int
     agreed_all: int
     rules: dict[str, object] | str
     keras_version: str | None
     tensorflow_version: str | None
     map_dtype: str
+    map_kernel: str
+    shuffle: bool
     seed: int
     workers: int
     seconds: float
@@ -288,22 +311,46 @@ def pick(ds: xr.Dataset, count: int, seed: int = 0) -> list[Pick]:
 # ----------------------------------------------------------------------------- running
 
 
-def nudged(p: Pick, ulps: int) -> Pick:
-    """``p`` with its float32 learning rate moved by ``ulps`` units in the last place."""
-    lr = np.float32(p.lr)
-    step = np.float32(np.inf if ulps > 0 else -np.inf)
+def nudged(p: Pick, ulps: int, dtype: str = "float32") -> Pick:
+    """``p`` with its learning rate, in ``dtype``, moved by ``ulps`` units in the last place."""
+    lr = np.asarray(p.lr, dtype)
+    step = np.asarray(np.inf if ulps > 0 else -np.inf, dtype)
     for _ in range(abs(ulps)):
         lr = np.nextafter(lr, step)
     return dataclasses.replace(p, lr=float(lr))
 
 
-def float32_neighbours(picks: Sequence[Pick]) -> list[Pick]:
-    """Every pick at each of :data:`SENSITIVITY_ULPS`, pick by pick."""
-    return [nudged(p, k) for p in picks for k in SENSITIVITY_ULPS]
+def float32_neighbours(picks: Sequence[Pick], dtype: str = "float32") -> list[Pick]:
+    """Every pick at each of :data:`SENSITIVITY_ULPS` (ulps of ``dtype``), pick by pick."""
+    return [nudged(p, k, dtype) for p in picks for k in SENSITIVITY_ULPS]
 
 
-def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
-    """The engine's ``History`` losses of each pick (float64, one entry per epoch)."""
+class Rerun(NamedTuple):
+    """The engine's re-run of picks: ``History`` losses (float64, one entry per epoch) and
+    summaries, pick by pick."""
+
+    histories: list[np.ndarray]
+    summaries: list[engine.Summary]
+
+
+def padded_orders(picks: Sequence[Pick], orders: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-pick sample orders ``(epochs, n)`` as one ``(picks, max epochs, max n)`` array
+    (:attr:`src.configs.FlatConfigs.orders`): short ones padded with the identity."""
+    epochs, n = max(p.epochs for p in picks), max(p.n for p in picks)
+    out = np.broadcast_to(np.arange(n, dtype=np.int32), (len(picks), epochs, n)).copy()
+    for i, o in enumerate(orders):
+        out[i, : o.shape[0], : o.shape[1]] = o
+    return out
+
+
+def engine_histories(
+    ds: xr.Dataset,
+    picks: Sequence[Pick],
+    kernel: str | None = None,
+    orders: Sequence[np.ndarray] | None = None,
+) -> Rerun:
+    """The engine's run of each pick with ``kernel`` (default: the map's), in the map's
+    order, or replaying ``orders`` (one ``(epochs, n)`` array per pick; shuffled maps)."""
     import jax
 
     from src.configs import FlatConfigs
@@ -313,9 +360,11 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
     table, rows = problem_of(ds).table([p.n for p in picks], dtype)
     sim = Simulator(
         table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),
-        kernel="autodiff",  # Keras's own per-sample arithmetic, whatever the map's kernel
+        kernel=kernel or str(ds.attrs["kernel"]),
     )  # fmt: skip
-    out: list[np.ndarray] = [np.empty(0)] * len(picks)
+    replay = None if orders is None else padded_orders(picks, orders)
+    histories: list[np.ndarray] = [np.empty(0)] * len(picks)
+    summaries: list[engine.Summary] = [engine.Summary(*[np.empty(0)] * 8)] * len(picks)
     families: dict[str, list[int]] = {}
     for i, p in enumerate(picks):
         families.setdefault(opt.get(p.optimizer).family.name, []).append(i)
@@ -331,27 +380,33 @@ def engine_histories(ds: xr.Dataset, picks: Sequence[Pick]) -> list[np.ndarray]:
                 learning_rate=np.array([p.lr for p in chosen], np.float64),
                 **{c: np.array([getattr(p, c) for p in chosen]) for c in _INT_COLUMNS},
             )  # fmt: skip
-            _, losses = sim.run(family, flat, history=True)
-            for i, p, row in zip(members, chosen, losses, strict=True):  # type: ignore[arg-type]
-                out[i] = np.asarray(row[: p.epochs], np.float64)
-    return out
+            if replay is not None:
+                flat.orders = replay[members]
+            summary, losses = sim.run(family, flat, history=True)
+            assert summary is not None and losses is not None
+            for k, (i, p) in enumerate(zip(members, chosen, strict=True)):
+                histories[i] = np.asarray(losses[k, : p.epochs], np.float64)
+                summaries[i] = engine.Summary(*(np.asarray(a)[k] for a in summary))
+    return Rerun(histories, summaries)
 
 
 _INT_COLUMNS = ("n", "batch_size", "seed", "epochs")
 
 
 def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
-    """Arguments of :func:`src.keras_reference.fit` for each pick (the engine's initial weights)."""
-    from src.engine import initial_params
-
+    """Arguments of :func:`src.keras_reference.fit` for each pick: the engine's initial
+    weights, the map's dtype and, for a shuffled map, ``fit(shuffle=True)`` unseeded (a fresh
+    order every epoch, as in a user's own call; the orders come back recorded)."""
     problem = problem_of(ds)
+    shuffle = bool(ds.attrs["shuffle"])
     jobs = []
     for p in picks:
         x, y, x_query = problem.dataset(p.n)
         jobs.append(KerasJob(
-            optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(initial_params(p.seed).w),
+            optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(engine.initial_params(p.seed).w),
             b0=0.0, batch_size=p.batch_size, epochs=p.epochs,
             hyperparameters=dict(p.hyperparameters), x_query=x_query,
+            shuffle=shuffle, seed=None, dtype=str(ds.attrs["dtype"]),
         ))  # fmt: skip
     return jobs
 
@@ -397,45 +452,73 @@ def history_status(history: np.ndarray, scale: float, tol: float, diverge_factor
 def compare(
     ds: xr.Dataset,
     p: Pick,
-    jax_history: np.ndarray,
+    rerun: tuple[np.ndarray, engine.Summary],
     run: KerasResult,
     neighbours: Sequence[np.ndarray] = (),
+    autodiff: np.ndarray | None = None,
 ) -> ConfigCheck:
     """The JSON record of one re-run configuration.
 
-    ``neighbours`` are the engine's histories at the float32 neighbours of the pick's learning
-    rate (:data:`SENSITIVITY_ULPS`): their largest relative departure from ``jax_history`` is
-    the pick's ``float32_sensitivity``; above :data:`SENSITIVE` the pick is sensitive.
+    The verdict and first non-finite epoch are the map's own (``ds`` at the pick). ``rerun``
+    is the engine's re-run with the map's kernel (replaying Keras's orders in a shuffled
+    map): its history is compared epoch by epoch with Keras's, and for a fixed order it must
+    reproduce the map. ``neighbours`` are the re-run's histories at the learning rates
+    :data:`SENSITIVITY_ULPS` away: their largest relative departure from the re-run is the
+    pick's ``float32_sensitivity``; above :data:`SENSITIVE` the pick is sensitive.
+    ``autodiff``: the autodiff kernel's history, where the map's kernel is another.
     """
     at = ds.isel(p.index)
     status_jax = int(at.status)
+    nonfinite_jax = int(at.first_nonfinite_epoch)
+    history, summary = rerun
     record = ConfigCheck(
         optimizer=p.optimizer, lr=p.lr, n=p.n, batch_size=p.batch_size, seed=p.seed,
         epochs=p.epochs, hyperparameters=dict(p.hyperparameters), stratum=p.stratum,
-        status_jax=outcome.STATUSES[status_jax],
+        status_jax=outcome.STATUSES[status_jax], first_nonfinite_epoch_jax=nonfinite_jax,
+        final_loss_jax=float(at.final_loss),
     )  # fmt: skip
     if run.error is not None or len(run.history) == 0:
         return {**record, "status_keras": None, "agree": False, "error": run.error}
     scale = float(ds.loss_scale.sel(n=p.n))
     rules = (scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]))
     status_keras = keras_status(run, *rules)
-    spreads = [max_relative_error(h, jax_history) for h in neighbours]
+    spreads = [max_relative_error(h, history) for h in neighbours]
     sensitivity = max((e for e in spreads if math.isfinite(e)), default=0.0)
     reachable = {status_jax, *(history_status(h, *rules) for h in neighbours)}
-    return {
+    nonfinite_keras = first_nonfinite(run.history)
+    out: ConfigCheck = {
         **record,
         "status_keras": outcome.STATUSES[status_keras],
         "agree": status_keras == status_jax,
         "float32_sensitivity": sensitivity,
         "sensitive": sensitivity > SENSITIVE,
         "statuses_float32": sorted(outcome.STATUSES[s] for s in reachable),
-        "max_rel_err": max_relative_error(jax_history, run.history),
-        "first_nonfinite_epoch_jax": first_nonfinite(jax_history),
-        "first_nonfinite_epoch_keras": first_nonfinite(run.history),
+        "max_rel_err": max_relative_error(history, run.history),
+        "first_nonfinite_epoch_keras": nonfinite_keras,
+        "first_nonfinite_agree": nonfinite_keras == nonfinite_jax,
+        "first_nonfinite_epoch_rerun": int(summary.first_nonfinite_epoch),
+        "final_loss_keras": float(run.history[-1]),
         "prediction_jax": float(at.prediction),
         "prediction_keras": run.prediction,
         "keras_seconds": round(run.seconds, 3),
     }
+    if not bool(ds.attrs["shuffle"]):
+        out["reproduces_map"] = bool(
+            int(summary.first_nonfinite_epoch) == nonfinite_jax
+            and _same_float(summary.final_loss, at.final_loss.values)
+            and _same_float(summary.initial_loss, at.initial_loss.values)
+        )
+    if autodiff is not None:
+        out["autodiff_status"] = outcome.STATUSES[history_status(autodiff, *rules)]
+        out["autodiff_max_rel_err"] = max_relative_error(autodiff, run.history)
+        out["autodiff_first_nonfinite_epoch"] = first_nonfinite(autodiff)
+    return out
+
+
+def _same_float(a: object, b: object) -> bool:
+    """The same value in the map's dtype (nan equals nan)."""
+    a, b = np.asarray(a), np.asarray(b, np.asarray(a).dtype)
+    return bool(a == b or (np.isnan(a) and np.isnan(b)))
 
 
 def _plotted(picks: Sequence[Pick]) -> list[int]:
@@ -488,12 +571,6 @@ def not_run(ds: xr.Dataset, count: int) -> ValidationRecord | None:
             **_base_record(ds, count, UNAVAILABLE, reason),
             "install": keras_reference.INSTALL_HINT,
         }
-    if bool(ds.attrs.get("shuffle", 0)):
-        reason = (
-            "the map reshuffles every epoch, and Keras's shuffle order cannot be reproduced; "
-            "validate a map without --shuffle"
-        )
-        return _base_record(ds, count, SKIPPED, reason)
     return None
 
 
@@ -515,20 +592,41 @@ def validate(
     picks = pick(ds, count, seed)
     jobs = keras_jobs(ds, picks)
     workers = workers or max(1, min(len(picks), os.cpu_count() or 1))
+    dtype, kernel = str(ds.attrs["dtype"]), str(ds.attrs["kernel"])
+    shuffled = bool(ds.attrs["shuffle"])
+    k = len(SENSITIVITY_ULPS)
+    both = [*picks, *float32_neighbours(picks, dtype)]
     try:
         with keras_reference.keras_pool(workers) as pool:
             futures = keras_reference.submit_keras(pool, jobs)
-            # Meanwhile, in this process: the picks and their float32 neighbours, one program.
-            both = engine_histories(ds, [*picks, *float32_neighbours(picks)])
-            histories, neighbours = both[: len(picks)], both[len(picks) :]
+            # Meanwhile, in this process, what needs no Keras order: a fixed order's runs.
+            fixed = None if shuffled else engine_histories(ds, both)
             runs = keras_reference.collect_keras(futures, progress)
     except (BrokenProcessPool, OSError) as e:  # the map is still worth writing
         return failed(ds, count, f"the Keras worker processes failed ({e})")
-    k = len(SENSITIVITY_ULPS)
+    orders = None
+    if shuffled:  # Keras's own orders, replayed (a failed run's: the identity)
+        orders = [
+            r.orders if r.orders is not None else np.arange(p.n)[None].repeat(p.epochs, 0)
+            for p, r in zip(picks, runs, strict=True)
+        ]
+        orders = orders + [o for o in orders for _ in SENSITIVITY_ULPS]
+    rerun = fixed or engine_histories(ds, both, orders=orders)
+    histories, neighbours = rerun.histories[: len(picks)], rerun.histories[len(picks) :]
+    autodiff = (
+        None
+        if kernel == "autodiff"
+        else engine_histories(
+            ds, picks, "autodiff", None if orders is None else orders[: len(picks)]
+        ).histories
+    )
     configs = [
-        compare(ds, p, h, r, neighbours[i * k : (i + 1) * k])
-        for i, (p, h, r) in enumerate(zip(picks, histories, runs, strict=True))
-    ]
+        compare(
+            ds, p, (histories[i], rerun.summaries[i]), r, neighbours[i * k : (i + 1) * k],
+            None if autodiff is None else autodiff[i],
+        )
+        for i, (p, r) in enumerate(zip(picks, runs, strict=True))
+    ]  # fmt: skip
     determined = [c for c in configs if not c.get("sensitive")]
     sensitive = [c for c in configs if c.get("sensitive")]
     finite = _finite_errors(determined)
@@ -552,6 +650,14 @@ def validate(
         "sensitive": len(sensitive),
         "sensitive_agreed": sum(bool(c["agree"]) for c in sensitive),
         "sensitive_max_rel_err": max(rough) if rough else None,
+        "first_nonfinite_agreed": sum(
+            bool(c.get("first_nonfinite_agree")) for c in determined
+            if c["first_nonfinite_epoch_jax"] > 0 or c.get("first_nonfinite_epoch_keras", -1) > 0
+        ),
+        "overflowing": sum(
+            c["first_nonfinite_epoch_jax"] > 0 or c.get("first_nonfinite_epoch_keras", -1) > 0
+            for c in determined
+        ),
         "agreed_all": sum(bool(c["agree"]) for c in configs),
         "rules": (
             "a configuration is sensitive when moving its float32 learning rate by up to "
@@ -562,7 +668,9 @@ def validate(
         ),
         "keras_version": versions.get("keras"),
         "tensorflow_version": versions.get("tensorflow"),
-        "map_dtype": str(ds.attrs["dtype"]),
+        "map_dtype": dtype,
+        "map_kernel": kernel,
+        "shuffle": shuffled,
         "seed": seed,
         "workers": workers,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -592,9 +700,18 @@ def headline(record: ValidationRecord) -> str:
         if sensitive
         else ""
     )
+    overflowing = record.get("overflowing") or 0
+    epochs = (
+        f", first non-finite epoch the same for {record['first_nonfinite_agreed']}/{overflowing}"
+        " that overflow"
+        if overflowing
+        else ""
+    )
+    order = ", in Keras's own shuffled orders" if record.get("shuffle") else ""
     return (
         f"Keras check: {record['checked']} configurations re-run in Keras "
-        f"{record['keras_version']} (TensorFlow {record['tensorflow_version']}) in "
-        f"{record['seconds']:.1f} s: verdicts agree for {record['agreed']}/{record['determined']}"
-        f" float32-determined ones, {worst}{aside} (validation.json)."
+        f"{record['keras_version']} (TensorFlow {record['tensorflow_version']}, "
+        f"{record.get('map_dtype', 'float32')}{order}) in {record['seconds']:.1f} s: verdicts "
+        f"agree for {record['agreed']}/{record['determined']} float32-determined ones{epochs}, "
+        f"{worst}{aside} (validation.json)."
     )
