@@ -317,7 +317,11 @@ def describe(report: Diagnosis) -> list[str]:
     lines = [
         f"Configuration: {cfg['optimizer']} at lr {cfg['lr']:g}, N = {cfg['n']} ({cfg['data']}), "
         f"batch size {cfg['batch_size']}"
-        + (" (full batch), " if cfg["batch_size"] >= cfg["n"] else ", ")
+        + (
+            " (full batch), "
+            if cfg["batch_size"] >= cfg["n"]
+            else " in a fixed order (fit(shuffle=False); explain does not shuffle), "
+        )
         + f"{cfg['epochs']} epochs, seed {cfg['seed']} "
         + f"(initial w = {cfg['initial_w']:.4f}, b = 0).",
         "Verdict: " + _verdict(sim),
