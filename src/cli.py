@@ -318,7 +318,7 @@ def parse_main_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config is not None:
         flags = {
-            a.dest: isinstance(a, argparse._StoreTrueAction)
+            a.dest: isinstance(a, (argparse._StoreTrueAction, argparse.BooleanOptionalAction))
             for a in parser._actions
             if a.dest not in ("help", "config")
         }
