@@ -47,6 +47,7 @@ class CriticalLRs(TypedDict):
 
     measured: dict[int, float | None]
     theory: dict[int, float | None]
+    fixed_order: dict[int, float | None]
     max_rel_diff: float | None
     non_monotone_n: list[int]
 
@@ -165,15 +166,20 @@ def headline(ds: xr.Dataset, problem: Problem) -> Findings:
 
 def critical_lrs(ref: xr.Dataset) -> dict[str, CriticalLRs]:
     """Per optimizer: measured and closed-form critical lr by N, and their largest relative
-    difference where both exist (``None`` where there is no closed form)."""
+    difference where both exist (``None`` where there is no closed form). ``fixed_order``:
+    the closed form of the same run without shuffling, where the map shuffles minibatches
+    (maps saved before it existed: none)."""
     out: dict[str, CriticalLRs] = {}
     for name in ref.optimizer.values:
         cell = ref.sel(optimizer=name)
         measured, closed = cell.critical_lr.values, cell.theory_critical_lr.values
+        fixed = cell.get("fixed_order_critical_lr", cell.theory_critical_lr).values
+        fixed = np.where(np.isfinite(closed), np.nan, fixed)
         both = np.isfinite(measured) & np.isfinite(closed)
         out[str(name)] = {
             "measured": {int(n): _finite(v) for n, v in zip(ref.n.values, measured, strict=True)},
             "theory": {int(n): _finite(v) for n, v in zip(ref.n.values, closed, strict=True)},
+            "fixed_order": {int(n): _finite(v) for n, v in zip(ref.n.values, fixed, strict=True)},
             "max_rel_diff": float(np.max(np.abs(measured[both] / closed[both] - 1)))
             if both.any()
             else None,
@@ -271,14 +277,24 @@ def critical_lr_table(
     names = [o for o in optimizers if crit[o]["max_rel_diff"] is not None]
     if not names:
         return []
-    rows = [f"{'N':>5}" + "".join(f"{o + ' meas.':>17}{'theory':>11}" for o in names)]
+
+    def theory(o: str, n: int) -> str:
+        fixed = crit[o].get("fixed_order", {}).get(n)
+        return f"{_g(fixed)}*" if fixed is not None else f"{_g(crit[o]['theory'][n])} "
+
+    rows = [f"{'N':>5}" + "".join(f"{o + ' meas.':>17}{'theory':>12}" for o in names)]
     for n in ns:
-        cells = [(crit[o]["measured"][n], crit[o]["theory"][n]) for o in names]
-        rows.append(f"{n:>5}" + "".join(f"{_g(m):>17}{_g(t):>11}" for m, t in cells))
+        cells = [f"{_g(crit[o]['measured'][n]):>17}{theory(o, n):>12}" for o in names]
+        rows.append(f"{n:>5}" + "".join(cells))
     rows.append(
         "max |measured/theory - 1|: "
         + ", ".join(f"{o} {crit[o]['max_rel_diff']:.2%}" for o in names)
     )
+    if any(v is not None for o in names for v in crit[o].get("fixed_order", {}).values()):
+        rows.append(
+            "* fixed order: this map shuffles its minibatches, which have no closed form; the "
+            "value is what the same run with shuffle=False would do"
+        )
     return rows
 
 

@@ -13,6 +13,15 @@ written after ``beta_1 = ops.cast(self.beta_1, dtype)`` is formed in float32
 which :class:`src.optimizers.Family` computes in float64; those that need the second derive it
 from the float32 argument, as Keras does.
 
+The same split decides what a *float64* run of Keras (``keras.config.set_floatx("float64")``)
+computes with. On TensorFlow, ``ops.cast(python_float, "float64")`` is ``tf.cast``, which
+makes the float a float32 tensor first: every hyperparameter a Keras step passes through
+``ops.cast`` (SGD's momentum, the betas of Adam's bias corrections, ...) is rounded to float32
+even in float64 (0.9 -> 0.8999999761581421), while one used directly in arithmetic with a
+tensor (``1 - self.beta_1``, ``self.epsilon``, ``self.rho``) stays the exact double.
+:func:`keras_cast` rounds exactly where Keras casts; arguments arrive unrounded (float64 in a
+float64 run). In float32 runs the cast changes nothing.
+
 :func:`keras_base` adds the base-optimizer options every Keras optimizer has (gradient
 clipping, decoupled weight decay, an exponential moving average of the weights) around any of
 them, in the order of ``BaseOptimizer.apply``; :func:`keras_shaped` runs an update on the
@@ -66,6 +75,19 @@ def _rms(x: Array) -> Array:
     return jnp.sqrt(jnp.mean(jnp.square(x)))
 
 
+def keras_cast(value: Scalar, dtype: jnp.dtype) -> Array:
+    """Keras's ``ops.cast(value, dtype)`` of a hyperparameter held as a Python float.
+
+    On the TensorFlow backend that is ``tf.cast``, which converts the Python float to a
+    *float32* tensor before casting it: in a float64 run the value is rounded to float32
+    (``ops.cast(0.9, "float64")`` is 0.8999999761581421), in a float32 run nothing changes.
+    Keras's ``initializers.Constant`` (Adagrad's and Ftrl's initial accumulator) casts the
+    same way. Values Keras uses directly in arithmetic with a tensor keep full precision, and
+    so must not pass through here.
+    """
+    return jnp.asarray(value, jnp.float32).astype(dtype)
+
+
 # --- SGD ---------------------------------------------------------------------------------
 
 
@@ -86,7 +108,8 @@ def keras_sgd(
                                                   var <- var + momentum m - lr g  (nesterov)
 
     Keras keeps the learning rate inside the trace; ``optax.sgd`` scales the trace
-    ``g + mu m`` afterwards (equal in exact arithmetic, not to the last bit).
+    ``g + mu m`` afterwards (equal in exact arithmetic, not to the last bit). Keras casts
+    ``momentum`` (float32-rounded in float64 runs, :func:`keras_cast`).
     """
 
     def init(params: optax.Params) -> SGDState:
@@ -99,8 +122,9 @@ def keras_sgd(
         uses_momentum = momentum != 0
 
         def leaf(g: Array, m: Array) -> tuple[Array, Array]:
-            m_new = m * momentum - g * learning_rate
-            heavy = jnp.where(nesterov != 0, m_new * momentum - g * learning_rate, m_new)
+            mu = keras_cast(momentum, g.dtype)
+            m_new = m * mu - g * learning_rate
+            heavy = jnp.where(nesterov != 0, m_new * mu - g * learning_rate, m_new)
             step = jnp.where(uses_momentum, heavy, -(g * learning_rate))
             return step, jnp.where(uses_momentum, m_new, m)
 
@@ -141,7 +165,8 @@ def keras_adam(
 
     ``optax.adam`` adds epsilon to the bias-corrected ``sqrt(v)`` (and defaults to 1e-8);
     ``optax.amsgrad`` takes the maximum of the bias-corrected ``v``. AdamW is this step after
-    the base optimizer's decoupled weight decay (:func:`keras_base`).
+    the base optimizer's decoupled weight decay (:func:`keras_base`). Keras casts the betas
+    of the powers ``beta^t`` (:func:`keras_cast`), not those of the complements.
     """
     c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
     c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
@@ -155,7 +180,9 @@ def keras_adam(
     ) -> tuple[optax.Updates, AdamState]:
         del params
         count, t = _count(state.count, _first_leaf(grads))
-        alpha = learning_rate * jnp.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        beta_1_power = keras_cast(beta_1, t.dtype) ** t
+        beta_2_power = keras_cast(beta_2, t.dtype) ** t
+        alpha = learning_rate * jnp.sqrt(1 - beta_2_power) / (1 - beta_1_power)
 
         def leaf(g: Array, m: Array, v: Array, v_max: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
@@ -200,7 +227,8 @@ def keras_adamax(
         m <- m + (g - m)(1 - beta_1);   u <- max(beta_2 u, |g|)
         var <- var - lr m / ((1 - beta_1^t)(u + epsilon))
 
-    ``optax.adamax`` puts epsilon inside the maximum.
+    ``optax.adamax`` puts epsilon inside the maximum. Keras casts beta_1 for ``beta_1^t``
+    only (:func:`keras_cast`).
     """
     c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
 
@@ -213,11 +241,12 @@ def keras_adamax(
     ) -> tuple[optax.Updates, AdamaxState]:
         del params
         count, t = _count(state.count, _first_leaf(grads))
+        beta_1_power = keras_cast(beta_1, t.dtype) ** t
 
         def leaf(g: Array, m: Array, u: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
             u = jnp.maximum(beta_2 * u, jnp.abs(g))
-            return -((learning_rate * m) / ((1 - beta_1**t) * (u + epsilon))), m, u
+            return -((learning_rate * m) / ((1 - beta_1_power) * (u + epsilon))), m, u
 
         steps, m, u = _leafwise(leaf, grads, state.m, state.u)
         return steps, AdamaxState(count, m, u)
@@ -249,8 +278,10 @@ def keras_nadam(
         m_hat = u_{t+1} m / (1 - P_t u_{t+1}) + (1 - u_t) g / (1 - P_t)
         var <- var - lr m_hat / (sqrt(v / (1 - beta_2^t)) + epsilon)
 
-    Unlike most Keras optimizers, Nadam casts beta_1 and beta_2 to float32 before forming
-    the complements. ``optax.nadam`` has no schedule, so its results differ O(1).
+    Unlike most Keras optimizers, Nadam casts beta_1, beta_2 and 0.96 (:func:`keras_cast`)
+    before forming u_t, u_{t+1} and the complements; but it updates the product ``P_t`` with
+    the uncast ``beta_1`` and ``0.96`` (in a float64 run, the exact doubles). ``optax.nadam``
+    has no schedule, so its results differ O(1).
     """
 
     def init(params: optax.Params) -> NadamState:
@@ -263,18 +294,21 @@ def keras_nadam(
     ) -> tuple[optax.Updates, NadamState]:
         del params
         count, t = _count(state.count, _first_leaf(grads))
-        decay = jnp.asarray(NADAM_DECAY, t.dtype)
-        # Keras updates the shared product first, with its own operation order.
-        u_product = state.u_product * beta_1 * (1.0 - 0.5 * decay**t)
-        u_t = beta_1 * (1.0 - 0.5 * decay**t)
-        u_next = beta_1 * (1.0 - 0.5 * decay ** (t + 1))
+        # Keras updates the shared product first, with its own operation order and the
+        # uncast beta_1 and 0.96; the step itself casts them.
+        u_product = state.u_product * beta_1 * (1.0 - 0.5 * jnp.asarray(NADAM_DECAY, t.dtype) ** t)
+        decay = keras_cast(NADAM_DECAY, t.dtype)
+        b1 = keras_cast(beta_1, t.dtype)
+        b2 = keras_cast(beta_2, t.dtype)
+        u_t = b1 * (1.0 - 0.5 * decay**t)
+        u_next = b1 * (1.0 - 0.5 * decay ** (t + 1))
         u_product_next = u_product * u_next
 
         def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
-            m = m + (g - m) * (1 - beta_1)
-            v = v + (jnp.square(g) - v) * (1 - beta_2)
+            m = m + (g - m) * (1 - b1)
+            v = v + (jnp.square(g) - v) * (1 - b2)
             m_hat = (u_next * m) / (1 - u_product_next) + ((1 - u_t) * g) / (1 - u_product)
-            v_hat = v / (1 - beta_2**t)
+            v_hat = v / (1 - b2**t)
             return -((m_hat * learning_rate) / (jnp.sqrt(v_hat) + epsilon)), m, v
 
         steps, m, v = _leafwise(leaf, grads, state.m, state.v)
@@ -297,6 +331,8 @@ def keras_lamb(
         m, v as in Adam;  upd = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
         ratio = ||var|| / ||upd|| per variable (1 if either norm is 0)
         var <- var - ratio lr upd
+
+    As in Adam, Keras casts the betas of the powers only (:func:`keras_cast`).
     """
     c1 = 1 - beta_1 if one_minus_beta_1 is None else one_minus_beta_1
     c2 = 1 - beta_2 if one_minus_beta_2 is None else one_minus_beta_2
@@ -310,11 +346,13 @@ def keras_lamb(
     ) -> tuple[optax.Updates, MomentState]:
         assert params is not None, "Lamb's trust ratio needs the parameters"
         count, t = _count(state.count, _first_leaf(grads))
+        beta_1_power = keras_cast(beta_1, t.dtype) ** t
+        beta_2_power = keras_cast(beta_2, t.dtype) ** t
 
         def leaf(g: Array, m: Array, v: Array, var: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
-            upd = (m / (1.0 - beta_1**t)) / (jnp.sqrt(v / (1.0 - beta_2**t)) + epsilon)
+            upd = (m / (1.0 - beta_1_power)) / (jnp.sqrt(v / (1.0 - beta_2_power)) + epsilon)
             w_norm = jnp.sqrt(jnp.sum(jnp.square(var)))
             g_norm = jnp.sqrt(jnp.sum(jnp.square(upd)))
             ratio = jnp.where(w_norm > 0, jnp.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
@@ -394,10 +432,10 @@ def keras_adagrad(
         var <- var - lr g / sqrt(acc + epsilon)
 
     Defaults (Keras's and optax's): lr 0.001, initial_accumulator_value 0.1, epsilon 1e-7.
+    Keras's ``Constant`` initializer casts the initial value (:func:`keras_cast`).
     """
-    return optax.adagrad(
-        learning_rate, initial_accumulator_value=initial_accumulator_value, eps=epsilon
-    )
+    initial = keras_cast(initial_accumulator_value, jnp.result_type(initial_accumulator_value))
+    return optax.adagrad(learning_rate, initial_accumulator_value=initial, eps=epsilon)
 
 
 class AdadeltaState(NamedTuple):
@@ -474,11 +512,15 @@ def keras_ftrl(
 
     Keras assigns the new weight outright; as an optax update it is ``new - var``, which
     carries the new weight to within half an ulp of the *old* one (the first step from
-    w = 0.3 lands near 3e-6 with an absolute error of ~1e-8). optax has no FTRL.
+    w = 0.3 lands near 3e-6 with an absolute error of ~1e-8). optax has no FTRL. The
+    accumulator starts at the cast ``initial_accumulator_value`` (Keras's ``Constant``
+    initializer, :func:`keras_cast`); every other hyperparameter is used uncast.
     """
 
     def init(params: optax.Params) -> FtrlState:
-        acc = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
+        acc = jax.tree.map(
+            lambda p: jnp.full_like(p, keras_cast(initial_accumulator_value, p.dtype)), params
+        )
         return FtrlState(acc, _zeros(params))
 
     def update(
@@ -518,8 +560,8 @@ def keras_lion(
         var <- var - lr sign(beta_1 m + (1 - beta_1) g)
         m <- beta_2 m + (1 - beta_2) g
 
-    Complements in float32 (Keras casts the betas first). ``optax.lion(lr, weight_decay=0)``
-    is the same update.
+    Keras casts both betas first (:func:`keras_cast`), complements included.
+    ``optax.lion(lr, weight_decay=0)`` is the same update.
     """
 
     def init(params: optax.Params) -> LionState:
@@ -531,8 +573,9 @@ def keras_lion(
         del params
 
         def leaf(g: Array, m: Array) -> tuple[Array, ...]:
-            step = -(learning_rate * jnp.sign(m * beta_1 + g * (1.0 - beta_1)))
-            return step, m * beta_2 + g * (1.0 - beta_2)
+            b1, b2 = keras_cast(beta_1, g.dtype), keras_cast(beta_2, g.dtype)
+            step = -(learning_rate * jnp.sign(m * b1 + g * (1.0 - b1)))
+            return step, m * b2 + g * (1.0 - b2)
 
         steps, m = _leafwise(leaf, grads, state.m)
         return steps, LionState(m)
@@ -569,7 +612,8 @@ def keras_adafactor(
         u = g / sqrt(v);  var <- var - alpha_t u / max(1, rms(u) / clip_threshold)
 
     With a constant learning rate ``relative_step`` changes nothing (rho_t already caps the
-    rate). Works on the Keras shapes of the variables (see :func:`keras_shaped`).
+    rate). Keras casts epsilon_2 (:func:`keras_cast`), no other hyperparameter. Works on
+    the Keras shapes of the variables (see :func:`keras_shaped`).
     """
     del relative_step
 
@@ -592,7 +636,7 @@ def keras_adafactor(
         beta_t = 1 - jnp.power(t, beta_2_decay)
 
         def leaf(g: Array, r: Array, c: Array, v: Array, var: Array) -> tuple[Array, ...]:
-            alpha = jnp.maximum(epsilon_2, _rms(var)) * rho_t
+            alpha = jnp.maximum(keras_cast(epsilon_2, var.dtype), _rms(var)) * rho_t
             s = jnp.square(g) + epsilon_1
             if g.ndim >= 2:
                 r = beta_t * r + (1 - beta_t) * jnp.mean(s, axis=-1)
@@ -659,8 +703,9 @@ def keras_muon(
         var <- var - lr NS(G) sqrt(max(rows, cols)) rms_rate
     every other variable (the bias): the Keras Adam step with lr * adam_lr_ratio.
 
-    ``optax.contrib.muon`` keeps a different momentum form and Adam branch. Works on the
-    Keras shapes of the variables (see :func:`keras_shaped`).
+    Keras casts the Adam betas of the powers only (:func:`keras_cast`), and both weight
+    decays (:func:`keras_base`). ``optax.contrib.muon`` keeps a different momentum form and
+    Adam branch. Works on the Keras shapes of the variables (see :func:`keras_shaped`).
     """
     c1 = 1 - adam_beta_1 if one_minus_adam_beta_1 is None else one_minus_adam_beta_1
     c2 = 1 - adam_beta_2 if one_minus_adam_beta_2 is None else one_minus_adam_beta_2
@@ -684,7 +729,9 @@ def keras_muon(
                 step = learning_rate * newton_schulz(direction, ns_steps, muon_a, muon_b, muon_c)
                 return -(step * scale * rms_rate), m, v
             lr = learning_rate * adam_lr_ratio
-            alpha = lr * jnp.sqrt(1 - adam_beta_2**t) / (1 - adam_beta_1**t)
+            beta_1_power = keras_cast(adam_beta_1, t.dtype) ** t
+            beta_2_power = keras_cast(adam_beta_2, t.dtype) ** t
+            alpha = lr * jnp.sqrt(1 - beta_2_power) / (1 - beta_1_power)
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
@@ -723,7 +770,8 @@ def keras_schedule_free_adamw(
     assigning to it, which on the TensorFlow backend is the variable itself, so it uses the
     new ``z'``. This is Keras's behaviour, so it is reproduced. The model holds the
     interpolated point ``y``, which Keras assigns (as an optax update, ``y' - y``).
-    Complements in float32, as Keras forms them after casting.
+    Keras casts beta_1, beta_2 and epsilon (:func:`keras_cast`) and forms the complements
+    from the cast values.
 
     ``z`` starts at zero: ``build`` copies the weights into it, but under ``model.fit`` (keras
     3.15.1, TensorFlow backend) that copy does not survive the trainer's symbolic build, and
@@ -743,13 +791,16 @@ def keras_schedule_free_adamw(
         lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
         weight = 1.0 / t
 
+        b1, b2 = keras_cast(beta_1, t.dtype), keras_cast(beta_2, t.dtype)
+        eps = keras_cast(epsilon, t.dtype)
+
         def leaf(g: Array, z: Array, v: Array, y: Array) -> tuple[Array, ...]:
-            v = v + (jnp.square(g) - v) * (1 - beta_2)
-            denominator = jnp.sqrt(v / (1 - beta_2**t)) + epsilon
+            v = v + (jnp.square(g) - v) * (1 - b2)
+            denominator = jnp.sqrt(v / (1 - b2**t)) + eps
             z_new = z - (lr * g) / denominator
-            x = (y - (1 - beta_1) * z_new) / beta_1  # sic: see the docstring
+            x = (y - (1 - b1) * z_new) / b1  # sic: see the docstring
             x = (1 - weight) * x + weight * z_new
-            return (1 - beta_1) * z_new + beta_1 * x - y, z_new, v
+            return (1 - b1) * z_new + b1 * x - y, z_new, v
 
         steps, z, v = _leafwise(leaf, grads, state.z, state.v, params)
         return steps, ScheduleFreeState(count, z, v)
@@ -816,7 +867,8 @@ def keras_base(
                                 finite, as Keras's ``+ (n - n)`` makes it)
        clipvalue:               g <- clip(g, -c, c)
     2. Decoupled weight decay ``var <- var - var wd lr`` (0 means off). Muon decays 2-D
-       variables by ``weight_decay`` and the others by ``adam_weight_decay``.
+       variables by ``weight_decay`` and the others by ``adam_weight_decay``. Keras casts
+       the decay (:func:`keras_cast`); the clip thresholds and ema_momentum it uses uncast.
     3. ``inner``'s step, computed from the decayed weights.
     4. ``use_ema``: ``avg <- mu avg + (1 - mu) var`` after the step, mu = 0 on the first step
        (so the average starts at the weights) and ema_momentum after; ``fit`` then leaves
@@ -853,7 +905,10 @@ def keras_base(
     ) -> tuple[optax.Updates, BaseState]:
         assert params is not None, "weight decay and EMA need the parameters"
         decayed = jax.tree.map(
-            lambda v: jnp.where(decay_of(v) != 0, v - v * decay_of(v) * learning_rate, v), params
+            lambda v: jnp.where(
+                decay_of(v) != 0, v - v * keras_cast(decay_of(v), v.dtype) * learning_rate, v
+            ),
+            params,
         )
         steps, inner_state = inner.update(clip(grads), state.inner, decayed)
         new = optax.apply_updates(decayed, steps)

@@ -175,11 +175,13 @@ def fit(
     the input, the Dense layer, the data, the initial weights, the loss and its ``History``
     mean are float64, and so is every optimizer variable: the learning rate is a float64
     variable holding the given ``lr`` unrounded (not float32's 0.0099999998 for 0.01), the
-    slots follow the weights' dtype, and every other hyperparameter (betas, epsilon, rho,
-    momentum, ...) is a Python float that the update casts to the weights' dtype, float64,
-    so it is used unrounded as well; only the ``iterations`` counter stays int64. The engine's
-    float64 runs must therefore take every hyperparameter, the lr included, as the double
-    given, never rounded through float32.
+    slots follow the weights' dtype, and only the ``iterations`` counter stays int64. The other
+    hyperparameters are Python floats, used in two ways: directly in arithmetic with a float64
+    tensor they stay exact (Adam's ``1 - beta_1``, epsilon), but ``ops.cast(value, float64)``
+    -- TensorFlow's ``tf.cast`` -- first makes a float32 tensor of the Python float, so a
+    hyperparameter an update casts (SGD's momentum, Adam's betas in ``beta^t``, ...) is
+    float32-rounded even in a float64 run. The engine does the same at the same places
+    (:func:`src.keras_optax.keras_cast`); docs/keras-fidelity.md lists them.
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")

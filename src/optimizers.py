@@ -58,6 +58,12 @@ class Family:
     is 0.1000000238; the 2e-7 difference in every moment update shifts Adam's loss by ~3e-5
     relative within a few hundred steps. So each name in ``complements`` also gets
     ``one_minus_<name>``, formed in float64 before the cast, as Keras does.
+
+    The hyperparameters themselves are passed unrounded (float64 in a float64 run). Where
+    Keras's step casts one (``ops.cast(self.beta_1, dtype)``, which on TensorFlow goes through
+    float32 and so rounds it even in a float64 run), the transformation rounds it at that
+    place (:func:`src.keras_optax.keras_cast`), since some Keras steps use one hyperparameter
+    both cast and uncast (Nadam's beta_1).
     """
 
     name: str

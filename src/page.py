@@ -106,6 +106,17 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def order_sentence(attrs: Mapping[str, object]) -> str:
+    """Which batch order the map shows, as a sentence for the page."""
+    if int(attrs.get("shuffle", 0)):  # type: ignore[call-overload]
+        return (
+            "the samples are reshuffled every epoch, as model.fit(xs, ys, epochs=500) does by "
+            "default; where minibatches are shuffled the closed form of a fixed order is drawn "
+            "dotted, for comparison only."
+        )
+    return "the samples go in their order every epoch, as model.fit(..., shuffle=False)."
+
+
 def index_html(
     ds: xr.Dataset,
     summary: Mapping[str, object],
@@ -146,7 +157,7 @@ epoch for N = 20 and converges for N = 10: the learning rate is above the stabil
 gradient descent on this quadratic loss, a limit that shrinks as N grows. This map shows that limit
 for {ds.sizes["optimizer"]} optimizers, {ds.sizes["lr"]} learning rates and {ds.sizes["n"]} dataset
 sizes, simulated with a vectorized JAX replica of Keras's training loop
-({esc(str(ds.attrs["dtype"]))}).</p>
+({esc(str(ds.attrs["dtype"]))}). Batch order: {esc(order_sentence(ds.attrs))}</p>
 <h2>Findings</h2>
 <pre>{esc(chr(10).join(lines))}</pre>
 <h2>The map</h2>

@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,10 @@ THEORY_LINE = {
     "path_effects": [patheffects.withStroke(linewidth=2.6, foreground="white")],
 }
 """The closed-form critical lr drawn over heatmaps: dashed black on white, visible on any cell."""
+
+FIXED_ORDER_LINE = {**THEORY_LINE, "ls": ":"}
+"""The fixed-order closed form where the map shuffles minibatches (it describes
+``fit(shuffle=False)``, not the map's run): dotted."""
 
 SEED_MARKS = ((findings.SEED_N, "*"), (findings.SEED_STABLE_N, "o"))
 
@@ -118,6 +122,9 @@ def draw_heatmap(
     closed = ref.theory_critical_lr.sel(optimizer=optimizer).values
     if np.isfinite(closed).any():
         ax.step(closed, ref.n.values, where="mid", **THEORY_LINE)
+    fixed = _fixed_order_only(ref.sel(optimizer=optimizer))
+    if np.isfinite(fixed).any():
+        ax.step(fixed, ref.n.values, where="mid", **FIXED_ORDER_LINE)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("dataset size N")
@@ -129,10 +136,21 @@ def draw_heatmap(
     return mesh
 
 
-def _legend_handles() -> list[Patch | Line2D]:
-    return [Patch(color=c, label=name) for name, c in page.STATUS_COLOURS.items()] + [
-        Line2D([], [], label="theory boundary", **THEORY_LINE)
+def _fixed_order_only(cell: xr.Dataset) -> np.ndarray:
+    """The fixed-order closed form where the map's own run has none (shuffled minibatches)."""
+    closed = cell.theory_critical_lr.values
+    fixed = cell.get("fixed_order_critical_lr", cell.theory_critical_lr).values
+    return np.where(np.isfinite(closed), np.nan, fixed)
+
+
+def _legend_handles(shuffled_theory: bool = False) -> list[Patch | Line2D]:
+    handles: list[Patch | Line2D] = [
+        Patch(color=c, label=name) for name, c in page.STATUS_COLOURS.items()
     ]
+    handles.append(Line2D([], [], label="theory boundary", **THEORY_LINE))
+    if shuffled_theory:
+        handles.append(Line2D([], [], label="theory, fixed order", **FIXED_ORDER_LINE))
+    return handles
 
 
 def _ordinal(k: int) -> str:
@@ -141,11 +159,19 @@ def _ordinal(k: int) -> str:
     return f"{k}{suffix}"
 
 
+def order_words(attrs: Mapping[str, object]) -> str:
+    """Which batch order a map shows, in words (maps saved without the attribute: fixed)."""
+    if int(attrs.get("shuffle", 0)):  # type: ignore[call-overload]
+        return "reshuffled every epoch (fit's default)"
+    return "fixed order (fit(shuffle=False))"
+
+
 def _slice_note(ref: xr.Dataset) -> str:
     swept = [c for c in map(str, ref.coords) if ref[c].ndim == 0 and c not in DIMS]
     thinned = {"lr" if d == "lr" else "N": k for d, k in drawn_strides(ref).items() if k > 1}
     return (
-        f"batch size {int(ref.batch_size)}, seed {int(ref.seed)}, {int(ref.epochs)} epochs"
+        f"batch size {int(ref.batch_size)}, {order_words(ref.attrs)}, seed {int(ref.seed)}, "
+        f"{int(ref.epochs)} epochs"
         + "".join(f", {c} {float(ref[c]):g}" for c in swept)
         + "".join(f"; every {_ordinal(k)} {d} drawn" for d, k in thinned.items())
         + "; "
@@ -159,7 +185,8 @@ def heatmap_figure(ref: xr.Dataset, optimizer: str, limits: tuple[float, float])
     ax = fig.subplots()
     mesh = draw_heatmap(ax, ref, optimizer, limits)
     fig.colorbar(mesh, ax=ax, label="log10 final loss (stable runs)")
-    ax.legend(handles=_legend_handles(), loc="lower left", fontsize=8, framealpha=0.9)
+    dotted = bool(np.isfinite(_fixed_order_only(ref.sel(optimizer=optimizer))).any())
+    ax.legend(handles=_legend_handles(dotted), loc="lower left", fontsize=8, framealpha=0.9)
     fig.suptitle(f"Stability map: {optimizer}", fontsize=12)
     ax.set_title(_slice_note(ref), fontsize=7)
     return fig
@@ -178,7 +205,10 @@ def overview_figure(
     for ax in axes.flat[len(optimizers) :]:
         ax.set_visible(False)
     fig.colorbar(mesh, ax=axes, label="log10 final loss (stable runs)", shrink=0.8)
-    fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=2, fontsize=9)
+    dotted = any(
+        np.isfinite(_fixed_order_only(ref.sel(optimizer=name))).any() for name in optimizers
+    )
+    fig.legend(handles=_legend_handles(dotted), loc="outside lower center", ncols=2, fontsize=9)
     fig.suptitle(f"Where training is stable ({_slice_note(ref)})", fontsize=10)
     return fig
 
@@ -241,6 +271,11 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
         closed = cell.theory_critical_lr.values
         if np.isfinite(closed).any():
             ax.loglog(ref.n.values, closed, "-", lw=1, color=colour, label=f"{name} (theory)")
+        fixed = _fixed_order_only(cell)
+        if np.isfinite(fixed).any():
+            ax.loglog(
+                ref.n.values, fixed, ":", lw=1, color=colour, label=f"{name} (theory, fixed order)"
+            )
     ax.set_xlabel("dataset size N")
     ax.set_ylabel("critical learning rate")
     ax.set_title(

@@ -169,7 +169,8 @@ def _run(
     critical = _measured_boundary(sweep, status, sim, shapes, table, rows)
     ds = schema.to_dataset(
         sweep, results, status, critical, theory_critical_lr(sweep),
-        per_n_variables(sweep, table, rows), curves, histories,
+        theory_critical_lr(sweep, fixed_order=True), per_n_variables(sweep, table, rows),
+        curves, histories,
     )  # fmt: skip
     stats = RunStats(
         n_configs=sweep.n_configs,
@@ -267,6 +268,14 @@ def _simulate_family(
     return simulated
 
 
+BOUNDARY_PIECE = (256, 4096)
+"""Bounds of the configs per engine call of the boundary search: a power of two that holds a
+bisection round (fixed order: of all the family's cells; shuffled: of one group's), clipped to
+these. Every call of a family has that size: one compiled program for all of them."""
+THEORY_WINDOWS = 8
+"""The most closed-form unstable windows per cell simulated as candidates."""
+
+
 def _measured_boundary(
     sweep: Sweep,
     status: np.ndarray,
@@ -275,10 +284,14 @@ def _measured_boundary(
     table: DataTable,
     rows: np.ndarray,
 ) -> boundary.Boundary:
-    """Critical lr of every cell (all dims but lr), bisected with the engine.
+    """Critical lr of every cell (all dims but lr), refined and bisected with the engine
+    (:func:`src.boundary.search`; the closed form's windows, where there is one, as
+    candidates: :func:`_theory_candidates`).
 
     Cells that differ only in a swept hyperparameter their optimizer does not have are the
-    same run: only the first of them is bisected and its result repeated.
+    same run: only the first of them is searched and its result repeated. Every engine call
+    of a family has the same size (:data:`BOUNDARY_PIECE`), so the whole search compiles one
+    program per family.
     """
     dims = sweep.dims
     cell_dims = tuple(d for d in dims if d != "lr")
@@ -296,35 +309,78 @@ def _measured_boundary(
     for h, lacking in lacks.items():
         searched &= ~lacking[coords[0]] | (coords[cell_dims.index(h)] == 0)
     searched = np.flatnonzero(searched)
+    lo_piece, hi_piece = BOUNDARY_PIECE
+    piece, kinds = {}, {}
+    for name in dict.fromkeys(families[searched]):
+        own = searched[families[searched] == name]
+        per_call = len(own)  # cells in one call: all of them; shuffled, those of one group
+        if sweep.shuffle:
+            keys = np.stack([values[d][own] for d in ("n", "batch_size", "seed")])
+            per_call = int(np.unique(keys, axis=1, return_counts=True)[1].max())
+        wanted = per_call * (boundary.SECTIONS - 1)  # a bisection round in one call
+        piece[name] = min(hi_piece, max(lo_piece, 1 << (wanted - 1).bit_length()))
+        family = opt.get(values["optimizer"][own[0]]).family
+        swept = [values[h][own] for h in sweep.swept_for(family)]
+        _, first = np.unique(np.stack([coords[0][own], *swept]), axis=1, return_index=True)
+        kinds[name] = own[first]  # a cell of each optimizer and swept setting of the family
+
+    def blocks(name: str, which: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+        """``which`` (positions in a call whose configs are cells ``ids``, all of family
+        ``name``) in engine calls of at most ``piece[name]`` configs less one per kind.
+        Shuffled, each call holds one dataset size, batch size and seed only: it runs as one
+        group (its batches drawn once for all its lrs)."""
+        width = max(1, piece[name] - len(kinds[name]))
+        if sweep.shuffle:
+            key = [values[d][ids[which]] for d in ("seed", "batch_size", "n")]
+            which = which[np.lexsort(key)]
+            key = [k[ids[which]] for k in (values["seed"], values["batch_size"], values["n"])]
+            change = np.flatnonzero(np.any([k[1:] != k[:-1] for k in key], axis=0)) + 1
+        else:
+            change = np.zeros(0, np.int64)
+        runs = np.split(which, change)
+        return [r[s : s + width] for r in runs for s in range(0, len(r), width)]
 
     def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
-        cells = searched[cells]
+        ids = searched[cells]
         out = np.empty(len(cells), bool)
-        for name in dict.fromkeys(families[cells]):
-            pick = np.flatnonzero(families[cells] == name)
-            c = cells[pick]
-            family = opt.get(values["optimizer"][c[0]]).family
-            overrides = {
-                **sweep.overrides_for(family), **{h: values[h][c] for h in sweep.swept_for(family)}
-            }  # fmt: skip
-            flat = FlatConfigs.of(
-                values["optimizer"][c], family, overrides, learning_rate=lrs[pick],
-                n=values["n"][c], batch_size=values["batch_size"][c], seed=values["seed"][c],
-                epochs=values["epochs"][c],
-            )  # fmt: skip
-            s, _ = sim.run(family, flat, shapes, pad_to=1 << (len(c) - 1).bit_length())
-            st = outcome.classify(
-                s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
-                scale[rows[values["n"][c]]], sweep.tol, sweep.diverge_factor,
-            )  # fmt: skip
-            out[pick] = outcome.breaks(st)
+        for name in dict.fromkeys(families[ids]):
+            family = opt.get(name).family
+            for pick in blocks(name, np.flatnonzero(families[ids] == name), ids):
+                # Every call: the cells, then one row of each kind (so that no hyperparameter
+                # is a constant of one call only), padded to the full width with the last
+                # cell's data: one compiled program for the whole search.
+                k = kinds[name]
+                pad = max(0, piece[name] - len(pick) - len(k))
+                last = ids[pick[-1]]
+                setting = np.concatenate([ids[pick], k, np.full(pad, last)])  # optimizer, swept
+                data = np.concatenate([ids[pick], np.full(len(k) + pad, last)])  # n, bs, ...
+                lr = np.concatenate([lrs[pick], np.full(len(k) + pad, lrs[pick[-1]])])
+                overrides = {
+                    **sweep.overrides_for(family),
+                    **{h: values[h][setting] for h in sweep.swept_for(family)},
+                }
+                flat = FlatConfigs.of(
+                    values["optimizer"][setting], family, overrides, learning_rate=lr,
+                    n=values["n"][data], batch_size=values["batch_size"][data],
+                    seed=values["seed"][data], epochs=values["epochs"][data],
+                )  # fmt: skip
+                summary, _ = sim.run(family, flat, shapes, pad_to=piece[name])
+                st = outcome.classify(
+                    summary.initial_loss, summary.final_loss, summary.first_nonfinite_epoch,
+                    scale[rows[values["n"][data]]], sweep.tol, sweep.diverge_factor,
+                )  # fmt: skip
+                out[pick] = outcome.breaks(st)[: len(pick)]
         return out
 
+    grid_breaks = outcome.breaks(by_cell).reshape(-1, by_cell.shape[-1])[searched]
+    grid = np.asarray(sweep.lr, np.float64)
+    top = np.where(grid_breaks.any(axis=1), grid[np.argmax(grid_breaks, axis=1)], grid[-1])
     found = boundary.search(
-        np.asarray(sweep.lr),
-        outcome.breaks(by_cell).reshape(-1, by_cell.shape[-1])[searched],
+        grid,
+        grid_breaks,
         breaks_at,
         sweep.boundary_rtol,
+        _theory_candidates(sweep, {d: v[searched] for d, v in values.items()}, top),
     )
     critical = np.full(len(coords[0]), np.nan)
     non_monotone = np.zeros(len(coords[0]), bool)
@@ -339,9 +395,50 @@ def _measured_boundary(
     return result
 
 
-def theory_critical_lr(sweep: Sweep) -> np.ndarray:
+def _theory_candidates(
+    sweep: Sweep, values: dict[str, np.ndarray], top: np.ndarray
+) -> list[np.ndarray]:
+    """Per cell (``values``: each cell dimension's value per cell): extra lrs for the
+    boundary search where the closed form (:func:`src.theory.closed_form`, fixed-order
+    minibatches) predicts unstable windows below ``top`` (the cell's first breaking grid lr,
+    else the largest grid lr): just below each window's start, at its peak ``rho(M)`` and just
+    above its end (``boundary_rtol`` away), for the first :data:`THEORY_WINDOWS` windows. A
+    window narrower than the refinement step is then simulated on both sides."""
+    rtol = sweep.boundary_rtol
+    cache: dict[tuple, np.ndarray] = {}
+    out = []
+    for c, name in enumerate(values["optimizer"]):
+        family = opt.get(name).family
+        overrides = {
+            **sweep.overrides_for(family),
+            **{h: float(values[h][c]) for h in sweep.swept_for(family)},
+        }
+        n, bs = int(values["n"][c]), int(values["batch_size"][c])
+        dyn = theory.closed_form(name, overrides, one_batch=bs >= n, shuffle=sweep.shuffle)
+        if dyn is None or bs >= n:
+            out.append(np.zeros(0))
+            continue
+        key = (n, bs, dyn, float(top[c]))
+        if key not in cache:
+            x = sweep.problem.dataset(n)[0]
+            crit = theory.critical_lr(x, bs, dyn)
+            points: list[float] = []
+            if crit < top[c]:
+                windows = theory.unstable_windows(x, bs, dyn, crit * (1 - 1e-6), float(top[c]))
+                for w in windows[:THEORY_WINDOWS]:
+                    points += [w.start * (1 - rtol), w.peak]
+                    if math.isfinite(w.stop):
+                        points.append(w.stop * (1 + rtol))
+            cache[key] = np.array(points)
+        out.append(cache[key])
+    return out
+
+
+def theory_critical_lr(sweep: Sweep, fixed_order: bool = False) -> np.ndarray:
     """Closed-form critical lr per cell (dims of :attr:`~src.spec.Sweep.dims` but lr), where
-    :func:`src.theory.closed_form` says there is one; nan elsewhere."""
+    :func:`src.theory.closed_form` says there is one; nan elsewhere. ``fixed_order``: the
+    closed form for the batches in a fixed order, even where the map shuffles them (then it
+    describes ``fit(shuffle=False)``, not the map's run)."""
     cell_dims = tuple(d for d in sweep.dims if d != "lr")
     out = np.full(tuple(len(sweep.axis(d)) for d in cell_dims), np.nan)
     swept = sweep.hyperparameters
@@ -355,8 +452,9 @@ def theory_critical_lr(sweep: Sweep) -> np.ndarray:
                 x = sweep.problem.dataset(n)[0]
                 for k, bs in enumerate(sweep.batch_size):
                     dyn = theory.closed_form(
-                        name, overrides, one_batch=bs >= n, shuffle=sweep.shuffle
-                    )
+                        name, overrides, one_batch=bs >= n,
+                        shuffle=sweep.shuffle and not fixed_order,
+                    )  # fmt: skip
                     if dyn is None:
                         continue
                     key = (n, min(bs, n), dyn)

@@ -61,7 +61,7 @@ PER_N_VARIABLES: dict[str, str] = {
 
 RESERVED_NAMES = frozenset(
     {*DIMS, "learning_rate", "curve", "epoch", "cell", *PER_N_VARIABLES, "loss_history",
-     "status", "critical_lr", "theory_critical_lr", "non_monotone"}
+     "status", "critical_lr", "theory_critical_lr", "fixed_order_critical_lr", "non_monotone"}
 )  # fmt: skip
 """Names a swept hyperparameter may not take (they label other parts of the dataset)."""
 
@@ -156,6 +156,7 @@ def to_dataset(
     status: np.ndarray,
     critical: Boundary,
     theory_critical_lr: np.ndarray,
+    fixed_order_critical_lr: np.ndarray,
     per_n: Mapping[str, np.ndarray],
     curves: Sequence[Curve],
     histories: np.ndarray,
@@ -175,14 +176,21 @@ def to_dataset(
     )  # fmt: skip
     data_vars["non_monotone"] = (
         cell_dims, critical.non_monotone.astype(np.int8),
-        {"long_name": "1 if a grid lr above critical_lr is stable again"},
+        {"long_name": "1 if some lr above critical_lr (a grid lr, or one the boundary search "
+         "ran between grid points) is stable again"},
     )  # fmt: skip
     data_vars["theory_critical_lr"] = (
         cell_dims, theory_critical_lr,
         {"long_name": "closed-form critical lr of (Keras) SGD, momentum and Nesterov: "
          "2 c(mu) / lambda_max for one batch, rho(epoch map) = 1 for fixed-order minibatches "
          "(nan: no closed form: adaptive optimizers, momentum outside [0, 1), a base option "
-         "such as clipnorm set)"},
+         "such as clipnorm set; minibatches of a shuffled map)"},
+    )  # fmt: skip
+    data_vars["fixed_order_critical_lr"] = (
+        cell_dims, fixed_order_critical_lr,
+        {"long_name": "the same closed form for the batches in a fixed order "
+         "(fit(shuffle=False)); equals theory_critical_lr unless the map shuffles "
+         "minibatches, where it is what the same run without shuffling would do"},
     )  # fmt: skip
     for name, text in PER_N_VARIABLES.items():
         data_vars[name] = ("n", per_n[name], {"long_name": text})

@@ -37,8 +37,9 @@ margin in :data:`NEUTRAL`.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -154,35 +155,217 @@ def loss_growth(x: np.ndarray, batch_size: int, lr: float, dynamics: Dynamics = 
     return float(spectral_radius(x, batch_size, np.array([lr]), dynamics)[0] ** 2)
 
 
+class Window(NamedTuple):
+    """An interval of learning rates where ``rho(M) > 1`` (see :func:`scan_windows`)."""
+
+    start: float
+    """The first unstable lr (bisected to ``rtol``; the scan's low end if that is unstable)."""
+    stop: float
+    """The first stable lr above it (bisected to ``rtol``; ``inf`` if unstable to the end)."""
+    peak: float
+    """The sampled lr of the largest ``rho`` inside."""
+    rho: float
+    """That ``rho``."""
+
+
+SCAN_RANGE = (1e-4, 1e3)
+"""Where :func:`critical_lr` looks first, in multiples of the full-batch critical lr."""
+SCAN_STEP = 2e-3
+"""Base step of the scan: neighbouring lrs differ by this much, relative (0.2%)."""
+SCAN_BLOCK = 1024
+"""Samples per vectorised call while looking for the first unstable lr."""
+REFINE_SPLIT = 8
+"""A suspect interval is cut into this many (log-spaced) parts, round after round."""
+REFINE_SLACK = 4.0
+"""An interval is suspect when its gap to 1 is at most this many times the local change of
+``rho`` (see :func:`scan_windows`)."""
+REFINE_FLOOR = 1e-7
+"""Relative width below which an interval is not refined further."""
+REFINE_ROUNDS = 40
+REFINE_BATCH = 512
+"""Suspect intervals refined per round, the lowest first."""
+
+
+def _unstable(rho: np.ndarray) -> np.ndarray:
+    return rho > 1 + NEUTRAL
+
+
+def scan_windows(
+    rho: Callable[[np.ndarray], np.ndarray],
+    lo: float,
+    hi: float,
+    *,
+    rtol: float = 1e-9,
+    first_only: bool = False,
+) -> list[Window]:
+    """The windows of ``[lo, hi]`` where ``rho(lr) > 1`` (``rho`` maps an array of lrs to an
+    array), ascending; with ``first_only`` only the first one.
+
+    **Scan.** ``rho`` is sampled on a log grid of step :data:`SCAN_STEP` (0.2%) from ``lo``
+    (with ``first_only`` in blocks, stopping at the first unstable sample), so every window
+    wider than 0.2% of its lr holds a sample and is found.
+
+    **Refinement.** A narrower window lies between two stable samples. ``rho`` cannot climb
+    from below 1 to above it without changing, so an interval between stable samples is
+    *suspect* when its gap ``1 - max(rho)`` at its two ends is at most
+    :data:`REFINE_SLACK` (4) times the largest change of ``rho`` over it and its two
+    neighbours. Every suspect interval is cut into :data:`REFINE_SPLIT` (8) log-spaced parts,
+    and the new intervals are judged the same way, round after round, down to a relative width
+    of :data:`REFINE_FLOOR` (1e-7). That catches a smooth peak that pokes above 1 between two
+    samples (a parabola's samples change by more than its overshoot), and a sharp one whose
+    flank shows in a neighbouring interval.
+
+    **What it can miss.** Only a window narrower than 0.2% of its lr whose two neighbouring
+    samples are both further below 1 than 4 times the change of ``rho`` around them: ``rho``
+    rises from there above 1 and back within one step without showing it at any sample (for
+    example a spike where two eigenvalues meet and split), or a window narrower than 1e-7
+    relative. ``tests/test_theory.py`` checks both sides of this statement.
+
+    Window ends are bisected to ``rtol`` (relative); ``peak`` and ``rho`` are the sample with
+    the largest ``rho`` in the window.
+    """
+    if not hi > lo:
+        return []
+    count = max(2, math.ceil(math.log(hi / lo) / math.log1p(SCAN_STEP)) + 1)
+    grid = np.geomspace(lo, hi, count)
+    if first_only:
+        parts = []
+        for s in range(0, count, SCAN_BLOCK):
+            parts.append(np.asarray(rho(grid[s : s + SCAN_BLOCK]), np.float64))
+            if _unstable(parts[-1]).any():
+                break
+        r = np.concatenate(parts)
+        grid = grid[: len(r)]
+    else:
+        r = np.asarray(rho(grid), np.float64)
+    lr, r = _refine(rho, grid, r, first_only)
+    bad = _unstable(r)
+    if not bad.any():
+        return []
+    edges = np.diff(bad.astype(np.int8))
+    starts = np.flatnonzero(edges == 1) + 1
+    if bad[0]:
+        starts = np.concatenate([[0], starts])
+    stops = np.flatnonzero(edges == -1) + 1  # the first stable sample after a window
+    if first_only:
+        starts = starts[:1]
+    stops = stops[stops > starts[0]][: len(starts)]
+    has_stop = np.arange(len(starts)) < len(stops)
+    inner = starts > 0
+    start = lr[starts].copy()
+    start[inner] = _bisect(rho, lr[starts[inner] - 1], lr[starts[inner]], rtol)
+    stop = np.full(len(starts), math.inf)
+    if len(stops):
+        stop[has_stop] = _bisect(rho, lr[stops], lr[stops - 1], rtol, unstable_out=False)
+    windows = []
+    for i, a in enumerate(starts):
+        b = stops[i] if has_stop[i] else len(r)
+        k = a + int(np.argmax(r[a:b]))
+        windows.append(Window(float(start[i]), float(stop[i]), float(lr[k]), float(r[k])))
+    return windows
+
+
+def _refine(
+    rho: Callable[[np.ndarray], np.ndarray], lr: np.ndarray, r: np.ndarray, first_only: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples with every suspect interval cut finer (:func:`scan_windows`)."""
+    for _ in range(REFINE_ROUNDS):
+        bad = _unstable(r)
+        gap = 1 + NEUTRAL - np.maximum(r[:-1], r[1:])
+        change = np.abs(np.diff(r))
+        padded = np.concatenate([[0.0], change, [0.0]])
+        local = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
+        suspect = (gap > 0) & (gap <= REFINE_SLACK * local) & (lr[1:] / lr[:-1] - 1 > REFINE_FLOOR)
+        if first_only and bad.any():
+            suspect[int(np.argmax(bad)) :] = False
+        which = np.flatnonzero(suspect)[:REFINE_BATCH]
+        if not which.size:
+            break
+        parts = np.arange(1, REFINE_SPLIT) / REFINE_SPLIT
+        new = lr[which, None] * (lr[which + 1] / lr[which])[:, None] ** parts
+        lr = np.concatenate([lr, new.ravel()])
+        r = np.concatenate([r, np.asarray(rho(new.ravel()), np.float64)])
+        order = np.argsort(lr, kind="stable")
+        lr, r = lr[order], r[order]
+    return lr, r
+
+
+def _bisect(
+    rho: Callable[[np.ndarray], np.ndarray],
+    stable: np.ndarray,
+    unstable: np.ndarray,
+    rtol: float,
+    *,
+    unstable_out: bool = True,
+) -> np.ndarray:
+    """Each pair's stable/unstable transition, to ``rtol`` relative, all pairs at once: the
+    unstable end (``unstable_out``) or the stable one."""
+    s, u = np.array(stable, np.float64), np.array(unstable, np.float64)
+    while True:
+        todo = np.flatnonzero(np.abs(np.log(u / s)) > rtol)
+        if not todo.size:
+            return u if unstable_out else s
+        mid = np.sqrt(s[todo] * u[todo])
+        b = _unstable(np.asarray(rho(mid), np.float64))
+        u[todo] = np.where(b, mid, u[todo])
+        s[todo] = np.where(b, s[todo], mid)
+
+
+def unstable_windows(
+    x: np.ndarray,
+    batch_size: int,
+    dynamics: Dynamics,
+    lo: float,
+    hi: float,
+    rtol: float = 1e-9,
+) -> list[Window]:
+    """The lr windows of ``[lo, hi]`` where ``rho(M) > 1`` (fixed batch order), ascending
+    (:func:`scan_windows`; one batch: the one window from the closed form on)."""
+    x = np.asarray(x, np.float64)
+    if batch_size >= len(x):
+        full = gd_critical_lr(x, dynamics)
+        if full > hi:
+            return []
+        rho = float(spectral_radius(x, batch_size, np.array([max(full, lo)]), dynamics)[0])
+        return [Window(max(full, lo), math.inf, max(full, lo), rho)]
+    return scan_windows(lambda lr: spectral_radius(x, batch_size, lr, dynamics), lo, hi, rtol=rtol)
+
+
 def critical_lr(
     x: np.ndarray, batch_size: int, dynamics: Dynamics = PLAIN, rtol: float = 1e-9
 ) -> float:
     """The smallest learning rate at which (Keras) SGD is unstable, ``shuffle=False``.
 
     One batch: the closed form :func:`gd_critical_lr`. Several: the first ``lr`` with
-    ``rho(M) > 1``, scanned on a log grid from 1e-4 to 1e3 times the full-batch value (so an
-    unstable window narrower than 0.2% of ``lr`` could be missed) and bisected to ``rtol``.
-    ``nan`` if the scan finds no unstable ``lr``.
+    ``rho(M) > 1``, from :data:`SCAN_RANGE` (1e-4 to 1e3 times the full-batch value; further
+    down if ``rho(M) > 1`` already at its low end) by :func:`scan_windows`: a 0.2% log grid,
+    refined wherever ``rho`` comes close to 1 relative to how fast it changes, and bisected to
+    ``rtol``. It can miss only a window narrower than 0.2% of its lr whose neighbouring samples
+    give no sign of it (:func:`scan_windows` says exactly when), or one narrower than 1e-7.
+    ``nan`` if there is no unstable ``lr`` in range. Cached per data, batch size and dynamics.
     """
-    x = np.asarray(x, np.float64)
+    x = np.ascontiguousarray(x, np.float64)
+    return _critical_lr(x.tobytes(), int(batch_size), dynamics, float(rtol))
+
+
+@functools.lru_cache(maxsize=4096)
+def _critical_lr(data: bytes, batch_size: int, dynamics: Dynamics, rtol: float) -> float:
+    x = np.frombuffer(data, np.float64)
     full = gd_critical_lr(x, dynamics)
     if batch_size >= len(x):
         return full
-    grid = full * np.geomspace(1e-4, 1e3, 8001)
-    unstable = spectral_radius(x, batch_size, grid, dynamics) > 1 + NEUTRAL
-    if not unstable.any():
-        return math.nan
-    k = int(np.argmax(unstable))
-    if k == 0:
-        return float(grid[0])
-    lo, hi = float(grid[k - 1]), float(grid[k])
-    while hi / lo - 1 > rtol:
-        mid = math.sqrt(lo * hi)
-        if spectral_radius(x, batch_size, np.array([mid]), dynamics)[0] > 1 + NEUTRAL:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    lo, hi = full * SCAN_RANGE[0], full * SCAN_RANGE[1]
+    for _ in range(3):
+        found = scan_windows(
+            lambda lr: spectral_radius(x, batch_size, lr, dynamics),
+            lo, hi, rtol=rtol, first_only=True,
+        )  # fmt: skip
+        if not found:
+            return math.nan
+        if found[0].start > lo:
+            return found[0].start
+        lo, hi = lo * SCAN_RANGE[0], lo  # unstable at the low end already: look lower
+    return lo
 
 
 def predicted_history(

@@ -27,9 +27,14 @@ class NumpyOptimizer:
     def c(self, v: float) -> np.floating:
         return self.dt(v)
 
+    def cast(self, v: float) -> np.floating:
+        """Keras's ``ops.cast`` of a Python float: on TensorFlow ``tf.cast`` makes it a float32
+        tensor first, so it is rounded to float32 even in a float64 run."""
+        return self.dt(np.float32(v))
+
     def apply(self, grads: list, variables: list) -> list:
         if not self.slots:
-            init = self.c(self.hp.get("initial_accumulator_value", 0.0))
+            init = self.cast(self.hp.get("initial_accumulator_value", 0.0))
             zeros = [self.c(0.0) for _ in variables]
             self.slots = {"m": list(zeros), "v": list(zeros), "acc": [init for _ in variables]}
         out = [
@@ -42,7 +47,7 @@ class NumpyOptimizer:
         c, lr, hp, s = self.c, self.lr, self.hp, self.slots
         if self.family == "sgd":
             if hp["momentum"] != 0:
-                mu = c(hp["momentum"])
+                mu = self.cast(hp["momentum"])
                 s["m"][i] = s["m"][i] * mu - g * lr
                 if hp["nesterov"]:
                     return var + (s["m"][i] * mu - g * lr)
@@ -50,7 +55,7 @@ class NumpyOptimizer:
             return var - g * lr
         if self.family == "adam":
             t = c(self.iterations + 1)
-            b1, b2 = c(hp["beta_1"]), c(hp["beta_2"])
+            b1, b2 = self.cast(hp["beta_1"]), self.cast(hp["beta_2"])
             alpha = lr * np.sqrt(c(1) - b2**t) / (c(1) - b1**t)
             s["m"][i] = s["m"][i] + (g - s["m"][i]) * c(1 - hp["beta_1"])
             s["v"][i] = s["v"][i] + (g * g - s["v"][i]) * c(1 - hp["beta_2"])

@@ -4,7 +4,6 @@ and outputs whose memory does not grow with the map (netCDF chunks, heatmaps).""
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import math
 from pathlib import Path

@@ -51,6 +51,7 @@ def boundary_map():
         n=(3, 10, 20, 33, 45),
         batch_size=(8, 64),
         epochs=(300,),
+        shuffle=False,  # a closed form needs a fixed batch order
     )
     return run(sweep)[0]
 
@@ -161,3 +162,88 @@ def test_explain_rejects_malformed_csv(
     err = capsys.readouterr().err
     assert err.startswith("error: --data ") and message in err, err
     assert err.count("\n") == 1
+
+
+def _rho_of(shape: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A made-up ``rho(lr)`` from its shape in ``u = ln(lr)``."""
+    return lambda lr: shape(np.log(np.asarray(lr, np.float64)))
+
+
+STEP = np.log1p(theory.SCAN_STEP)  # the base grid's step in ln(lr), at most
+
+
+@pytest.mark.parametrize("offset", np.linspace(0.0, 1.0, 21))
+def test_scan_finds_every_window_wider_than_a_step(offset: float) -> None:
+    # The worst case: rho far below 1 up to the window's edges, a box of 1.02 steps.
+    a = np.log(0.01) + offset * STEP
+    b = a + 1.02 * STEP
+    rho = _rho_of(lambda u: np.where((u >= a) & (u <= b), 1.5, 0.5))
+    (w,) = theory.scan_windows(rho, 1e-3, 1.0)
+    assert w.start == pytest.approx(np.exp(a), rel=1e-8)
+    assert w.stop == pytest.approx(np.exp(b), rel=1e-8)
+    assert theory.scan_windows(rho, 1e-3, 1.0, first_only=True)[0].start == w.start
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.13, 0.5, 0.77])
+@pytest.mark.parametrize("width", [1e-3, 1e-4, 1e-5, 1e-6])
+def test_scan_refines_windows_narrower_than_a_step(offset: float, width: float) -> None:
+    # Windows far narrower than the 0.2% step, between samples: a smooth peak barely above 1
+    # (curvature 1e4 in ln lr) and a sharp one (a kink of slope 50).
+    u0 = np.log(0.01) + (0.5 + offset) * STEP
+    half = width / 2
+    smooth = _rho_of(lambda u: np.maximum(0.2, 1 + 1e4 * half**2 - 1e4 * (u - u0) ** 2))
+    sharp = _rho_of(lambda u: np.maximum(0.2, 1 + 50 * half - 50 * np.abs(u - u0)))
+    # Where rho passes 1 + NEUTRAL, the threshold of "unstable":
+    inside = (np.sqrt(half**2 - theory.NEUTRAL / 1e4), half - theory.NEUTRAL / 50)
+    for rho, h in zip((smooth, sharp), inside, strict=True):
+        windows = theory.scan_windows(rho, 1e-3, 1.0)
+        assert len(windows) == 1
+        assert windows[0].start == pytest.approx(np.exp(u0 - h), rel=1e-8)
+        assert windows[0].stop == pytest.approx(np.exp(u0 + h), rel=1e-8)
+        first = theory.scan_windows(rho, 1e-3, 1.0, first_only=True)
+        assert first[0].start == windows[0].start
+
+
+def test_scan_can_miss_only_a_window_its_neighbours_do_not_show() -> None:
+    # The documented blind spot: a spike narrower than a step between samples, with rho flat
+    # far below 1 on both sides. The same spike on the flank of a peak that nears 1 is found.
+    grid_u = np.log(np.geomspace(1e-3, 1.0, 1 + int(np.ceil(np.log(1e3) / STEP))))
+    k = int(np.searchsorted(grid_u, np.log(0.01)))
+    a, b = (
+        grid_u[k] + 0.3 * (grid_u[k + 1] - grid_u[k]),
+        grid_u[k] + 0.6 * (grid_u[k + 1] - grid_u[k]),
+    )
+    spike = (a, b)
+    hidden = _rho_of(lambda u: np.where((u > spike[0]) & (u < spike[1]), 1.5, 0.5))
+    assert theory.scan_windows(hidden, 1e-3, 1.0) == []
+    shown = _rho_of(
+        lambda u: np.where((u > a) & (u < b), 1.5, 0.999 - 10 * np.abs(u - (a + b) / 2))
+    )
+    (w,) = theory.scan_windows(shown, 1e-3, 1.0)
+    assert w.start == pytest.approx(np.exp(a), rel=1e-8)
+
+
+# Fixed-order cells with an unstable window narrower than a 16-per-decade grid step below the
+# first breaking grid lr (x = x_start + x_step i, y = 0.5 x + 0.3).
+WINDOWS = [  # (x_start, x_step, N, batch size, optimizer, window start, window stop)
+    (0.5, 0.75, 40, 3, "nesterov", 1.33934e-3, 1.53536e-3),
+    (-1.5, 1.5, 33, 3, "nesterov", 5.70441e-4, 6.38975e-4),
+    (0.5, 0.25, 25, 6, "sgd", 4.92249e-2, 5.41299e-2),
+    (3.25, 1.5, 17, 4, "sgd", 2.89557e-3, 3.13847e-3),
+]
+
+
+@pytest.mark.parametrize(("x_start", "x_step", "n", "bs", "name", "start", "stop"), WINDOWS)
+def test_critical_lr_is_the_first_window(
+    x_start: float, x_step: float, n: int, bs: int, name: str, start: float, stop: float
+) -> None:
+    x = Problem(x_start=x_start, x_step=x_step, intercept=0.3).dataset(n)[0]
+    dyn = DYNAMICS[name]
+    crit = theory.critical_lr(x, bs, dyn)
+    assert crit == pytest.approx(start, rel=1e-5)
+    first = theory.unstable_windows(x, bs, dyn, crit / 2, crit * 2)[0]
+    assert first.start == pytest.approx(crit, rel=1e-8)
+    assert first.stop == pytest.approx(stop, rel=1e-5) and first.rho > 1.01
+    # A brute-force scan, 100 times finer than the theory's, finds nothing unstable below.
+    lr = np.geomspace(theory.gd_critical_lr(x, dyn) * theory.SCAN_RANGE[0], crit, 200_000)[:-1]
+    assert theory.spectral_radius(x, bs, lr, dyn).max() <= 1 + theory.NEUTRAL
