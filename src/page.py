@@ -227,7 +227,14 @@ def _flag(key: str, c: Mapping[str, object]) -> str:
 
 def validation_section(record: ValidationRecord, png: bytes | None) -> str:
     """The page's "Checked against real Keras" section from a :mod:`src.validation` record."""
-    from src.validation import DONE, MIN_LOSS, SENSITIVE, SENSITIVITY_ULPS, headline
+    from src.validation import (
+        DONE,
+        FLOAT32_AGREEMENT,
+        MIN_LOSS,
+        SENSITIVITY_ULPS,
+        headline,
+        sensitive_above,
+    )
 
     esc = html.escape
     intro = (
@@ -238,10 +245,14 @@ def validation_section(record: ValidationRecord, png: bytes | None) -> str:
         "<i>random</i>, anywhere on the map. The Keras status follows the map's rules; the "
         f"loss difference is the largest |JAX/Keras - 1| where both losses exceed {MIN_LOSS:g}."
         " <i>float32 sensitivity</i>: how far the engine's own loss moves when the learning "
-        f"rate moves by up to {max(SENSITIVITY_ULPS)} ulp. Above {SENSITIVE:g} the run is "
+        f"rate moves by up to {max(SENSITIVITY_ULPS)} ulp. Above "
+        f"{sensitive_above(record.get('map_dtype', 'float32')):g} the run is "
         "<i>sensitive</i>: rounding decides its path (chaotic limit cycles, long exponential "
         "growth), two faithful float32 implementations part ways, and it is counted apart from "
-        "the agreement totals. Full figures: <code>validation.json</code>.</p>"
+        "the agreement totals. Measured on a random sample of 48 determined configurations "
+        "(every optimizer, partial batches, other data and hyperparameters), float32 maps "
+        f"agree with Keras to {FLOAT32_AGREEMENT:.1e} relative on the loss, and float64 maps "
+        "to 1e-10 (measured 1e-14). Full figures: <code>validation.json</code>.</p>"
     )
     if record["status"] != DONE:
         return (
