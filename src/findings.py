@@ -285,7 +285,7 @@ def critical_lr_table(
     rows = [f"{'N':>5}" + "".join(f"{o + ' meas.':>17}{'theory':>12}" for o in names)]
     for n in ns:
         cells = [f"{_g(crit[o]['measured'][n]):>17}{theory(o, n):>12}" for o in names]
-        rows.append(f"{n:>5}" + "".join(cells))
+        rows.append((f"{n:>5}" + "".join(cells)).rstrip())
     rows.append(
         "max |measured/theory - 1|: "
         + ", ".join(f"{o} {crit[o]['max_rel_diff']:.2%}" for o in names)

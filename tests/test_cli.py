@@ -236,3 +236,18 @@ def test_default_main_job(tmp_path: Path) -> None:
     case = summary["findings"]["seed_case"]
     assert abs(case["measured_growth_rate"] / case["theory_growth_rate"] - 1) < 1e-4
     assert "overflows for N = 17-64, N = 20 included" in proc.stdout
+    # Keras's default fit: shuffled, and the seed overflows where Keras's does, in every output.
+    with xr.open_dataset(tmp_path / "stability_map.nc") as ds:
+        assert int(ds.attrs["shuffle"]) == 1
+        seed = ds.sel(optimizer="sgd", lr=0.01, n=20, batch_size=32, seed=0, epochs=500)
+        assert int(seed.first_nonfinite_epoch) == 66
+    assert "The loss first became non-finite at epoch 66." in proc.stdout
+    assert "non-finite at epoch 66" in (tmp_path / "index.html").read_text()
+    assert case["first_nonfinite_epoch"] == 66
+    # The check compares what the map holds with Keras, in Keras's own shuffled orders.
+    record = json.loads((tmp_path / "validation.json").read_text())
+    assert record["status"] == "done" and record["shuffle"] and record["map_kernel"] == "moments"
+    first = record["configs"][0]
+    epochs = (first["first_nonfinite_epoch_jax"], first["first_nonfinite_epoch_keras"])
+    assert first["n"] == 20 and epochs == (66, 66)
+    assert all(c["agree"] and c["first_nonfinite_agree"] for c in record["configs"])
