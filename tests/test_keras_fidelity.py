@@ -131,3 +131,24 @@ def test_float32_agreement_on_a_random_sample() -> None:
     assert record["first_nonfinite_agreed"] == record["overflowing"]
     assert all(c.get("reproduces_map") for c in record["configs"])
     assert record["max_rel_err"] is not None and record["max_rel_err"] <= FLOAT32_BOUND
+
+
+def test_shuffled_minibatch_map_is_checked_in_keras_s_orders() -> None:
+    # A shuffled map with several batches per epoch, some runs overflowing: the check replays
+    # the orders Keras drew, and verdicts, overflow epochs and losses agree with Keras.
+    from src import runner, validation
+    from src.spec import Sweep
+
+    sweep = Sweep(
+        optimizer=("sgd", "momentum"), lr=(0.001, 0.004, 0.01, 0.02), n=(12, 30),
+        batch_size=(8,), epochs=(60,), shuffle=True, problem=DATA,
+    )  # fmt: skip
+    ds, _ = runner.run(sweep)
+    record = validation.validate(ds, 10, seed=2)
+    configs = record["configs"]
+    assert record["shuffle"] and len(configs) == 10
+    assert sum(c["order_dependent"] for c in configs) >= 4  # minibatches, reshuffled
+    assert record["overflowing"] >= 2
+    assert record["verdict_agreement"] == 1.0
+    assert record["first_nonfinite_agreed"] == record["overflowing"]
+    assert record["max_rel_err"] is not None and record["max_rel_err"] <= FLOAT32_BOUND
