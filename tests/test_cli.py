@@ -102,7 +102,17 @@ def test_netcdf_schema(small_run: tuple[Path, str]) -> None:
         cells = ("optimizer", "n", "batch_size", "seed", "epochs")
         assert ds.critical_lr.dims == cells and ds.theory_critical_lr.dims == cells
         assert np.isnan(ds.theory_critical_lr.sel(optimizer="adam")).all()
-        assert np.isfinite(ds.theory_critical_lr.sel(optimizer=["sgd", "momentum"])).all()
+        # Shuffled (the default): a closed form for full batches only; the fixed-order one
+        # for every SGD-family cell, the same where both exist.
+        sgd = ds.sel(optimizer=["sgd", "momentum"])
+        full = (sgd.batch_size >= sgd.n).broadcast_like(sgd.theory_critical_lr)
+        assert int(ds.attrs["shuffle"]) == 1
+        assert np.isfinite(sgd.theory_critical_lr.where(full)).sum() == full.sum()
+        assert np.isnan(sgd.theory_critical_lr.where(~full)).all()
+        assert np.isfinite(sgd.fixed_order_critical_lr).all()
+        xr.testing.assert_equal(
+            sgd.fixed_order_critical_lr.where(full), sgd.theory_critical_lr.where(full)
+        )
         assert ds.attrs["dtype"] == "float32"
 
 
