@@ -241,7 +241,8 @@ def test_default_main_job(tmp_path: Path) -> None:
         assert STATUSES[int(at.sel(optimizer="adam", n=20))] != "overflow"
         sgd = ds.sel(optimizer="sgd")
         rel = np.abs(sgd.critical_lr / sgd.theory_critical_lr - 1).values
-        assert np.all(rel <= 0.005), rel.max()
+        both = np.isfinite(rel)  # shuffled minibatches (N > 32) have no closed form
+        assert both.sum() == 32 and np.all(rel[both] <= 0.005), np.nanmax(rel)
     summary = json.loads((tmp_path / "summary.json").read_text())
     case = summary["findings"]["seed_case"]
     assert abs(case["measured_growth_rate"] / case["theory_growth_rate"] - 1) < 1e-4

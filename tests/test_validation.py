@@ -186,8 +186,8 @@ def test_a_sensitive_run_is_told_apart_by_its_float32_neighbours() -> None:
     at = {"n": 0, "batch_size": 0, "seed": 0, "epochs": 0}
     rough = validation.pick_at(ds, {**at, "optimizer": 1, "lr": 1}, "random")
     smooth = validation.pick_at(ds, {**at, "optimizer": 0, "lr": 0}, "random")
-    base = validation.engine_histories(ds, [rough, smooth])
-    near = validation.engine_histories(ds, validation.float32_neighbours([rough, smooth]))
+    base = validation.engine_histories(ds, [rough, smooth]).histories
+    near = validation.engine_histories(ds, validation.float32_neighbours([rough, smooth])).histories
     k = len(validation.SENSITIVITY_ULPS)
     spread = [
         max(validation.max_relative_error(h, base[i]) for h in near[i * k : (i + 1) * k])
