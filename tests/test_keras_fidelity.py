@@ -8,6 +8,7 @@ semantics, a bug. Shuffled runs replay the order Keras recorded (:mod:`src.keras
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,20 @@ def test_shuffled_minibatch_map_is_checked_in_keras_s_orders() -> None:
     assert record["verdict_agreement"] == 1.0
     assert record["first_nonfinite_agreed"] == record["overflowing"]
     assert record["max_rel_err"] is not None and record["max_rel_err"] <= FLOAT32_BOUND
+
+
+def test_float64_main_job_is_checked_in_float64(tmp_path: Path) -> None:
+    # The command that once ended in a JAX traceback: a float64 map with the default check.
+    # Keras now runs in float64 too, and the map's own values agree with it to 1e-10.
+    import json
+
+    from src.cli import main
+
+    out = tmp_path / "f64"
+    argv = ["--dtype", "float64", "--optimizers", "sgd,adam", "--n", "5,20", "--epochs", "40",
+            "--validate", "4", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "validation.json").read_text())
+    assert record["status"] == "done" and record["map_dtype"] == "float64"
+    assert record["checked"] == 4 and record["verdict_agreement"] == 1.0
+    assert record["max_rel_err"] is not None and record["max_rel_err"] <= FLOAT64_RTOL
