@@ -149,7 +149,10 @@ def test_shuffled_minibatch_map_is_checked_in_keras_s_orders() -> None:
     configs = record["configs"]
     assert record["shuffle"] and len(configs) == 10
     assert sum(c["order_dependent"] for c in configs) >= 4  # minibatches, reshuffled
-    assert record["overflowing"] >= 2
+    # Keras draws fresh orders every run, and long growth amplifies rounding: a pick may be
+    # sensitive in one run and determined in the next; the determined ones must all agree.
+    assert sum(c["first_nonfinite_epoch_keras"] > 0 for c in configs) >= 2
+    assert record["overflowing"] >= 1
     assert record["verdict_agreement"] == 1.0
     assert record["first_nonfinite_agreed"] == record["overflowing"]
     assert record["max_rel_err"] is not None and record["max_rel_err"] <= FLOAT32_BOUND
