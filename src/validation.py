@@ -634,7 +634,7 @@ def validate(
             for p, r in zip(picks, runs, strict=True)
         ]
         orders = orders + [o for o in orders for _ in SENSITIVITY_ULPS]
-    rerun = fixed or engine_histories(ds, both, orders=orders)
+    rerun = fixed if fixed is not None else engine_histories(ds, both, orders=orders)
     histories, neighbours = rerun.histories[: len(picks)], rerun.histories[len(picks) :]
     autodiff = (
         None
