@@ -68,12 +68,31 @@ def refinement(grid_lr: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, np.nda
     return cell, bottom * np.exp(span[cell] * rank / (count[cell] + 1))
 
 
+REFINING = "refining critical lr"
+BISECTING = "bisecting critical lr"
+"""The phases of :func:`search`, as its ``plan`` names them."""
+
+
+def bisection_rounds(lo: np.ndarray, hi: np.ndarray, rtol: float) -> np.ndarray:
+    """Rounds of :func:`search`'s bisection that narrow each bracket ``[lo, hi]`` (``lo > 0``)
+    to at most ``rtol``: each round leaves one of its :data:`SECTIONS` equal parts in log
+    space."""
+    width = np.log(np.asarray(hi, np.float64) / np.asarray(lo, np.float64))
+    rounds = np.zeros(width.shape, np.int64)
+    limit = math.log1p(rtol)
+    while np.any(more := width > limit):
+        rounds[more] += 1
+        width[more] /= SECTIONS
+    return rounds
+
+
 def search(
     grid_lr: np.ndarray,
     breaks: np.ndarray,
     breaks_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
     rtol: float = DEFAULT_RTOL,
     candidates: Sequence[np.ndarray] | None = None,
+    plan: Callable[[str, list[np.ndarray]], None] | None = None,
 ) -> Boundary:
     """Refine and bisect every cell's first break.
 
@@ -82,6 +101,11 @@ def search(
     each) in one batched call and says which break. ``candidates[i]`` (optional) are further
     lrs to simulate for cell ``i`` (the closed form's unstable windows); those at or above
     the cell's first breaking grid lr, or below ``grid_lr[0] / 100``, are left out.
+
+    ``plan(phase, calls)`` (optional, for progress) is told at the start of each phase,
+    :data:`REFINING` then :data:`BISECTING`, the ``cells`` of every ``breaks_at`` call the
+    phase will make. The bisection's rounds are predicted from its brackets' widths
+    (:func:`bisection_rounds`): a rounding in the last digit may add or save a round.
     """
     grid_lr = np.asarray(grid_lr, np.float64)
     breaks = np.asarray(breaks, bool)
@@ -100,6 +124,8 @@ def search(
             extra_cells.append(np.full(len(c), i))
             extra_lrs.append(c)
     cell, lr = np.concatenate(extra_cells).astype(np.int64), np.concatenate(extra_lrs)
+    if plan is not None:
+        plan(REFINING, [cell] if len(cell) else [])
     broke = breaks_at(cell, lr) if len(cell) else np.zeros(0, bool)
 
     hi = top.copy()  # the first breaking sample
@@ -114,6 +140,11 @@ def search(
     non_monotone[cell[later]] = True
 
     has = np.isfinite(hi) & (lo > 0)
+    if plan is not None:
+        rounds = np.zeros(n_cells, np.int64)
+        rounds[has] = bisection_rounds(lo[has], hi[has], rtol)
+        todo_by_round = [np.flatnonzero(rounds > r) for r in range(rounds.max(initial=0))]
+        plan(BISECTING, [np.repeat(todo, SECTIONS - 1) for todo in todo_by_round])
     parts = np.arange(1, SECTIONS) / SECTIONS
     while True:
         todo = np.flatnonzero(has & (hi / np.where(has, lo, 1.0) - 1 > rtol))

@@ -24,6 +24,7 @@ import xarray as xr
 from src import engine, findings, optimizers, outcome, validation, xla_options
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
+from src.focus import SEED_FOCUS, parse_focus
 from src.problem import Problem, read_xy_csv
 from src.runner import RunStats, check_memory, resumed_configs, run
 from src.spec import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid
@@ -277,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="reports/stability_map",
         help="output directory (default reports/stability_map)",
+    )
+    p.add_argument(
+        "--focus",
+        default=None,
+        metavar="OPT:LR:N[:BATCH]",
+        help="the configuration the report opens on: its verdict, why, the simulated fixes "
+        "and its loss against lr, shown at the map's nearest cell (default "
+        "sgd:0.01:20:32, the seed's model.fit(xs, ys, epochs=500))",
     )
     p.add_argument(
         "--coordinator",
@@ -571,6 +580,7 @@ def map_job(argv: Sequence[str]) -> int:
     sweep = sweep_from_args(args)
     check_memory(sweep)
     checks = _validation_count(args.validate)
+    args.focus = SEED_FOCUS if args.focus is None else parse_focus(args.focus)
     if engine.resolve_kernel(sweep.kernel) == "moments":
         xla_options.use_multi_output_fusion()  # before JAX's backend starts (see its docs)
     if args.resume and args.coordinator is not None:
@@ -615,11 +625,16 @@ def _map_into(
     ds, stats = _run_with_progress(sweep, quiet=args.quiet, work=work)
     store.write_netcdf(out / report.MAP_FILE, ds)  # the map first: the Keras check is a guest
     checked = _validate_with_progress(ds, checks, quiet=args.quiet)
-    if not args.quiet:
-        print("writing the report ...", file=sys.stderr)
-    summary, lines = report.publish(
-        ds, stats, sweep.problem, out, started, validation=checked, map_written=True
-    )
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(report.REPORT_STEPS), unit="step", file=sys.stderr,
+        desc="writing the report", dynamic_ncols=True, disable=args.quiet,
+    ) as bar:  # fmt: skip
+        summary, lines = report.publish(
+            ds, stats, sweep.problem, out, started, validation=checked, map_written=True,
+            focus=args.focus, progress=bar.update,
+        )  # fmt: skip
     store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
     store.complete(out)
     work.discard()  # every file is written: the saved chunks have served
@@ -671,7 +686,8 @@ def _print_summary(
     shown = findings.shown_ns([int(n) for n in ds.n.values])
     print("Largest stable lr on the grid (neither overflow nor diverging; all N in summary.json):")
     found = summary["findings"]
-    print("\n".join(findings.stable_lr_table(found, list(sweep.optimizer), shown)))
+    top = float(ds.lr.max())
+    print("\n".join(findings.stable_lr_table(found, list(sweep.optimizer), shown, top)))
     critical = findings.critical_lr_table(found, list(sweep.optimizer), shown)
     if critical:
         print("Critical lr (smallest that overflows or diverges), measured vs closed form:")
@@ -681,18 +697,36 @@ def _print_summary(
 
 def _run_with_progress(sweep: Sweep, quiet: bool, work: object = None):  # noqa: ANN202
     """Run ``sweep`` (saving its chunks in ``work``, a :class:`src.resume.WorkStore`) under
-    a progress bar: configs/s and the time left; chunks resumed from ``work`` count as done."""
+    progress bars on stderr: the map's (configs/s and the time left; chunks resumed from
+    ``work`` count as done), then one per later phase (:data:`src.runner.Phase`: loss
+    curves, refining and bisecting the critical lr), each with its own count and ETA and
+    closed when the phase is done."""
     if quiet:
         return run(sweep, work=work)
     from tqdm import tqdm
 
-    with tqdm(
-        total=sweep.n_configs,
-        initial=0 if work is None else resumed_configs(sweep, work),
-        unit="config",
-        unit_scale=True,
-        file=sys.stderr,
-        desc="simulating",
-        dynamic_ncols=True,
-    ) as bar:
-        return run(sweep, progress=bar.update, stage=bar.set_description, work=work)
+    shown: list[tqdm] = []  # the bar of the phase under way
+
+    def start(desc: str, total: int, unit: str, initial: int = 0) -> Callable[[int], None]:
+        for bar in shown:
+            bar.close()
+        bar = tqdm(
+            total=total, initial=initial, unit=unit, unit_scale=unit == "config", file=sys.stderr,
+            desc=desc, dynamic_ncols=True,
+        )  # fmt: skip
+        shown[:] = [bar]
+
+        def tick(k: int) -> None:
+            bar.update(k)
+            if bar.n >= total:
+                bar.close()
+
+        return tick
+
+    try:
+        resumed = 0 if work is None else resumed_configs(sweep, work)
+        simulating = start("simulating", sweep.n_configs, "config", resumed)
+        return run(sweep, progress=simulating, phase=start, work=work)
+    finally:
+        for bar in shown:
+            bar.close()

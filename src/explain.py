@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import jax
 import numpy as np
@@ -49,6 +49,10 @@ class Case:
     data: tuple[np.ndarray, np.ndarray] | None = None
     tol: float = outcome.DEFAULT_TOL
     dtype: str = "float32"
+    shuffle: bool = False
+    """Whether every epoch reshuffles the samples (``fit``'s default; the command line's
+    ``explain`` keeps a fixed order, so that the closed form covers minibatches too)."""
+    diverge_factor: float = outcome.DEFAULT_DIVERGE_FACTOR
 
     def dataset(self, standardized: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
         """``(x, y, x_query)`` in float64, optionally with x standardised."""
@@ -91,6 +95,7 @@ class Configuration(TypedDict):
     hyperparameters: dict[str, float]
     data: str
     initial_w: float
+    shuffle: bool
 
 
 class Prediction(TypedDict, total=False):
@@ -105,13 +110,14 @@ class Prediction(TypedDict, total=False):
 
 
 class Fix(TypedDict):
-    """A suggested change, simulated."""
+    """A suggested change, simulated (``history``: its per-epoch losses, when asked for)."""
 
     fix: str
     status: str
     final_loss: float | None
     prediction_at_25: float | None
     works: bool
+    history: NotRequired[list[float | None]]
 
 
 class Diagnosis(TypedDict, total=False):
@@ -139,7 +145,9 @@ class Lab:
             x, y, q = self.case.dataset(standardized)
             table = data_table([(x, y, q)], self.case.dtype)
             rows = table_rows([len(x)])
-            self._sims[standardized] = Simulator(table, rows, self.case.dtype, self.case.tol)
+            self._sims[standardized] = Simulator(
+                table, rows, self.case.dtype, self.case.tol, self.case.shuffle
+            )
         return self._sims[standardized]
 
     def run(
@@ -159,13 +167,19 @@ class Lab:
             s, hist = sim.run(o.family, flat, history=history, pad_to=1 << (k - 1).bit_length())
         status = outcome.classify(
             s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
-            np.broadcast_to(sim.table.loss_scale[0], (k,)), case.tol,
+            np.broadcast_to(sim.table.loss_scale[0], (k,)), case.tol, case.diverge_factor,
         )  # fmt: skip
         return status, s._asdict(), hist
 
     def simulate(self, case: Case, standardized: bool = False) -> Simulated:
         """One run's verdict and figures (JSON-ready)."""
-        status, s, _ = self.run(case, np.array([case.lr]), standardized)
+        return self.trial(case, standardized)[0]
+
+    def trial(
+        self, case: Case, standardized: bool = False, history: bool = False
+    ) -> tuple[Simulated, np.ndarray | None]:
+        """:meth:`simulate`, and with ``history`` the run's per-epoch losses too."""
+        status, s, losses = self.run(case, np.array([case.lr]), standardized, history)
         return Simulated(
             status=outcome.STATUSES[int(status[0])],
             initial_loss=_f(s["initial_loss"][0]),
@@ -176,18 +190,17 @@ class Lab:
             final_w=_f(s["final_w"][0]),
             final_b=_f(s["final_b"][0]),
             prediction=_f(s["prediction"][0]),
-        )
+        ), (None if losses is None else np.asarray(losses[0, : case.epochs], np.float64))
 
     def breaks(self, lrs: np.ndarray) -> np.ndarray:
         return outcome.breaks(self.run(self.case, lrs)[0])
 
 
 def dynamics_of(case: Case) -> theory.Dynamics | None:
-    """The dynamics of ``case`` if a closed form covers it (:func:`src.theory.closed_form`);
-    ``explain`` never shuffles."""
+    """The dynamics of ``case`` if a closed form covers it (:func:`src.theory.closed_form`)."""
     one_batch = case.batch_size >= case.size
     return theory.closed_form(case.optimizer, case.hyperparameters, one_batch=one_batch,
-                              shuffle=False)  # fmt: skip
+                              shuffle=case.shuffle)  # fmt: skip
 
 
 def measured_critical_lr(lab: Lab) -> float:
@@ -208,8 +221,9 @@ def first_breaking_n(case: Case, dyn: theory.Dynamics) -> int | None:
     return None
 
 
-def explain(case: Case) -> Diagnosis:
-    """The whole diagnosis, JSON-ready (see :func:`describe` for the words)."""
+def explain(case: Case, histories: bool = False) -> Diagnosis:
+    """The whole diagnosis, JSON-ready (see :func:`describe` for the words); with
+    ``histories`` every fix also carries its per-epoch losses."""
     x, y, _ = case.dataset()
     with np.errstate(over="ignore"):
         squares = float(np.mean(x * x)), float(np.mean(y * y))
@@ -231,6 +245,7 @@ def explain(case: Case) -> Diagnosis:
             hyperparameters={**opt.get(case.optimizer).defaults, **case.hyperparameters},
             data="user data" if case.data is not None else case.problem.describe(),
             initial_w=float(initial_params(case.seed).w),
+            shuffle=case.shuffle,
         ),
         simulated=sim,
         hessian_eigenvalues=[float(e) for e in theory.hessian_eigenvalues(x)],
@@ -257,11 +272,11 @@ def explain(case: Case) -> Diagnosis:
         report["measured_critical_lr"] = _f(crit)
         safe = crit / 2 if math.isfinite(crit) else None
     if sim["status"] != "converged":
-        report["fixes"] = _fixes(lab, safe)
+        report["fixes"] = _fixes(lab, safe, histories)
     return report
 
 
-def _fixes(lab: Lab, safe_lr: float | None) -> list[Fix]:
+def _fixes(lab: Lab, safe_lr: float | None, histories: bool = False) -> list[Fix]:
     case = lab.case
     tries = [] if safe_lr is None else [
         (f"lr {safe_lr:.4g} (half the critical lr)", dataclasses.replace(case, lr=safe_lr), False)
@@ -280,16 +295,17 @@ def _fixes(lab: Lab, safe_lr: float | None) -> list[Fix]:
     ]
     out = []
     for label, c, standardized in tries:
-        r = lab.simulate(c, standardized)
-        out.append(
-            Fix(
-                fix=label,
-                status=r["status"],
-                final_loss=r["final_loss"],
-                prediction_at_25=r["prediction"],
-                works=r["status"] == "converged",
-            )
+        r, losses = lab.trial(c, standardized, histories)
+        fix = Fix(
+            fix=label,
+            status=r["status"],
+            final_loss=r["final_loss"],
+            prediction_at_25=r["prediction"],
+            works=r["status"] == "converged",
         )
+        if losses is not None:
+            fix["history"] = [_f(v) for v in losses]
+        out.append(fix)
     return out
 
 
@@ -320,11 +336,13 @@ def describe(report: Diagnosis) -> list[str]:
         + (
             " (full batch), "
             if cfg["batch_size"] >= cfg["n"]
+            else " reshuffled every epoch (fit's default), "
+            if cfg.get("shuffle")
             else " in a fixed order (fit(shuffle=False); explain does not shuffle), "
         )
         + f"{cfg['epochs']} epochs, seed {cfg['seed']} "
         + f"(initial w = {cfg['initial_w']:.4f}, b = 0).",
-        "Verdict: " + _verdict(sim),
+        "Verdict: " + verdict(sim),
     ]
     eig = report["hessian_eigenvalues"]
     th = report.get("theory")
@@ -373,7 +391,8 @@ def describe(report: Diagnosis) -> list[str]:
     return lines
 
 
-def _verdict(sim: Simulated) -> str:
+def verdict(sim: Simulated) -> str:
+    """The simulated outcome in words."""
     s = sim["status"]
     if s == "overflow":
         return (f"overflow: the loss became inf/nan at epoch {sim['first_nonfinite_epoch']} and "

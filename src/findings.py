@@ -303,15 +303,30 @@ def _g(v: float | None) -> str:
 
 
 def stable_lr_table(
-    findings: Findings, optimizers: Sequence[str], ns: Sequence[int]
+    findings: Findings,
+    optimizers: Sequence[str],
+    ns: Sequence[int],
+    grid_top: float | None = None,
 ) -> list[str]:
-    """Rows of "largest stable lr" for the given N (a fixed-width text table)."""
+    """Rows of "largest stable lr" for the given N (a fixed-width text table). In words where
+    a number would mislead: ``none`` (no lr of the grid is stable) and, given the grid's
+    largest lr ``grid_top``, ``grid edge`` (stable at every lr of the grid)."""
     table = findings["largest_stable_lr"]
     head = f"{'N':>5}" + "".join(f"{name:>11}" for name in optimizers)
     rows = [head]
+
+    def word(v: float | None) -> str:
+        if v is None:
+            return "none"
+        return "grid edge" if grid_top is not None and math.isclose(v, grid_top) else f"{v:.4g}"
+
     for n in ns:
-        cells = [table[name][n] for name in optimizers]
-        rows.append(f"{n:>5}" + "".join(f"{'-' if v is None else f'{v:.4g}':>11}" for v in cells))
+        rows.append(f"{n:>5}" + "".join(f"{word(table[name][n]):>11}" for name in optimizers))
+    edge = grid_top is not None and any(
+        word(table[name][n]) == "grid edge" for name in optimizers for n in ns
+    )
+    if edge:
+        rows.append(f"grid edge: stable at every lr of the grid, up to {grid_top:g}")
     return rows
 
 

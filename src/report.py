@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from src import findings, outcome, page, store
+from src.focus import SEED_FOCUS, Focus
+from src.focus import panel as focus_panel
 from src.problem import Problem
 from src.runner import RunStats
 from src.schema import DIMS, reference_slice
@@ -213,24 +215,99 @@ def overview_figure(
     return fig
 
 
-def curves_figure(ds: xr.Dataset) -> Figure:
+LOSS_HEADROOM = 1e6
+"""The loss curves' y axis ends at most this factor above the largest first-epoch loss: a loss
+a million times its start has plainly run away, and a curve on its way to float32's 3.4e38
+would otherwise squash every finite curve into the bottom of the axes."""
+
+LOSS_FLOOR = 1e-12
+"""The loss curves' y axis starts at most this factor below the largest first-epoch loss: a
+float32 loss relative to its start is rounding noise down there (residuals at float32's 1e-7
+precision square to about 1e-14)."""
+
+OVERFLOW_MARK = "^"
+"""Where a loss curve became inf/nan: this marker on the top edge, at its first non-finite epoch."""
+
+
+def loss_axis_limits(histories: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """The y range of :func:`curves_figure` (log axis), from the finite positive losses of
+    ``histories``; ``None`` when there are none (matplotlib's own limits then).
+
+    * top: twice the largest finite loss, but at most :data:`LOSS_HEADROOM` times the largest
+      first finite loss of a curve (its start), so an overflowing curve leaves the axes while
+      it runs away instead of stretching them to float32's maximum;
+    * bottom: half the smallest finite loss, but no lower than :data:`LOSS_FLOOR` times that
+      largest start.
+
+    The top is never below twice the largest start and the bottom never above half the
+    smallest loss, so every curve's start and its lowest loss above the floor are in view."""
+    finite = [h[np.isfinite(h) & (h > 0)] for h in map(_float64, histories)]
+    starts = [float(h[0]) for h in finite if h.size]
+    if not starts:
+        return None
+    start = max(starts)
+    largest = max(float(h.max()) for h in finite if h.size)
+    smallest = min(float(h.min()) for h in finite if h.size)
+    top = min(2 * largest, LOSS_HEADROOM * start)
+    bottom = max(smallest / 2, LOSS_FLOOR * start)
+    return bottom, top
+
+
+def _float64(history: np.ndarray) -> np.ndarray:
+    """A loss history as a flat float64 array (float32 maps and float64 fixes alike)."""
+    return np.asarray(history, np.float64).ravel()
+
+
+def _draw_loss_curve(
+    ax: Axes, epochs: np.ndarray, losses: np.ndarray, label: str, **style: object
+) -> None:
+    """One History curve on ``ax`` (gaps where it is not finite); if it became inf/nan, an
+    :data:`OVERFLOW_MARK` on the top edge at its first non-finite epoch, in the legend as
+    "inf/nan from epoch K" right after the curve."""
+    (line,) = ax.plot(epochs, np.where(np.isfinite(losses), losses, np.nan), label=label, **style)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        first = int(epochs[bad[0]])
+        # y in axes coordinates: the top edge whatever the limits, and the mark does not
+        # stretch them (clip_on=False: a marker centred on the edge is not cut in half)
+        ax.plot(
+            first, 1.0, OVERFLOW_MARK, color=line.get_color(), ms=8, mec="black", mew=0.6,
+            clip_on=False, transform=ax.get_xaxis_transform(),
+            label=f"inf/nan from epoch {first}",
+        )  # fmt: skip
+
+
+def curves_figure(ds: xr.Dataset, extra: Sequence[tuple[str, np.ndarray]] = ()) -> Figure:
+    """The map's loss curves (``loss_history``, solid) and the labelled per-epoch loss
+    histories ``extra`` (dashed; e.g. the simulated fixes of one configuration) against the
+    epoch, log y.
+
+    The y axis is clipped to the losses that matter (:func:`loss_axis_limits`: from half the
+    smallest finite loss, floored at 1e-12 of the largest first-epoch loss, up to twice the
+    largest finite loss, capped at 1e6 times that first-epoch loss): a curve that overflows
+    runs off the top, and a triangle on the top edge marks its first non-finite epoch
+    ("inf/nan from epoch K" in the legend)."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
-    for i, label in enumerate(ds.curve.values):
-        losses = ds.loss_history.isel(curve=i).values.astype(np.float64)
-        (line,) = ax.semilogy(
-            ds.epoch.values, np.where(np.isfinite(losses), losses, np.nan), label=label
-        )
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size and np.isfinite(losses[: bad[0]]).any():
-            ax.plot(
-                ds.epoch.values[bad[0] - 1], losses[bad[0] - 1], "x", color=line.get_color(), ms=9
-            )
+    ax.set_yscale("log")
+    histories = [ds.loss_history.isel(curve=i).values for i in range(ds.sizes["curve"])]
+    extras = [(str(label), _float64(h)) for label, h in extra]
+    for label, losses in zip(ds.curve.values, histories, strict=True):
+        _draw_loss_curve(ax, ds.epoch.values, _float64(losses), str(label))
+    for label, losses in extras:
+        _draw_loss_curve(ax, np.arange(1, len(losses) + 1), losses, label, ls="--")
+    limits = loss_axis_limits([*histories, *(h for _, h in extras)])
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (History)")
-    ax.set_title("Loss curves (x: last finite loss before overflow)", fontsize=10)
-    if ds.sizes["curve"]:
-        ax.legend(fontsize=8)
+    ax.set_title(
+        "Loss curves" + (" (dashed: extra histories)" if extras else "") + "; y axis clipped "
+        "to the finite losses\ntriangle on the top edge: the loss became inf/nan there",
+        fontsize=9,
+    )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -244,8 +321,11 @@ def save_figure(fig: Figure, path: Path) -> bytes:
     return data
 
 
-def write_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
-    """Every PNG of the report, written to ``out``; returns name -> PNG bytes."""
+def write_figures(
+    ds: xr.Dataset, out: Path, extra: Sequence[tuple[str, np.ndarray]] = ()
+) -> dict[str, bytes]:
+    """Every PNG of the report, written to ``out``; returns name -> PNG bytes. ``extra``:
+    labelled loss histories drawn dashed in ``loss_curves.png`` (see :func:`curves_figure`)."""
     ref = reference_slice(ds)
     limits = loss_colour_limits(ref)
     optimizers = [str(o) for o in ds.optimizer.values]
@@ -255,19 +335,41 @@ def write_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
     for name in optimizers:
         file = f"heatmap_{name}.png"
         pngs[file] = save_figure(heatmap_figure(ref, name, limits), out / file)
-    pngs["loss_curves.png"] = save_figure(curves_figure(ds), out / "loss_curves.png")
+    pngs["loss_curves.png"] = save_figure(curves_figure(ds, extra), out / "loss_curves.png")
     pngs["critical_lr.png"] = save_figure(critical_lr_figure(ref), out / "critical_lr.png")
     return pngs
 
 
+REFERENCE_LINE = {"color": "black", "lw": 1, "alpha": 0.7}
+"""The critical-lr figure's reference lines (the seed's lr, the batch splits): black, thin."""
+
+
+def batch_splits(ref: xr.Dataset) -> list[int]:
+    """The batch sizes B of ``ref`` whose split falls inside its N axis (min N <= B < max N):
+    from N = B + 1 an epoch has 2 batches instead of one, and the critical lr jumps there."""
+    ns = ref.n.values
+    sizes = np.atleast_1d(ref["batch_size"].values) if "batch_size" in ref.coords else []
+    return sorted({int(b) for b in sizes if ns.min() <= b < ns.max()})
+
+
 def critical_lr_figure(ref: xr.Dataset) -> Figure:
-    """Critical lr against N, log-log: measured (markers) and closed form (lines)."""
+    """Critical lr against N, log-log: measured (dots) and closed form (lines) per optimizer.
+
+    Also drawn: a horizontal dash-dot line at the seed's lr (:data:`SEED_LR`, Keras SGD's
+    default; where an optimizer's dots fall below it, lr 0.01 breaks), and a vertical dotted
+    line at N = B + 0.5 for each batch size B of :func:`batch_splits` (beyond it an epoch has
+    2 batches). The legend names only optimizers with dots or lines drawn: one that never
+    broke on the lr grid and has no closed form (Adam, usually) has no entry."""
     fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.subplots()
+    ax.set_xscale("log")  # set here: an optimizer with nothing to draw never calls loglog
+    ax.set_yscale("log")
     for i, name in enumerate(ref.optimizer.values):
         cell = ref.sel(optimizer=name)
-        colour = f"C{i}"
-        ax.loglog(ref.n.values, cell.critical_lr.values, "o", ms=3.5, color=colour, label=f"{name}")
+        colour = f"C{i}"  # by position in the map, so a colour means one optimizer everywhere
+        measured = cell.critical_lr.values
+        if np.isfinite(measured).any():
+            ax.loglog(ref.n.values, measured, "o", ms=3.5, color=colour, label=f"{name}")
         closed = cell.theory_critical_lr.values
         if np.isfinite(closed).any():
             ax.loglog(ref.n.values, closed, "-", lw=1, color=colour, label=f"{name} (theory)")
@@ -276,6 +378,10 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
             ax.loglog(
                 ref.n.values, fixed, ":", lw=1, color=colour, label=f"{name} (theory, fixed order)"
             )
+    ax.axhline(SEED_LR, ls="-.", label=f"lr {SEED_LR:g} (Keras SGD default)", **REFERENCE_LINE)
+    for b in batch_splits(ref):
+        # between N = B and B + 1: the last N with one full batch per epoch, the first with two
+        ax.axvline(b + 0.5, ls=":", label=f"N > {b}: 2 batches per epoch", **REFERENCE_LINE)
     ax.set_xlabel("dataset size N")
     ax.set_ylabel("critical learning rate")
     ax.set_title(
@@ -359,6 +465,11 @@ def validation_figure(record: ValidationRecord) -> Figure:
     return fig
 
 
+REPORT_STEPS = ("focus panel", "figures", "page", "summary")
+"""The steps of :func:`publish`, for its progress count (the page's step re-runs the
+displayed cells for their loss curves)."""
+
+
 def publish(
     ds: xr.Dataset,
     stats: RunStats | None,
@@ -367,23 +478,33 @@ def publish(
     started: float,
     validation: ValidationRecord | None = None,
     map_written: bool = False,
+    focus: Focus | None = SEED_FOCUS,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, object], list[str]]:
     """Write every output of a run into ``out``; returns the summary and its text lines.
 
     ``validation`` (a :func:`src.validation.validate` record) adds ``validation.json``, the
     overlaid Keras/JAX curves (``validation_curves.png``) and a section of the page.
-    ``map_written``: :data:`MAP_FILE` is already there (the main job writes it first)."""
+    ``map_written``: :data:`MAP_FILE` is already there (the main job writes it first).
+    ``focus``: the configuration the page opens on (:mod:`src.focus`; its fixes' loss curves
+    join ``loss_curves.png``), none if ``None``. ``progress(1)`` is called as each of
+    :data:`REPORT_STEPS` ends."""
+    tick = progress or (lambda _: None)
     if not map_written:
         store.write_netcdf(out / MAP_FILE, ds)
     found = findings.headline(ds, problem)
     optimizers = [str(o) for o in ds.optimizer.values]
     lines = findings.describe(found, optimizers)
     ns = [int(n) for n in ds.n.values]
-    table = findings.stable_lr_table(found, optimizers, ns)
-    pngs = write_figures(ds, out)
+    table = findings.stable_lr_table(found, optimizers, ns, grid_top=float(ds.lr.max()))
+    panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
+    tick(1)
+    pngs = write_figures(ds, out, extra=fix_curves)
+    tick(1)
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
+    if panel is not None:
+        summary["focus"] = {k: v for k, v in panel.items() if k != "diagnosis"}
     critical = findings.critical_lr_table(found, optimizers, findings.shown_ns(ns))
-    limits = loss_colour_limits(ds)
     checked = ""
     if validation is not None:
         store.write_json(out / "validation.json", validation)
@@ -394,7 +515,9 @@ def publish(
         checked = page.validation_section(validation, png)
     store.write_text(
         out / "index.html",
-        page.index_html(ds, summary, lines, table, critical, pngs, limits, checked),
+        page.index_html(ds, summary, lines, table, critical, pngs, checked, panel),
     )
+    tick(1)
     store.write_json(out / "summary.json", summary)
+    tick(1)
     return summary, lines

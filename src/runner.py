@@ -100,16 +100,49 @@ def check_memory(sweep: Sweep) -> None:
 
 
 
+Phase = Callable[[str, int, str], Callable[[int], None]]
+"""A progress hook for the phases after the map: ``tick = phase(name, total, unit)`` starts
+one, ``tick(k)`` says ``k`` more of its ``total`` units are done."""
+
+
+class _Phases:
+    """The later phases' progress (:data:`Phase`; ``hook=None``: none shown). A phase with
+    nothing to do is not started; every phase started ends ticked to its total exactly
+    (where a prediction was off, the rest comes at its end)."""
+
+    def __init__(self, hook: Phase | None) -> None:
+        self.hook, self.tick, self.left = hook, None, 0
+
+    def start(self, name: str, total: int, unit: str) -> None:
+        self.finish()
+        if self.hook is not None and total > 0:
+            self.tick, self.left = self.hook(name, total, unit), total
+
+    def advance(self, k: int) -> None:
+        k = min(k, self.left)
+        if self.tick is not None and k > 0:
+            self.left -= k
+            self.tick(k)
+
+    def finish(self) -> None:
+        self.advance(self.left)
+        self.tick = None
+
+
 def run(
     sweep: Sweep,
     progress: Callable[[int], None] | None = None,
-    stage: Callable[[str], None] | None = None,
+    phase: Phase | None = None,
     work: WorkStore | None = None,
 ) -> tuple[xr.Dataset, RunStats]:
     """Simulate every configuration of ``sweep``; returns the labelled map and run statistics.
 
     ``progress(k)`` is called after every chunk of the map with the number of configs it
-    finished; ``stage(text)`` names each later phase (loss curves, boundary search).
+    finished. ``phase`` (a :data:`Phase`) is told each later phase that has work:
+    ``"loss curves"`` (unit ``"family"``: one engine run of each optimizer family's curves),
+    then the boundary search's :data:`src.boundary.REFINING` and
+    :data:`src.boundary.BISECTING` (unit ``"config"``: the configurations the engine
+    computes, each call padded to its family's full width); each is ticked to its total.
 
     With ``work`` (a :class:`src.resume.WorkStore` opened for this sweep), every finished chunk
     is also saved there, and the chunks it already holds are read instead of simulated
@@ -117,7 +150,7 @@ def run(
     """
     check_memory(sweep)
     with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(sweep, progress, stage or (lambda _: None), work)
+        return _run(sweep, progress, _Phases(phase), work)
 
 
 def resumed_configs(sweep: Sweep, work: WorkStore) -> int:
@@ -132,7 +165,7 @@ def resumed_configs(sweep: Sweep, work: WorkStore) -> int:
 def _run(
     sweep: Sweep,
     progress: Callable[[int], None] | None,
-    stage: Callable[[str], None],
+    phases: _Phases,
     work: WorkStore | None = None,
 ) -> tuple[xr.Dataset, RunStats]:
     wall0 = time.perf_counter()
@@ -150,9 +183,10 @@ def _run(
     status = np.empty(sweep.shape, np.int8)
     simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
 
-    stage("loss curves")
     histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
-    for names in families([c.optimizer for c in curves]).values():
+    curve_families = families([c.optimizer for c in curves])
+    phases.start("loss curves", len(curve_families), "family")
+    for names in curve_families.values():
         members = [i for i, c in enumerate(curves) if c.optimizer in names]
         chosen = [curves[i] for i in members]
         family = opt.get(names[0]).family
@@ -164,9 +198,10 @@ def _run(
         )  # fmt: skip
         _, losses = sim.run(family, flat, history=True)
         histories[members] = losses[:, : histories.shape[1]]
+        phases.advance(1)
 
-    stage("bisecting critical lr")
-    critical = _measured_boundary(sweep, status, sim, shapes, table, rows)
+    critical = _measured_boundary(sweep, status, sim, shapes, table, rows, phases)
+    phases.finish()
     ds = schema.to_dataset(
         sweep, results, status, critical, theory_critical_lr(sweep),
         theory_critical_lr(sweep, fixed_order=True), per_n_variables(sweep, table, rows),
@@ -283,10 +318,12 @@ def _measured_boundary(
     shapes: engine.Shapes,
     table: DataTable,
     rows: np.ndarray,
+    phases: _Phases | None = None,
 ) -> boundary.Boundary:
     """Critical lr of every cell (all dims but lr), refined and bisected with the engine
     (:func:`src.boundary.search`; the closed form's windows, where there is one, as
-    candidates: :func:`_theory_candidates`).
+    candidates: :func:`_theory_candidates`). ``phases`` is told the search's phases, in
+    configurations the engine computes (padding included), and ticked after each call.
 
     Cells that differ only in a swept hyperparameter their optimizer does not have are the
     same run: only the first of them is searched and its result repeated. Every engine call
@@ -340,6 +377,18 @@ def _measured_boundary(
         runs = np.split(which, change)
         return [r[s : s + width] for r in runs for s in range(0, len(r), width)]
 
+    def calls_of(cells: np.ndarray) -> int:
+        """Configurations the engine computes for ``breaks_at(cells, ...)``."""
+        ids = searched[cells]
+        return sum(
+            piece[name] * len(blocks(name, np.flatnonzero(families[ids] == name), ids))
+            for name in dict.fromkeys(families[ids])
+        )
+
+    def plan(name: str, calls: list[np.ndarray]) -> None:
+        assert phases is not None
+        phases.start(name, sum(calls_of(c) for c in calls), "config")
+
     def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
         ids = searched[cells]
         out = np.empty(len(cells), bool)
@@ -370,6 +419,8 @@ def _measured_boundary(
                     scale[rows[values["n"][data]]], sweep.tol, sweep.diverge_factor,
                 )  # fmt: skip
                 out[pick] = outcome.breaks(st)[: len(pick)]
+                if phases is not None:
+                    phases.advance(piece[name])
         return out
 
     grid_breaks = outcome.breaks(by_cell).reshape(-1, by_cell.shape[-1])[searched]
@@ -381,6 +432,7 @@ def _measured_boundary(
         breaks_at,
         sweep.boundary_rtol,
         _theory_candidates(sweep, {d: v[searched] for d, v in values.items()}, top),
+        plan if phases is not None and phases.hook is not None else None,
     )
     critical = np.full(len(coords[0]), np.nan)
     non_monotone = np.zeros(len(coords[0]), bool)

@@ -2,9 +2,10 @@
 
 asv's page loads jQuery, flot, bootstrap and two small helpers from CDNs and shows only an
 "external dependencies failed" notice without them. This fetches the same versions from the npm
-registry (``npm pack``; stupidtable, which is not on npm, is replaced by a no-op so that tables
-are just not sortable), stores them under ``.asv/html/vendor/`` and points the page at them.
-Run it after ``asv publish``; ``asv preview`` then shows every graph with no internet access.
+registry (``npm pack``), stores them under ``.asv/html/vendor/`` and points the page at them.
+stupidtable 1.0.1, the table sorter, is not on npm (only 1.1.3 is, as ``stupid-table-plugin``):
+:data:`STUPIDTABLE` stands in for it. Run it after ``asv publish``; ``asv preview`` then shows
+every page, sortable tables included, with no internet access.
 """
 
 from __future__ import annotations
@@ -18,7 +19,55 @@ import tempfile
 from pathlib import Path
 
 HTML = Path(__file__).resolve().parents[1] / ".asv" / "html"
-STUB = "(function ($) { $.fn.stupidtable = function () { return this; }; })(jQuery);\n"
+# What asv's summary list and regressions pages use of stupidtable: $(table).stupidtable(fns)
+# (custom compare functions by data-sort type), a click on a header or $(th).stupidsort(dir)
+# sorts the tbody's rows by that column (a cell's data-sort-value, else its text; stable, and
+# reversed for "desc"), and "aftertablesort" tells {column, direction, $th}.
+STUPIDTABLE = """(function ($) {
+  var dir = {ASC: "asc", DESC: "desc"};
+  var fns = {
+    "int": function (a, b) { return parseInt(a, 10) - parseInt(b, 10); },
+    "float": function (a, b) { return parseFloat(a) - parseFloat(b); },
+    "string": function (a, b) { return String(a).localeCompare(String(b)); },
+    "string-ins": function (a, b) {
+      return String(a).toLowerCase().localeCompare(String(b).toLowerCase());
+    }
+  };
+  $.fn.stupidtable = function (sortFns) {
+    return this.each(function () {
+      var $table = $(this);
+      $table.data("sortFns", $.extend({}, fns, sortFns));
+      $table.on("click.stupidtable", "thead th", function () { $(this).stupidsort(); });
+      $table.find("th[data-sort-onload=yes]").eq(0).stupidsort();
+    });
+  };
+  $.fn.stupidtable.dir = dir;
+  $.fn.stupidtable.default_sort_fns = fns;
+  $.fn.stupidsort = function (force) {
+    var $th = this.eq(0), $table = $th.closest("table");
+    var compare = ($table.data("sortFns") || fns)[$th.data("sort")];
+    if (!compare) { return this; }
+    var column = 0;
+    $th.prevAll("th").each(function () { column += parseInt($(this).attr("colspan") || 1, 10); });
+    var last = $th.data("sort-dir");
+    var direction = force || (last ? (last === dir.ASC ? dir.DESC : dir.ASC)
+                                   : $th.data("sort-default") || dir.ASC);
+    var info = {column: column, direction: direction, $th: $th};
+    $table.trigger("beforetablesort", info);
+    var rows = $table.children("tbody").children("tr").map(function (index) {
+      var $td = $(this).children("td").eq(column), value = $td.data("sort-value");
+      return {tr: this, index: index, value: value === undefined ? $td.text() : value};
+    }).get();
+    rows.sort(function (a, b) { return compare(a.value, b.value) || a.index - b.index; });
+    if (direction !== dir.ASC) { rows.reverse(); }
+    $table.children("tbody").append($.map(rows, function (row) { return row.tr; }));
+    $table.find("th").data("sort-dir", null).removeClass("sorting-asc sorting-desc");
+    $th.data("sort-dir", direction).addClass("sorting-" + direction);
+    $table.trigger("aftertablesort", info);
+    return this;
+  };
+})(jQuery);
+"""
 
 
 def npm_source(url: str) -> tuple[str, str, str]:
@@ -64,7 +113,7 @@ def localize(html_dir: Path = HTML) -> list[str]:
             continue
         name = url[1].rsplit("/", 1)[-1]
         if "stupidtable" in url[1]:
-            data = STUB.encode()
+            data = STUPIDTABLE.encode()
         else:
             data = npm_file(*npm_source(url[1]), cache)
         (vendor / name).write_bytes(data)

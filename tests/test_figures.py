@@ -1,0 +1,140 @@
+"""The static figures, read back as matplotlib objects (not pixels) from a small real map.
+
+* ``critical_lr.png``: the seed's lr 0.01 as a horizontal line, the batch split of the
+  reference slice as a vertical one, and a legend naming only the optimizers drawn;
+* ``loss_curves.png``: a y axis clipped to the finite losses (not float32's 3.4e38), a marker
+  where a curve became inf/nan, and the labelled ``extra`` histories dashed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.lines import Line2D
+
+from src import report
+from src.runner import run
+from src.schema import reference_slice
+from src.spec import SEED_LR, Curve, Sweep, log_grid
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+BATCH = 32
+EPOCHS = 60
+CURVES = (
+    Curve("sgd", SEED_LR, 40, BATCH),  # overflows within the 60 epochs
+    Curve("sgd", SEED_LR, 10, BATCH),  # converges
+    Curve("adam", SEED_LR, 20, BATCH),  # slow, finite
+)
+
+
+@pytest.fixture(scope="module")
+def small_map():
+    lr = log_grid(1e-4, 1.0, 17)  # 4 per decade: holds 0.01 exactly
+    assert SEED_LR in lr
+    ds, _ = run(Sweep(optimizer=OPTIMIZERS, lr=lr, n=tuple(range(1, 41)), batch_size=(BATCH,),
+                      epochs=(EPOCHS,), curves=CURVES))  # fmt: skip
+    return ds
+
+
+def _lines(fig) -> list[Line2D]:
+    return list(fig.axes[0].get_lines())
+
+
+def test_critical_lr_figure_marks_the_seed_lr_and_the_batch_split(small_map) -> None:
+    ref = reference_slice(small_map)
+    fig = report.critical_lr_figure(ref)
+    lines = _lines(fig)
+    seed = [ln for ln in lines if list(ln.get_ydata()) == [SEED_LR, SEED_LR]]
+    assert [ln.get_label() for ln in seed] == ["lr 0.01 (Keras SGD default)"]
+    split = [ln for ln in lines if list(ln.get_xdata()) == [BATCH + 0.5, BATCH + 0.5]]
+    assert [ln.get_label() for ln in split] == ["N > 32: 2 batches per epoch"]
+    assert split[0].get_linestyle() == ":"
+    assert report.batch_splits(ref) == [BATCH]
+    assert report.batch_splits(ref.sel(n=slice(1, BATCH))) == []  # one batch at every N
+
+
+def test_critical_lr_legend_names_only_optimizers_with_points(small_map) -> None:
+    ref = reference_slice(small_map)
+    drawn = [o for o in OPTIMIZERS if np.isfinite(ref.critical_lr.sel(optimizer=o)).any()]
+    assert "sgd" in drawn and "adam" not in drawn  # adam never breaks on the grid
+    assert not np.isfinite(ref.theory_critical_lr.sel(optimizer="adam")).any()
+    labels = [t.get_text() for t in report.critical_lr_figure(ref).axes[0].get_legend().get_texts()]
+    assert [label for label in labels if label in OPTIMIZERS] == drawn
+    assert not [label for label in labels if label.startswith("adam")]
+
+
+def test_curves_figure_clips_the_y_axis_and_marks_the_overflow(small_map) -> None:
+    ds = small_map
+    history = ds.loss_history.sel(curve=CURVES[0].label).values
+    bad = np.flatnonzero(~np.isfinite(history))
+    assert bad.size and np.isfinite(history[: bad[0]]).all()  # precondition: it overflows
+    assert np.nanmax(np.where(np.isfinite(history), history, np.nan)) > 1e30
+    fig = report.curves_figure(ds)
+    ax = fig.axes[0]
+    bottom, top = ax.get_ylim()
+    assert ax.get_yscale() == "log"
+    assert np.isfinite(top) and top < 1e20
+    assert 0 < bottom < np.nanmin(ds.loss_history.values)
+    finite_start = float(np.max(ds.loss_history.values[:, 0]))
+    assert top == pytest.approx(report.LOSS_HEADROOM * finite_start)
+    marks = [ln for ln in ax.get_lines() if ln.get_marker() == report.OVERFLOW_MARK]
+    epoch = int(ds.epoch.values[bad[0]])
+    assert [ln.get_label() for ln in marks] == [f"inf/nan from epoch {epoch}"]
+    assert list(marks[0].get_xdata()) == [epoch] and list(marks[0].get_ydata()) == [1.0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.index(f"inf/nan from epoch {epoch}") == labels.index(CURVES[0].label) + 1
+
+
+def test_extra_curves_are_dashed_labelled_and_clipped_alike(small_map) -> None:
+    ds = small_map
+    epochs = np.arange(1, EPOCHS + 1)
+    calm = 50.0 * 0.8**epochs
+    runaway = np.where(epochs < 30, 50.0 * 10.0**epochs, np.inf)  # finite up to 5e30
+    runaway[epochs > 30] = np.nan
+    extra = [("lr 0.0035 (half the critical lr)", calm), ("Adam lr 1", runaway)]
+    plain = report.curves_figure(ds)
+    fig = report.curves_figure(ds, extra)
+    ax = fig.axes[0]
+    dashed = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_linestyle() == "--"}
+    assert set(dashed) == {label for label, _ in extra}
+    np.testing.assert_allclose(dashed["lr 0.0035 (half the critical lr)"].get_ydata(), calm)
+    marks = [ln.get_label() for ln in ax.get_lines() if ln.get_marker() == report.OVERFLOW_MARK]
+    assert "inf/nan from epoch 30" in marks and len(marks) == 2
+    bottom, top = ax.get_ylim()
+    smallest = min(float(calm.min()), float(np.nanmin(ds.loss_history.values)))
+    assert smallest / 2 > report.LOSS_FLOOR * float(np.max(ds.loss_history.values[:, 0]))
+    assert top == plain.axes[0].get_ylim()[1] < 1e20
+    assert bottom == pytest.approx(smallest / 2)
+    # The map's own curves come first, drawn as without extras.
+    solid = [ln.get_label() for ln in plain.axes[0].get_lines()]
+    assert solid == [ln.get_label() for ln in ax.get_lines()][: len(solid)]
+
+
+def test_loss_axis_limits_rule() -> None:
+    start, smallest = 100.0, 1e-3
+    finite = np.array([start, 1.0, smallest])
+    assert report.loss_axis_limits([finite]) == (smallest / 2, 2 * start)
+    overflow = np.array([10.0, 1e10, 1e37, np.inf, np.nan], np.float32)
+    bottom, top = report.loss_axis_limits([finite, overflow])
+    assert top == report.LOSS_HEADROOM * start and bottom == smallest / 2
+    tiny = np.array([start, 1e-30, 0.0])  # zero: not on a log axis; 1e-30: below the floor
+    assert report.loss_axis_limits([tiny])[0] == report.LOSS_FLOOR * start
+    assert report.loss_axis_limits([np.array([np.nan, np.inf])]) is None
+    assert report.loss_axis_limits([]) is None
+
+
+def test_write_figures_passes_extra_to_the_curves(small_map, tmp_path, monkeypatch) -> None:
+    seen = []
+    drawn = report.curves_figure
+
+    def spy(ds, extra=()):
+        seen.append(list(extra))
+        return drawn(ds, extra)
+
+    monkeypatch.setattr(report, "curves_figure", spy)
+    extra = [("standardise x", np.geomspace(10.0, 1e-6, EPOCHS))]
+    pngs = report.write_figures(small_map.isel(optimizer=[0]), tmp_path, extra=extra)
+    (tmp_path / "plain").mkdir()
+    report.write_figures(small_map.isel(optimizer=[0]), tmp_path / "plain")
+    assert [[label for label, _ in e] for e in seen] == [["standardise x"], []]
+    assert (tmp_path / "loss_curves.png").read_bytes() == pngs["loss_curves.png"]

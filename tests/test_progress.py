@@ -1,0 +1,45 @@
+"""Progress you can trust: every phase after the map reports its own total and reaches it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import xarray as xr
+
+from src import boundary
+from src.runner import run
+from src.spec import Sweep
+
+
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "fixed-order"])
+def test_every_phase_ticks_to_its_total(shuffle: bool) -> None:
+    sweep = Sweep(
+        optimizer=("sgd", "momentum"),  # one family: one program to compile per phase
+        lr=(0.001, 0.003, 0.01, 0.03),
+        n=tuple(range(1, 41)),
+        batch_size=(8,),  # minibatches: the search refines and bisects between grid points
+        epochs=(30,),
+        shuffle=shuffle,
+    )
+    started: list[tuple[str, int, str]] = []
+    ticks: list[list[int]] = []
+    map_ticks: list[int] = []
+
+    def phase(name: str, total: int, unit: str) -> Callable[[int], None]:
+        assert not ticks or sum(ticks[-1]) == started[-1][1], "the last phase did not finish"
+        started.append((name, total, unit))
+        ticks.append([])
+        return ticks[-1].append
+
+    ds, _ = run(sweep, progress=map_ticks.append, phase=phase)
+
+    assert sum(map_ticks) == sweep.n_configs
+    names = [name for name, _, _ in started]
+    assert names == ["loss curves", boundary.REFINING, boundary.BISECTING]
+    assert started[0][1:] == (1, "family")  # the seed's SGD curves, N = 20 and N = 10
+    for (name, total, _), done in zip(started, ticks, strict=True):
+        assert total > 0, name
+        assert all(k > 0 for k in done), (name, done)
+        assert sum(done) == total, (name, total, done)
+    xr.testing.assert_identical(ds, run(sweep)[0])  # the hooks change nothing in the map
