@@ -233,7 +233,7 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
             "float64 (so does every loss); rescale x and y"
         )
     lab = Lab(case)
-    sim = lab.simulate(case)
+    sim = lab.trial(case, history=histories)[0]  # with histories, one program for all
     report = Diagnosis(
         configuration=Configuration(
             optimizer=case.optimizer,

@@ -64,6 +64,29 @@ STATUS_COLOURS = {name: PALETTE[name][0] for name in ("diverging", "overflow")}
 CONVERGED_SPAN = 4.0
 """Decades below the tolerance over which a converged cell's shade varies (then clipped)."""
 
+
+def _rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[k : k + 2], 16) for k in (1, 3, 5)]) / 255
+
+
+def cell_colours(status: np.ndarray, relative_loss: np.ndarray, tol: float) -> np.ndarray:
+    """RGB (0..1, shape ``status.shape + (3,)``) of cells as the page draws them: each
+    status's colour (:data:`PALETTE`), shaded within converged and slow by ``relative_loss``
+    (final loss / ``mean(y^2)``): converged from the tolerance down :data:`CONVERGED_SPAN`
+    decades, slow from the tolerance up to 1 (the zero predictor's loss), clipped there."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log10(np.maximum(np.asarray(relative_loss, np.float64), 1e-300)) - math.log10(tol)
+    r = np.nan_to_num(r, nan=0.0)
+    t = np.where(status == outcome.CONVERGED, -r / CONVERGED_SPAN, r / -math.log10(tol))
+    t = np.clip(np.where((status == outcome.CONVERGED) | (status == outcome.SLOW), t, 0), 0, 1)
+    out = np.zeros((*np.shape(status), 3))
+    for code, name in enumerate(outcome.STATUSES):
+        a, b = (_rgb(c) for c in PALETTE[name])
+        here = status == code
+        out[here] = a + t[here][:, None] * (b - a)
+    return out
+
+
 MAX_CELLS = 200_000
 """Displayed cells (optimizers x lr x N x slices) above which lr and N are thinned."""
 
@@ -203,17 +226,18 @@ def stored_curves(
     column), re-run by the engine exactly as the map ran them (same kernel, order, seed),
     sampled at :func:`curve_epochs` and packed by :func:`pack_curves`, in (optimizer, N, lr)
     order."""
-    from src.validation import engine_histories, pick_at
+    from src.validation import engine_histories, picks_at
 
     dims = slice_dims(ds)
-    picks, where = [], []
+    indices, where = [], []
     for idx in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        at = dict(zip(dims, idx, strict=True))
         for o in range(ds.sizes["optimizer"]):
             for j in n_idx[::step]:
                 for i in lr_idx[::step]:
-                    index = {"optimizer": o, "lr": i, "n": j, **dict(zip(dims, idx, strict=True))}
-                    picks.append(pick_at(ds, index, "curve"))
+                    indices.append({"optimizer": o, "lr": i, "n": j, **at})
                     where.append(",".join(map(str, idx)))
+    picks = picks_at(ds, indices, "curve")
     if not picks:
         return {}
     histories = engine_histories(ds, picks).histories
@@ -541,8 +565,8 @@ function fill(st, loss, j) {
 }
 function slice() { return D.slices[D.slice_dims.map(d => choice[d]).join(",")]; }
 function sliceKey() { return D.slice_dims.map(d => choice[d]).join(","); }
-function geom(c) {
-  const w = c.clientWidth, h = Math.round(w * 0.8);
+function geom(c) {  // maps nearly square, plots wide
+  const w = c.clientWidth, h = Math.round(w * (c.closest(".plot") ? 0.55 : 0.8));
   return { w, h, pw: w - M.l - M.r, ph: h - M.t - M.b };
 }
 function px(g, i) { return M.l + (i - view.x0) / (view.x1 - view.x0) * g.pw; }
@@ -579,8 +603,8 @@ function draw(c, o) {
   for (let j = j0; j < j1; j++) for (let i = i0; i < i1; i++) {
     const k = (o * nN + j) * nLr + i, st = +s.status[k];
     x.fillStyle = fill(st, s.loss[k], j);
-    const X = px(g, i), Y = py(g, j + 1);
-    x.fillRect(X, Y, cw + 0.5, ch + 0.5);
+    const X = Math.floor(px(g, i)), Y = Math.floor(py(g, j + 1));  // whole pixels: no seams
+    x.fillRect(X, Y, Math.ceil(px(g, i + 1)) - X, Math.ceil(py(g, j)) - Y);
     if (st === 2 && cw > 5 && ch > 5) hatch(x, X, Y, cw, ch, D.palette[2][1]);
   }
   x.setLineDash([5, 3]); x.beginPath();
@@ -818,7 +842,7 @@ function drawKey() {  // the colour key: the loss shades of converged and slow, 
   const w = Math.min(560, document.getElementById("key").clientWidth || 560), h = 58, dpr = window.devicePixelRatio || 1;
   c.width = w * dpr; c.height = h * dpr; c.style.width = w + "px"; c.style.height = h + "px";
   const x = c.getContext("2d"); x.setTransform(dpr, 0, 0, dpr, 0, 0);
-  const lo = Math.log10(D.tol) - D.span, mid = Math.log10(D.tol), bar = w - 120, X = v => 8 + (v - lo) / (0 - lo) * bar;
+  const lo = Math.log10(D.tol) - D.span, mid = Math.log10(D.tol), bar = w - 136, X = v => 18 + (v - lo) / (0 - lo) * bar;
   for (let k = 0; k < 64; k++) {
     const v = lo + (0 - lo) * (k + 0.5) / 64;
     x.fillStyle = shade(v < mid ? 0 : 1, v - mid);
@@ -826,7 +850,7 @@ function drawKey() {  // the colour key: the loss shades of converged and slow, 
   }
   x.fillStyle = "#222"; x.font = "11px sans-serif"; x.textAlign = "center";
   for (let v = Math.ceil(lo); v <= 0; v++) { x.fillRect(X(v), 18, 1, 4); x.fillText("1e" + v, X(v), 33); }
-  x.fillText("final loss / mean(y\u00b2): converged (blue) | slow (yellow), tol = " + fmt(D.tol), 8 + bar / 2, 50);
+  x.fillText("final loss / mean(y\u00b2): converged (blue) | slow (yellow), tol = " + fmt(D.tol), 18 + bar / 2, 50);
   x.textAlign = "left";
   x.fillStyle = D.palette[2][0]; x.fillRect(w - 104, 4, 14, 14); hatch(x, w - 104, 4, 14, 14, D.palette[2][1]);
   x.fillStyle = "#222"; x.fillText("diverging", w - 86, 15);

@@ -22,8 +22,8 @@ import numpy as np
 import xarray as xr
 from matplotlib import patheffects
 from matplotlib.axes import Axes
-from matplotlib.collections import QuadMesh
-from matplotlib.colors import ListedColormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 MAP_FILE = "stability_map.nc"
 """The map itself, in ``--out``."""
-
-LOSS_CMAP = "cividis"
 
 THEORY_LINE = {
     "color": "black",
@@ -80,47 +78,37 @@ def _edges(values: np.ndarray, log: bool) -> np.ndarray:
     return np.exp(mid) if log else mid
 
 
-def loss_colour_limits(ref: xr.Dataset) -> tuple[float, float]:
-    """log10 final-loss limits shared by every heatmap (stable cells only).
+def loss_colour_key() -> tuple[ListedColormap, LogNorm]:
+    """The colour key of the stable statuses' shades: final loss / ``mean(y^2)`` on a log
+    axis, blue (converged) below the tolerance, yellow to orange (slow) above it."""
+    tol = outcome.DEFAULT_TOL
+    rel = np.geomspace(tol / 10**page.CONVERGED_SPAN, 1, 256)
+    status = np.where(rel <= tol, outcome.CONVERGED, outcome.SLOW)
+    colours = page.cell_colours(status, rel, tol)
+    return ListedColormap(colours), LogNorm(vmin=rel[0], vmax=rel[-1])
 
-    log10 is increasing, so these are the logs of the smallest and largest positive finite
-    losses: no float64 copy of the map is made."""
-    loss = ref.final_loss.values
-    shown = outcome.stable(ref.status.values) & np.isfinite(loss) & (loss > 0)
-    if not shown.any():
-        return -8.0, 2.0
-    lo, hi = (
-        float(np.log10(np.float64(f(loss, where=shown, initial=start))))
-        for f, start in ((np.min, np.inf), (np.max, -np.inf))
+
+def draw_heatmap(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
+    """One optimizer's lr x N map on ``ax``, coloured as the page: the status, shaded by the
+    final loss within converged and slow (:func:`src.page.cell_colours`), diverging hatched."""
+    cell = ref[["status", "final_loss", "loss_scale"]].sel(optimizer=optimizer)
+    cell = cell.transpose("n", "lr").isel(
+        {d: slice(None, None, k) for d, k in drawn_strides(ref).items()}
     )
-    return (lo, hi) if hi > lo else (lo - 1, hi + 1)
-
-
-def draw_heatmap(
-    ax: Axes, ref: xr.Dataset, optimizer: str, limits: tuple[float, float]
-) -> QuadMesh:
-    """One optimizer's lr x N map on ``ax``; returns the loss mesh (for a colour bar)."""
-    cell = ref[["status", "final_loss"]].sel(optimizer=optimizer).transpose("n", "lr")
-    cell = cell.isel({d: slice(None, None, k) for d, k in drawn_strides(ref).items()})
     x, y = _edges(cell.lr.values, log=True), _edges(cell.n.values, log=False)
     status = cell.status.values
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(cell.final_loss.values.astype(np.float64))
-    logs = np.where(np.isfinite(logs), logs, limits[0])
-    stable = outcome.stable(status)
-    loss = np.ma.masked_where(~stable, logs)
-    mesh = ax.pcolormesh(x, y, loss, cmap=LOSS_CMAP, vmin=limits[0], vmax=limits[1], shading="flat")
-    which = np.zeros(len(outcome.STATUSES), np.int64)  # status code -> its breaking colour
-    which[list(outcome.BREAKING)] = np.arange(len(outcome.BREAKING))
-    ax.pcolormesh(
-        x,
-        y,
-        np.ma.masked_where(stable, which[status]),
-        cmap=ListedColormap([page.STATUS_COLOURS[outcome.STATUSES[k]] for k in outcome.BREAKING]),
-        vmin=-0.5,
-        vmax=len(outcome.BREAKING) - 0.5,
-        shading="flat",
-    )
+    scale = cell.loss_scale.values[:, None]
+    relative = cell.final_loss.values.astype(np.float64) / scale
+    rgb = page.cell_colours(status, relative, float(ref.attrs["tol"]))
+    ax.pcolormesh(x, y, rgb, shading="flat")
+    diverging = status == outcome.DIVERGING
+    if diverging.any():
+        fill, stripes = page.PALETTE["diverging"]
+        cells = ax.pcolor(
+            x, y, np.ma.masked_where(~diverging, np.ones(status.shape)),
+            cmap=ListedColormap([fill]), hatch="////", edgecolor=stripes, linewidth=0,
+        )  # fmt: skip
+        cells.set_hatch_linewidth(0.6) if hasattr(cells, "set_hatch_linewidth") else None
     closed = ref.theory_critical_lr.sel(optimizer=optimizer).values
     if np.isfinite(closed).any():
         ax.step(closed, ref.n.values, where="mid", **THEORY_LINE)
@@ -135,7 +123,15 @@ def draw_heatmap(
         for n, marker in SEED_MARKS:
             if n in ref.n.values:
                 ax.plot(SEED_LR, n, marker, ms=9 if marker == "*" else 6, mfc="white", mec="black")
-    return mesh
+
+
+def _colour_bar(fig: Figure, ax: Axes | np.ndarray, **kwargs: object) -> None:
+    cmap, norm = loss_colour_key()
+    fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+        label="final loss / mean(y²): converged (blue) below the tolerance, slow above",
+        **kwargs,
+    )  # fmt: skip
 
 
 def _fixed_order_only(cell: xr.Dataset) -> np.ndarray:
@@ -146,8 +142,10 @@ def _fixed_order_only(cell: xr.Dataset) -> np.ndarray:
 
 
 def _legend_handles(shuffled_theory: bool = False) -> list[Patch | Line2D]:
+    fill, stripes = page.PALETTE["diverging"]
     handles: list[Patch | Line2D] = [
-        Patch(color=c, label=name) for name, c in page.STATUS_COLOURS.items()
+        Patch(facecolor=fill, edgecolor=stripes, hatch="////", label="diverging"),
+        Patch(color=page.PALETTE["overflow"][0], label="overflow"),
     ]
     handles.append(Line2D([], [], label="theory boundary", **THEORY_LINE))
     if shuffled_theory:
@@ -182,11 +180,11 @@ def _slice_note(ref: xr.Dataset) -> str:
     )
 
 
-def heatmap_figure(ref: xr.Dataset, optimizer: str, limits: tuple[float, float]) -> Figure:
+def heatmap_figure(ref: xr.Dataset, optimizer: str) -> Figure:
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.subplots()
-    mesh = draw_heatmap(ax, ref, optimizer, limits)
-    fig.colorbar(mesh, ax=ax, label="log10 final loss (stable runs)")
+    draw_heatmap(ax, ref, optimizer)
+    _colour_bar(fig, ax)
     dotted = bool(np.isfinite(_fixed_order_only(ref.sel(optimizer=optimizer))).any())
     ax.legend(handles=_legend_handles(dotted), loc="lower left", fontsize=8, framealpha=0.9)
     fig.suptitle(f"Stability map: {optimizer}", fontsize=12)
@@ -194,19 +192,16 @@ def heatmap_figure(ref: xr.Dataset, optimizer: str, limits: tuple[float, float])
     return fig
 
 
-def overview_figure(
-    ref: xr.Dataset, optimizers: Sequence[str], limits: tuple[float, float]
-) -> Figure:
+def overview_figure(ref: xr.Dataset, optimizers: Sequence[str]) -> Figure:
     cols = min(3, len(optimizers))
     rows = math.ceil(len(optimizers) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
-    mesh = None
     for ax, name in zip(axes.flat, optimizers, strict=False):
-        mesh = draw_heatmap(ax, ref, name, limits)
+        draw_heatmap(ax, ref, name)
     for ax in axes.flat[len(optimizers) :]:
         ax.set_visible(False)
-    fig.colorbar(mesh, ax=axes, label="log10 final loss (stable runs)", shrink=0.8)
+    _colour_bar(fig, axes, shrink=0.8)
     dotted = any(
         np.isfinite(_fixed_order_only(ref.sel(optimizer=name))).any() for name in optimizers
     )
@@ -327,14 +322,11 @@ def write_figures(
     """Every PNG of the report, written to ``out``; returns name -> PNG bytes. ``extra``:
     labelled loss histories drawn dashed in ``loss_curves.png`` (see :func:`curves_figure`)."""
     ref = reference_slice(ds)
-    limits = loss_colour_limits(ref)
     optimizers = [str(o) for o in ds.optimizer.values]
-    pngs = {
-        "heatmaps.png": save_figure(overview_figure(ref, optimizers, limits), out / "heatmaps.png")
-    }
+    pngs = {"heatmaps.png": save_figure(overview_figure(ref, optimizers), out / "heatmaps.png")}
     for name in optimizers:
         file = f"heatmap_{name}.png"
-        pngs[file] = save_figure(heatmap_figure(ref, name, limits), out / file)
+        pngs[file] = save_figure(heatmap_figure(ref, name), out / file)
     pngs["loss_curves.png"] = save_figure(curves_figure(ds, extra), out / "loss_curves.png")
     pngs["critical_lr.png"] = save_figure(critical_lr_figure(ref), out / "critical_lr.png")
     return pngs

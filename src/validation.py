@@ -50,7 +50,7 @@ import xarray as xr
 from src import engine, keras_reference, outcome
 from src import optimizers as opt
 from src.keras_reference import KerasJob, KerasResult
-from src.schema import DIMS, curve_positions, extra_dims, hyperparameters_at, problem_of
+from src.schema import curve_positions, extra_dims, hyperparameters_at, problem_of
 
 DEFAULT_COUNT = 2
 """Configurations checked by default on every main-job run: the seed's two. Measured on the
@@ -217,20 +217,37 @@ def parse_count(text: str) -> int:
 
 def pick_at(ds: xr.Dataset, index: Mapping[str, int], stratum: str) -> Pick:
     """The configuration at ``index`` (a position along every dim of ``ds.status``)."""
-    index = {d: int(index[d]) for d in ds.status.dims}
-    value = {d: ds[d].values[index[d]] for d in DIMS}
-    name = str(value["optimizer"])
-    return Pick(
-        index=index,
-        optimizer=name,
-        lr=float(value["lr"]),
-        n=int(value["n"]),
-        batch_size=int(value["batch_size"]),
-        seed=int(value["seed"]),
-        epochs=int(value["epochs"]),
-        hyperparameters=hyperparameters_at(ds, name, index),
-        stratum=stratum,
-    )
+    return picks_at(ds, [index], stratum)[0]
+
+
+def picks_at(ds: xr.Dataset, indices: Sequence[Mapping[str, int]], stratum: str) -> list[Pick]:
+    """:func:`pick_at` at many positions: the coordinates are read once, and the
+    hyperparameters once per optimizer and position along the swept axes."""
+    dims = list(ds.status.dims)
+    coords = {d: ds[d].values for d in dims}
+    swept = extra_dims(ds)
+    settings: dict[tuple, Mapping[str, float]] = {}
+    out = []
+    for at in indices:
+        index = {d: int(at[d]) for d in dims}
+        name = str(coords["optimizer"][index["optimizer"]])
+        key = (name, *(index[d] for d in swept))
+        if key not in settings:
+            settings[key] = hyperparameters_at(ds, name, index)
+        out.append(
+            Pick(
+                index=index,
+                optimizer=name,
+                lr=float(coords["lr"][index["lr"]]),
+                n=int(coords["n"][index["n"]]),
+                batch_size=int(coords["batch_size"][index["batch_size"]]),
+                seed=int(coords["seed"][index["seed"]]),
+                epochs=int(coords["epochs"][index["epochs"]]),
+                hyperparameters=settings[key],
+                stratum=stratum,
+            )
+        )
+    return out
 
 
 def _position(ds: xr.Dataset, dim: str, value: object) -> int | None:

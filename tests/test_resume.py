@@ -220,12 +220,14 @@ def test_heatmaps_of_long_axes_are_thinned() -> None:
     ref = xr.Dataset(
         {"status": (("optimizer", "lr", "n"), np.zeros((1, 2500, 3), np.int8)),
          "final_loss": (("optimizer", "lr", "n"), np.ones((1, 2500, 3), np.float32)),
-         "theory_critical_lr": (("optimizer", "n"), np.full((1, 3), np.nan))},
+         "theory_critical_lr": (("optimizer", "n"), np.full((1, 3), np.nan)),
+         "loss_scale": (("n",), np.ones(3))},
         coords={"optimizer": ["sgd"], "lr": lr, "n": [1, 2, 3], "batch_size": 32, "seed": 0,
                 "epochs": 5},
+        attrs={"tol": 1e-4},
     )  # fmt: skip
     assert report.drawn_strides(ref) == {"lr": 3, "n": 1}
-    fig = report.heatmap_figure(ref, "sgd", (-1.0, 1.0))
+    fig = report.heatmap_figure(ref, "sgd")
     ax = fig.axes[0]
     assert "every 3rd lr drawn" in ax.get_title()
-    assert ax.collections[0].get_array().shape == (3, 834)  # N x every 3rd of 2,500 lr
+    assert ax.collections[0].get_array().shape[:2] == (3, 834)  # N x every 3rd of 2,500 lr
