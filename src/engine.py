@@ -554,7 +554,7 @@ def simulate_one(
         raise ValueError("replayed sample orders need a shuffled program")
     dtype = data.x.dtype
     batching = cfg if group is None else group
-    threshold = tol * data.loss_scale[cfg.data_row]
+    threshold = tol * data.loss_scale[cfg.data_row] + data.optimal_loss[cfg.data_row]
     params = initial_params(cfg.seed, dtype)
     shuffle_key = _keys(cfg.seed if group is None or group.seed is None else group.seed)[1]
     arguments = {**cfg.hyperparameters, **{k: np.dtype(dtype).type(v) for k, v in constants}}

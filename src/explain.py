@@ -120,6 +120,15 @@ class Fix(TypedDict):
     history: NotRequired[list[float | None]]
 
 
+class BestFit(TypedDict):
+    """The least-squares line of the data as the engine holds it, and its loss ``L*``: the
+    floor no run goes below, against which ``converged`` is judged."""
+
+    w: float
+    b: float
+    optimal_loss: float
+
+
 class Diagnosis(TypedDict, total=False):
     """The whole diagnosis (:func:`explain`): ``theory`` where a closed form covers the case,
     else ``measured_critical_lr``; ``fixes`` unless the run converged."""
@@ -127,6 +136,7 @@ class Diagnosis(TypedDict, total=False):
     configuration: Configuration
     simulated: Simulated
     hessian_eigenvalues: list[float]
+    best_fit: BestFit
     theory: Prediction
     measured_critical_lr: float | None
     fixes: list[Fix]
@@ -168,6 +178,7 @@ class Lab:
         status = outcome.classify(
             s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
             np.broadcast_to(sim.table.loss_scale[0], (k,)), case.tol, case.diverge_factor,
+            float(sim.table.optimal_loss[0]),
         )  # fmt: skip
         return status, s._asdict(), hist
 
@@ -191,6 +202,13 @@ class Lab:
             final_b=_f(s["final_b"][0]),
             prediction=_f(s["prediction"][0]),
         ), (None if losses is None else np.asarray(losses[0, : case.epochs], np.float64))
+
+    def best_fit(self) -> BestFit:
+        """The least-squares line of the raw dataset and its loss (see :class:`BestFit`)."""
+        t = self._simulator(False).table
+        return BestFit(
+            w=float(t.w_opt[0]), b=float(t.b_opt[0]), optimal_loss=float(t.optimal_loss[0])
+        )
 
     def breaks(self, lrs: np.ndarray) -> np.ndarray:
         return outcome.breaks(self.run(self.case, lrs)[0])
@@ -249,6 +267,7 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
         ),
         simulated=sim,
         hessian_eigenvalues=[float(e) for e in theory.hessian_eigenvalues(x)],
+        best_fit=lab.best_fit(),
     )
     dyn = dynamics_of(case)
     if dyn is not None:
@@ -344,6 +363,13 @@ def describe(report: Diagnosis) -> list[str]:
         + f"(initial w = {cfg['initial_w']:.4f}, b = 0).",
         "Verdict: " + verdict(sim),
     ]
+    fit = report.get("best_fit")
+    if fit is not None and fit["optimal_loss"] > 0:
+        lines.append(
+            f"Best fit (least squares): w = {fit['w']:.6g}, b = {fit['b']:.6g}, loss L* = "
+            f"{fit['optimal_loss']:.6g}: no run gets lower (the noise); converged means within "
+            f"tol x mean(y^2) of it."
+        )
     eig = report["hessian_eigenvalues"]
     th = report.get("theory")
     if th is not None:
@@ -356,7 +382,7 @@ def describe(report: Diagnosis) -> list[str]:
         over = th["predicted_overflow_epoch"]
         lines.append(
             f"Theory: the loss changes by x{th['predicted_growth_rate']:.4f} per epoch "
-            f"(simulated: x{_num(sim['growth_rate'])})"
+            + _simulated_growth(sim)
             + (
                 f"; float32 overflow at epoch {over:g} (simulated: "
                 f"{sim['first_nonfinite_epoch'] if sim['first_nonfinite_epoch'] > 0 else 'none'})."
@@ -405,6 +431,16 @@ def verdict(sim: Simulated) -> str:
                 f"(final loss {_num(sim['final_loss'])}, "
                 f"prediction at x = 25: {_num(sim['prediction'])}).")  # fmt: skip
     return f"slow: finite, but not converged (final loss {_num(sim['final_loss'])})."
+
+
+def _simulated_growth(sim: Simulated) -> str:
+    """The measured growth factor in words: never printed as "xnan"."""
+    g = sim["growth_rate"]
+    if g is not None:
+        return f"(simulated: x{g:.4g})"
+    if sim["first_nonfinite_epoch"] > 0:
+        return "(simulated: too fast to measure before the overflow)"
+    return "(simulated: not measured, the loss reached 0)"
 
 
 def _num(v: object) -> str:

@@ -1,10 +1,14 @@
 """The outcome of one configuration: converged, slow, diverging or overflow.
 
 Read off an engine :class:`~src.engine.Summary`, with ``scale = mean(y^2)`` (the loss of the
-zero predictor; 1 where all targets are zero) making the tolerance independent of the data:
+zero predictor; 1 where all targets are zero) making the tolerance independent of the data, and
+``L*`` the data's least-squares loss (the best fit any run can reach; 0 on noise-free data):
 
 * ``overflow``  -- some epoch had a non-finite loss or weight (``first_nonfinite_epoch >= 0``);
-* ``converged`` -- otherwise, ``final_loss / scale <= tol``;
+* ``converged`` -- otherwise, ``(final_loss - L*) / scale <= tol``: the run reached the best
+  fit, to within ``tol`` of the zero predictor's loss (on noise-free data, ``L* = 0`` and this
+  is ``final_loss <= tol * mean(y^2)``; on noisy data no run gets below ``L*``, so the rule
+  judges the fit, not the noise);
 * ``diverging`` -- otherwise, ``final_loss > diverge_factor * initial_loss``;
 * ``slow``      -- everything else: finite, not worse than at the start, not yet converged.
 
@@ -33,7 +37,7 @@ DEFAULT_DIVERGE_FACTOR = 1.0
 
 RULES = (
     "overflow: a non-finite loss or weight at some epoch; "
-    "converged: final_loss <= tol * mean(y^2); "
+    "converged: final_loss - L* <= tol * mean(y^2), L* the least-squares loss; "
     "diverging: final_loss > diverge_factor * initial_loss; slow: otherwise"
 )
 """The rules of :func:`classify` in words (the map's ``status_rules`` attribute)."""
@@ -42,7 +46,8 @@ def explained(tol: float, diverge_factor: float) -> tuple[tuple[str, str], ...]:
     """Each status with its rule in words, in the order :func:`classify` tests them."""
     return (
         ("overflow", "a loss or weight became inf/nan at some epoch (the first one is recorded)"),
-        ("converged", f"final loss <= tol x mean(y^2), tol = {tol:g}"),
+        ("converged", f"final loss - L* <= tol x mean(y^2), tol = {tol:g}, L* the data's "
+                      "least-squares loss (the best fit; 0 without noise)"),
         ("diverging", f"finite, but final loss > {diverge_factor:g} x initial loss"),
         ("slow", "everything else: finite, no worse than at the start, not yet converged"),
     )
@@ -71,17 +76,20 @@ def classify(
     scale: np.ndarray,
     tol: float = DEFAULT_TOL,
     diverge_factor: float = DEFAULT_DIVERGE_FACTOR,
+    optimal_loss: np.ndarray | float = 0.0,
 ) -> np.ndarray:
-    """Status codes (``int8``, indices into :data:`STATUSES`) for arrays of runs."""
+    """Status codes (``int8``, indices into :data:`STATUSES`) for arrays of runs;
+    ``optimal_loss`` is each run's ``L*``."""
     initial = np.asarray(initial_loss, np.float64)
     final = np.asarray(final_loss, np.float64)
+    optimal = np.asarray(optimal_loss, np.float64)
     scale = np.asarray(scale, np.float64)
     scale = np.where(scale > 0, scale, 1.0)
     with np.errstate(invalid="ignore", over="ignore"):
         status = np.select(
             [
                 (np.asarray(first_nonfinite_epoch) >= 0) | ~np.isfinite(final),
-                final / scale <= tol,
+                (final - optimal) / scale <= tol,
                 final > diverge_factor * initial,
             ],
             [OVERFLOW, CONVERGED, DIVERGING],

@@ -199,6 +199,7 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
         "tol": float(ds.attrs["tol"]),
         "span": CONVERGED_SPAN,
         "scale": [float(v) for v in view.loss_scale.values],
+        "optimal": [float(v) for v in _optimal(view).values],
         "query_x": QUERY_X,
         "marks": marks,
         "seed_lr_column": lr_idx.index(seed_lr) if seed_lr in lr_idx else None,
@@ -257,7 +258,8 @@ def lr_slice(ds: xr.Dataset, focus: Panel) -> dict[str, object]:
     return {
         "n": int(cut.n.item()),
         "lr": _round(ds.lr.values.astype(np.float64), 6),
-        "threshold": float(ds.attrs["tol"]) * float(cut.loss_scale.item()),
+        "threshold": float(ds.attrs["tol"]) * float(cut.loss_scale.item())
+        + float(_optimal(cut).item()),
         "focus_lr": focus["lr"],
         "lines": [
             {
@@ -270,6 +272,11 @@ def lr_slice(ds: xr.Dataset, focus: Panel) -> dict[str, object]:
             for name in ds.optimizer.values
         ],
     }
+
+
+def _optimal(ds: xr.Dataset) -> xr.DataArray:
+    """``L*`` by N (maps saved before it was recorded: 0, their rule then)."""
+    return ds.optimal_loss if "optimal_loss" in ds else xr.zeros_like(ds.loss_scale)
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -559,10 +566,11 @@ function shade(st, r) {  // status st, r = decades of loss / mean(y^2) above the
   const t = st === 0 ? -r / D.span : r / -Math.log10(D.tol);
   return mix(a, b, Math.min(1, Math.max(0, t)));
 }
-function fill(st, loss, j) {
+function fill(st, loss, j) {  // shaded by the excess over the best fit, L*
   if (loss === null) return D.palette[st][0];
-  return shade(st, Math.log10(Math.max(loss, 1e-300) / D.scale[j]) - Math.log10(D.tol));
+  return shade(st, Math.log10(Math.max(loss - D.optimal[j], 1e-300) / D.scale[j]) - Math.log10(D.tol));
 }
+function threshold(j) { return D.tol * D.scale[j] + D.optimal[j]; }
 function slice() { return D.slices[D.slice_dims.map(d => choice[d]).join(",")]; }
 function sliceKey() { return D.slice_dims.map(d => choice[d]).join(","); }
 function geom(c) {  // maps nearly square, plots wide
@@ -654,7 +662,8 @@ function describe(o, i, j) {
       ", " + D.axes.epochs[choice.epochs] + " epochs" +
       D.slice_dims.slice(3).map(d => ", " + d + " " + D.axes[d][choice[d]]).join(""),
     "status: " + D.statuses[+s.status[k]],
-    "final loss: " + lossWords(s.loss[k]) + "  (converged below " + fmt(D.tol * D.scale[j]) + ")",
+    "final loss: " + lossWords(s.loss[k]) + "  (converged below " + fmt(threshold(j)) + ")" +
+      (D.optimal[j] > 0 ? "\nbest fit L*: " + fmt(D.optimal[j]) : ""),
     "first inf/nan epoch: " + (s.nonfinite[k] < 0 ? "none" : s.nonfinite[k]),
     "prediction at x = " + D.query_x + ": " + lossWords(s.prediction[k]),
     "critical lr: " + (crit === null ? "none: nothing breaks on this grid" : fmt(crit)) +
@@ -719,7 +728,7 @@ function drawCurve() {
   document.getElementById("curve-title").textContent = title;
   x.clearRect(0, 0, g.w, g.h);
   if (!cur) { x.fillText("no stored curve", M.l + 10, M.t + 20); return; }
-  const thr = Math.log10(D.tol * D.scale[j]);
+  const thr = Math.log10(threshold(j));
   const fin = cur.logs.filter(v => v !== null).concat([thr]);
   const ylo = Math.min(...fin) - 0.3, yhi = Math.max(...fin) + 0.3, E = cur.epochs[cur.epochs.length - 1];
   const X = e => M.l + Math.log(e) / Math.log(Math.max(E, 2)) * g.pw;

@@ -91,11 +91,17 @@ class DataTable(NamedTuple):
     """Every dataset of a run, one padded row each (engine dtype).
 
     ``x`` and ``y`` have shape ``(rows, n_max)``; row ``r`` holds its ``n[r]`` points first and
-    zeros after. ``loss_scale`` (``mean(y^2)``, the loss of the zero predictor, or 1 where all
-    targets are 0; it makes the convergence tolerance scale-free), ``x_query`` (25 as the model
-    sees it) and ``n`` have shape ``(rows,)``. ``w_opt`` and ``b_opt`` (shape ``(rows,)``) are
-    each dataset's least-squares line and ``residual`` (like ``x``) every point's residual
-    ``w_opt x + b_opt - y`` from it, computed in float64 from the ``dtype`` values (slope 0
+    zeros after. These have shape ``(rows,)``:
+
+    * ``loss_scale``: ``mean(y^2)``, the loss of the zero predictor (1 where all targets are
+      0); it makes the convergence tolerance scale-free;
+    * ``optimal_loss``: ``L*``, the mean squared residual of the least-squares line, the least
+      loss any run can reach (0 on noise-free data);
+    * ``x_query`` (25 as the model sees it) and ``n``;
+    * ``w_opt`` and ``b_opt``: each dataset's least-squares line.
+
+    ``residual`` (like ``x``) is every point's residual ``w_opt x + b_opt - y`` from that
+    line. The line and residuals are computed in float64 from the ``dtype`` values (slope 0
     where all x are equal); the moments kernel works in deviations from them.
     """
 
@@ -107,6 +113,7 @@ class DataTable(NamedTuple):
     w_opt: np.ndarray
     b_opt: np.ndarray
     residual: np.ndarray
+    optimal_loss: np.ndarray
 
 
 def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: str) -> DataTable:
@@ -138,6 +145,7 @@ def data_table(datasets: Sequence[tuple[np.ndarray, np.ndarray, float]], dtype: 
         w_opt=w_opt.astype(dtype),
         b_opt=b_opt.astype(dtype),
         residual=residual.astype(dtype),
+        optimal_loss=(np.sum(residual * residual, axis=1) / n).astype(dtype),
     )
 
 
@@ -166,7 +174,7 @@ def _num(v: float) -> str:
 def read_xy_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A user's dataset: a CSV file whose header names columns ``x`` and ``y`` (float64)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM, as spreadsheets write
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(
             f"--data {path}: cannot read it ({getattr(e, 'strerror', None) or e})"

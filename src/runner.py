@@ -237,6 +237,7 @@ def _simulate_map(
     ``work``), so nothing but the map itself grows with the grid.
     """
     scale = np.asarray(table.loss_scale, np.float64)[rows]  # dataset size -> mean(y^2)
+    optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # dataset size -> L*
     opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
     into = {k: v.reshape(-1) for k, v in results.items()} | {"status": status.reshape(-1)}
     simulated = 0
@@ -245,7 +246,7 @@ def _simulate_map(
             grid = GridConfigs.of(sweep, names)
             block = np.array([opt_index[n] for n in names])
             simulated += _simulate_family(
-                sweep, sim, shapes, scale, f, grid, block, into, progress, work
+                sweep, sim, shapes, (scale, optimal), f, grid, block, into, progress, work
             )
     finally:
         if work is not None:
@@ -257,7 +258,7 @@ def _simulate_family(
     sweep: Sweep,
     sim: Simulator,
     shapes: engine.Shapes,
-    scale: np.ndarray,
+    floors: tuple[np.ndarray, np.ndarray],
     f: int,
     grid: GridConfigs,
     block: np.ndarray,
@@ -266,7 +267,9 @@ def _simulate_family(
     work: WorkStore | None,
 ) -> int:
     """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
-    optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat)."""
+    optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat;
+    ``floors``: ``mean(y^2)`` and ``L*`` by dataset size)."""
+    scale, optimal = floors
     repeats = grid.repeats(sweep)
     done = work.finished(f) if work is not None else None
     simulated = 0
@@ -279,6 +282,7 @@ def _simulate_family(
         code = outcome.classify(
             values["initial_loss"], values["final_loss"], values["first_nonfinite_epoch"],
             scale[grid.axes[1][at[2]]], sweep.tol, sweep.diverge_factor,
+            optimal[grid.axes[1][at[2]]],
         )  # fmt: skip
         for k, v in (*values.items(), ("status", code)):
             into[k][where] = v[:, None]
@@ -338,6 +342,7 @@ def _measured_boundary(
     values = {d: np.asarray(sweep.axis(d))[c] for d, c in zip(cell_dims, coords, strict=True)}
     families = np.array([opt.get(o).family.name for o in values["optimizer"]])
     scale = np.asarray(table.loss_scale, np.float64)
+    optimal = np.asarray(table.optimal_loss, np.float64)
     lacks = {  # per swept hyperparameter: which optimizers (by index) do not have it
         h: np.array([not opt.get(o).family.takes(h) for o in sweep.optimizer])
         for h in dims[len(schema.DIMS) :]
@@ -417,6 +422,7 @@ def _measured_boundary(
                 st = outcome.classify(
                     summary.initial_loss, summary.final_loss, summary.first_nonfinite_epoch,
                     scale[rows[values["n"][data]]], sweep.tol, sweep.diverge_factor,
+                    optimal[rows[values["n"][data]]],
                 )  # fmt: skip
                 out[pick] = outcome.breaks(st)[: len(pick)]
                 if phases is not None:
@@ -521,6 +527,7 @@ def per_n_variables(sweep: Sweep, table: DataTable, rows: np.ndarray) -> dict[st
     xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
     return {
         "loss_scale": np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]],
+        "optimal_loss": np.asarray(table.optimal_loss, np.float64)[rows[list(sweep.n)]],
         "hessian_max_eigenvalue": np.array([theory.hessian_eigenvalues(x)[-1] for x in xs]),
         "gd_critical_lr": np.array([theory.gd_critical_lr(x) for x in xs]),
     }

@@ -40,7 +40,9 @@ SUMMARY_VARIABLES: dict[str, tuple[str, str]] = {
     "initial_loss": ("loss of the first epoch (History[0])", "1"),
     "final_loss": ("loss of the last epoch (History[-1])", "1"),
     "first_nonfinite_epoch": ("first epoch with a non-finite loss or weight (-1: none)", "epoch"),
-    "first_converged_epoch": ("first epoch with loss <= tol * mean(y^2) (-1: none)", "epoch"),
+    "first_converged_epoch": (
+        "first epoch with loss - L* <= tol * mean(y^2) (-1: none)", "epoch"
+    ),
     "growth_rate": (
         f"per-epoch loss ratio (geometric mean) between the last two {engine.GROWTH_WINDOW}"
         "-epoch window ends with a finite loss",
@@ -53,7 +55,9 @@ SUMMARY_VARIABLES: dict[str, tuple[str, str]] = {
 """Per-config variables from the engine's :class:`~src.engine.Summary`: (long name, units)."""
 
 PER_N_VARIABLES: dict[str, str] = {
-    "loss_scale": "mean(y^2) (1 if all y are 0): converged if loss <= tol * this",
+    "loss_scale": "mean(y^2) (1 if all y are 0): converged if loss - L* <= tol * this",
+    "optimal_loss": "L*, the least-squares loss of the dataset: the best fit any run can reach "
+    "(0 without noise)",
     "hessian_max_eigenvalue": "largest eigenvalue of the full-batch loss Hessian",
     "gd_critical_lr": "full-batch gradient descent critical learning rate 2 / lambda_max",
 }
@@ -61,6 +65,7 @@ PER_N_VARIABLES: dict[str, str] = {
 
 RESERVED_NAMES = frozenset(
     {*DIMS, "learning_rate", "curve", "epoch", "cell", *PER_N_VARIABLES, "loss_history",
+     "excess_loss",
      "status", "critical_lr", "theory_critical_lr", "fixed_order_critical_lr", "non_monotone"}
 )  # fmt: skip
 """Names a swept hyperparameter may not take (they label other parts of the dataset)."""
@@ -71,6 +76,18 @@ PROBLEM_PREFIX = "problem_"
 def result_dtype(name: str, dtype: str) -> str:
     """Storage dtype of a :data:`SUMMARY_VARIABLES` entry in a map of ``dtype``."""
     return "int32" if name.endswith("_epoch") else dtype
+
+
+def excess_loss(
+    final_loss: np.ndarray, optimal_loss: np.ndarray, dims: Sequence[str]
+) -> np.ndarray:
+    """``final_loss - L*`` (the map's dtype), ``L*`` given along ``n`` (the axis ``dims``
+    names); computed in float64 and rounded once."""
+    shape = [1] * len(dims)
+    shape[list(dims).index("n")] = -1
+    optimal = np.asarray(optimal_loss, np.float64).reshape(shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (np.asarray(final_loss, np.float64) - optimal).astype(final_loss.dtype)
 
 
 def problem_attrs(problem: Problem) -> dict[str, float | int]:
@@ -194,6 +211,11 @@ def to_dataset(
     )  # fmt: skip
     for name, text in PER_N_VARIABLES.items():
         data_vars[name] = ("n", per_n[name], {"long_name": text})
+    data_vars["excess_loss"] = (
+        dims, excess_loss(results["final_loss"], per_n["optimal_loss"], dims),
+        {"long_name": "final_loss - optimal_loss: how far the run is from the best fit",
+         "units": "1"},
+    )  # fmt: skip
     data_vars["loss_history"] = (
         ("curve", "epoch"),
         histories,

@@ -464,13 +464,15 @@ def max_relative_error(a: np.ndarray, b: np.ndarray, floor: float = MIN_LOSS) ->
     return float(np.max(np.abs(a[both] / b[both] - 1))) if both.any() else math.nan
 
 
-def keras_status(run: KerasResult, scale: float, tol: float, diverge_factor: float) -> int:
+def keras_status(
+    run: KerasResult, scale: float, tol: float, diverge_factor: float, optimal: float = 0.0
+) -> int:
     """The map's rules applied to a Keras run (non-finite final weights count as overflow)."""
     h = run.history
     nonfinite = first_nonfinite(h)
     if nonfinite < 0 and not (math.isfinite(run.w) and math.isfinite(run.b)):
         nonfinite = len(h)
-    return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor))
+    return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor, optimal))
 
 
 def _finite_errors(configs: Sequence[ConfigCheck]) -> list[float]:
@@ -478,10 +480,13 @@ def _finite_errors(configs: Sequence[ConfigCheck]) -> list[float]:
     return [float(e) for e in errors if e is not None and math.isfinite(e)]
 
 
-def history_status(history: np.ndarray, scale: float, tol: float, diverge_factor: float) -> int:
+def history_status(
+    history: np.ndarray, scale: float, tol: float, diverge_factor: float, optimal: float = 0.0
+) -> int:
     """The map's rules applied to a loss history alone."""
     h = np.asarray(history, np.float64)
-    return int(outcome.classify(h[0], h[-1], first_nonfinite(h), scale, tol, diverge_factor))
+    nonfinite = first_nonfinite(h)
+    return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor, optimal))
 
 
 def compare(
@@ -515,7 +520,8 @@ def compare(
     if run.error is not None or len(run.history) == 0:
         return {**record, "status_keras": None, "agree": False, "error": run.error}
     scale = float(ds.loss_scale.sel(n=p.n))
-    rules = (scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]))
+    optimal = float(ds.optimal_loss.sel(n=p.n)) if "optimal_loss" in ds else 0.0
+    rules = (scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]), optimal)
     status_keras = keras_status(run, *rules)
     spreads = [max_relative_error(h, history) for h in neighbours]
     sensitivity = max((e for e in spreads if math.isfinite(e)), default=0.0)
