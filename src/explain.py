@@ -29,7 +29,10 @@ from src.spec import default_lr_grid
 
 CLIPNORM_FIX = 1.0
 PREDICTED_EPOCHS = 2000
-"""Epochs evaluated exactly for the overflow prediction; later ones are extrapolated."""
+PREDICTED_STEPS = 100_000
+"""Epochs (and batch steps, at most) evaluated exactly for the overflow prediction; later
+epochs are extrapolated with the predicted growth factor (a million-sample epoch is 31,250
+steps: three of its epochs are evaluated)."""
 N_SCAN_LIMIT = 1024
 """Largest N tried when finding where a learning rate starts to break on the seed problem."""
 
@@ -274,7 +277,8 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
         crit = theory.critical_lr(x, case.batch_size, dyn)
         growth = theory.loss_growth(x, case.batch_size, case.lr, dyn)
         w0 = float(initial_params(case.seed).w)  # drawn in float32 whatever the dtype
-        horizon = min(case.epochs, PREDICTED_EPOCHS)
+        steps = -(-len(x) // case.batch_size)
+        horizon = min(case.epochs, PREDICTED_EPOCHS, max(1, PREDICTED_STEPS // steps))
         predicted = theory.predicted_history(x, y, w0, 0.0, case.lr, case.batch_size, horizon, dyn)
         report["theory"] = Prediction(
             critical_lr=crit,
@@ -381,7 +385,7 @@ def describe(report: Diagnosis) -> list[str]:
         )
         over = th["predicted_overflow_epoch"]
         lines.append(
-            f"Theory: the loss changes by x{th['predicted_growth_rate']:.4f} per epoch "
+            f"Theory: the loss changes by {factor_words(th['predicted_growth_rate'])} per epoch "
             + _simulated_growth(sim)
             + (
                 f"; float32 overflow at epoch {over:g} (simulated: "
@@ -431,6 +435,11 @@ def verdict(sim: Simulated) -> str:
                 f"(final loss {_num(sim['final_loss'])}, "
                 f"prediction at x = 25: {_num(sim['prediction'])}).")  # fmt: skip
     return f"slow: finite, but not converged (final loss {_num(sim['final_loss'])})."
+
+
+def factor_words(growth: float) -> str:
+    """A per-epoch loss factor in words (beyond float64's range: said so, not "xinf")."""
+    return f"x{growth:.4f}" if math.isfinite(growth) else "a factor beyond 1e308"
 
 
 def _simulated_growth(sim: Simulated) -> str:

@@ -179,8 +179,8 @@ def why(diagnosis: explain.Diagnosis) -> str:
         side = "above" if ratio > 1 else "below"
         return (
             f"lr {cfg['lr']:g} is {ratio:.3g} times the critical lr {th['critical_lr']:.4g} "
-            f"({th['formula']}), {side} the limit of stability: the loss changes by a factor "
-            f"{th['predicted_growth_rate']:.4g} per epoch."
+            f"({th['formula']}), {side} the limit of stability: the loss changes by "
+            f"{explain.factor_words(th['predicted_growth_rate'])} per epoch."
         )
     crit = diagnosis.get("measured_critical_lr")
     if crit is None:

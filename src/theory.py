@@ -121,9 +121,10 @@ def batches(n: int, batch_size: int) -> list[slice]:
 def step_matrix(h: np.ndarray, lr: np.ndarray, dynamics: Dynamics) -> np.ndarray:
     """The linear map of one step on the state ``e`` (2) or ``[e, m]`` (4), for each ``lr``.
 
-    ``h`` is the batch Hessian (2x2); ``lr`` an array of shape ``(K,)``; returns ``(K, d, d)``.
+    ``h`` is a batch Hessian (2x2), or several stacked (``(B, 2, 2)``); ``lr`` an array of
+    shape ``(K,)``; returns ``(K, d, d)`` (or ``(B, K, d, d)``).
     """
-    lr_h = np.asarray(lr, np.float64)[:, None, None] * h
+    lr_h = np.asarray(lr, np.float64)[:, None, None] * np.asarray(h)[..., None, :, :]
     eye = np.broadcast_to(np.eye(2), lr_h.shape)
     mu = dynamics.momentum
     if mu == 0:
@@ -133,21 +134,121 @@ def step_matrix(h: np.ndarray, lr: np.ndarray, dynamics: Dynamics) -> np.ndarray
     return np.block([[eye - lr_h, mu * eye], [-lr_h, mu * eye]])
 
 
-def epoch_matrix(x: np.ndarray, batch_size: int, lr: np.ndarray, dynamics: Dynamics) -> np.ndarray:
-    """``M = A_B ... A_1`` for each ``lr`` (shape ``(K, d, d)``)."""
+PRODUCT_CHUNK = 1 << 21
+"""Step-matrix entries built at once while multiplying an epoch's steps (bounds memory)."""
+
+RESCALE_AT = 2.0**256
+"""An epoch product whose entries pass this (checked every :data:`RESCALE_EVERY` steps) is
+scaled down by an exact power of two (its exponent kept apart), so that epochs of any length
+never overflow float64: a step multiplies the entries by at most ``1 + lr lambda`` (2e3 at
+the top of :data:`SCAN_RANGE`), so 16 steps stay far below float64's 2^1024."""
+
+RESCALE_EVERY = 16
+
+TREE_FROM = 1024
+"""Batches per epoch from which :func:`epoch_matrix` multiplies its steps pairwise."""
+
+TREE_RESCALE_LEVELS = 4
+
+TREE_CHUNK = 1 << 23
+"""Step-matrix entries multiplied pairwise at once (64 MB): learning rates are taken in
+groups this allows, so that each array operation is long enough to outweigh its call."""
+
+
+def batch_hessians(x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The :func:`hessian` of every batch of an epoch in a fixed order, ``(B, 2, 2)`` (cached
+    per data and batch size: a million-sample epoch is summed once, not per lr)."""
+    x = np.ascontiguousarray(x, np.float64)
+    return _batch_hessians(x.tobytes(), int(batch_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_hessians(data: bytes, batch_size: int) -> np.ndarray:
+    x = np.frombuffer(data, np.float64)
+    return np.stack([hessian(x[s]) for s in batches(len(x), batch_size)])
+
+
+def epoch_matrix(
+    x: np.ndarray, batch_size: int, lr: np.ndarray, dynamics: Dynamics
+) -> tuple[np.ndarray, np.ndarray]:
+    """``M = A_B ... A_1`` for each ``lr`` as ``(M', k)`` with ``M = M' 2^k`` (shapes
+    ``(K, d, d)`` and ``(K,)``), so that epochs of any length stay inside float64.
+
+    Up to :data:`TREE_FROM` batches the steps are multiplied one after the other, the product
+    rescaled by an exact power of two whenever it passes :data:`RESCALE_AT` (which changes no
+    bit of it). Longer epochs (a million samples in batches of 32 is 31,250 steps) are
+    multiplied pairwise, ``(A_2 A_1), (A_4 A_3), ...`` and so on up, every product normalised
+    by a power of two: a few dozen array operations instead of one Python step per batch, the
+    same product up to rounding.
+    """
     lr = np.atleast_1d(np.asarray(lr, np.float64))
-    m = None
-    for s in batches(len(x), batch_size):
-        a = step_matrix(hessian(np.asarray(x)[s]), lr, dynamics)
-        m = a if m is None else a @ m
-    return m
+    hs = batch_hessians(x, batch_size)
+    d = 2 if dynamics.momentum == 0 else 4
+    if len(hs) >= TREE_FROM:
+        width = max(1, TREE_CHUNK // (len(hs) * d * d))
+        parts = [_tree_product(step_matrix(hs, lr[k : k + width], dynamics))
+                 for k in range(0, len(lr), width)]  # fmt: skip
+        return np.concatenate([m for m, _ in parts]), np.concatenate([e for _, e in parts])
+    chunk = max(1, PRODUCT_CHUNK // (len(lr) * d * d))
+    m, exponent = None, np.zeros(len(lr), np.int64)
+    for start in range(0, len(hs), chunk):
+        steps = step_matrix(hs[start : start + chunk], lr, dynamics)
+        for i, a in enumerate(steps, start):
+            m = a if m is None else a @ m
+            if i % RESCALE_EVERY:
+                continue
+            big = np.max(np.abs(m), axis=(-2, -1))
+            if np.any(big > RESCALE_AT):
+                _, e = np.frexp(np.where(big > RESCALE_AT, big, 1.0))
+                m = np.ldexp(m, -e[:, None, None])
+                exponent += e
+    return m, exponent
+
+
+def _tree_product(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ordered product ``A_B ... A_1`` of ``steps`` (``(B, K, d, d)``, first step first)
+    by pairs, as ``(M', k)`` with ``M = M' 2^k``.
+
+    Identity steps before the first pad ``B`` to a power of two (they change nothing). The
+    matrices are held entry by entry (``(d, d, B, K)``), so that each level of pairs is
+    ``d^3`` multiply-adds over long contiguous arrays, not ``B K`` tiny matrix products. Every
+    :data:`TREE_RESCALE_LEVELS` levels (products of 16 steps: at most ``2000^16 = 2^176`` times
+    larger, see :data:`RESCALE_AT`) the partial products are normalised below 1 by an exact
+    power of two.
+    """
+    count, k, d = steps.shape[0], steps.shape[1], steps.shape[-1]
+    size = 1 << (count - 1).bit_length()
+    m = np.zeros((d, d, size, k))
+    m[np.arange(d), np.arange(d), : size - count] = 1.0
+    m[:, :, size - count :] = np.moveaxis(steps, (2, 3), (0, 1))
+    exponent = np.zeros((size, k), np.int64)
+    level = 0
+    while m.shape[2] > 1:
+        later, earlier = m[:, :, 1::2], m[:, :, 0::2]
+        product = np.empty((d, d, m.shape[2] // 2, k))
+        for i in range(d):
+            for j in range(d):
+                acc = later[i, 0] * earlier[0, j]
+                for q in range(1, d):
+                    acc += later[i, q] * earlier[q, j]
+                product[i, j] = acc
+        m, exponent, level = product, exponent[1::2] + exponent[0::2], level + 1
+        if level % TREE_RESCALE_LEVELS == 0 or m.shape[2] == 1:
+            big = np.abs(m).max(axis=(0, 1))
+            _, shift = np.frexp(np.maximum(big, np.finfo(np.float64).tiny))
+            m = np.ldexp(m, -shift)
+            exponent += shift
+    return np.moveaxis(m[:, :, 0], 2, 0), exponent[0]
 
 
 def spectral_radius(
     x: np.ndarray, batch_size: int, lr: np.ndarray, dynamics: Dynamics
 ) -> np.ndarray:
-    """``rho(M)`` of the epoch map for each ``lr``."""
-    return np.max(np.abs(np.linalg.eigvals(epoch_matrix(x, batch_size, lr, dynamics))), axis=-1)
+    """``rho(M)`` of the epoch map for each ``lr`` (``inf`` where it passes float64's range)."""
+    m, exponent = epoch_matrix(x, batch_size, lr, dynamics)
+    rho = np.max(np.abs(np.linalg.eigvals(m)), axis=-1)
+    with np.errstate(over="ignore"):
+        return np.ldexp(rho, exponent)
 
 
 def loss_growth(x: np.ndarray, batch_size: int, lr: float, dynamics: Dynamics = PLAIN) -> float:
@@ -411,7 +512,8 @@ def predicted_overflow_epoch(history: np.ndarray, n: int, growth: float) -> floa
     loss becomes inf once ``N L > FLOAT32_MAX``. Past the end of ``history`` the last loss is
     extrapolated with ``growth`` per epoch; ``None`` if it never overflows.
     """
-    over = np.flatnonzero(n * history > FLOAT32_MAX)
+    with np.errstate(over="ignore", invalid="ignore"):
+        over = np.flatnonzero(~(n * history <= FLOAT32_MAX))  # inf and nan overflowed too
     if over.size:
         return float(over[0] + 1)
     last = float(history[-1])

@@ -74,3 +74,51 @@ def test_explain_on_noisy_points_says_standardising_reaches_the_best_fit(
     text = "\n".join(explain.describe(report))
     assert "xnan" not in text and "nan," not in text and "nan)" not in text
     assert f"L* = {fit['optimal_loss']:.6g}" in text
+
+
+def test_long_epochs_multiply_pairwise_as_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch of 1,501 batches multiplied pairwise against one by one: the same spectral
+    radius to rounding, for plain SGD, heavy ball and Nesterov, inf for both past float64's
+    range; and a 6,250-batch epoch far past that range gives inf, not an error."""
+    from src import theory
+
+    x = np.random.default_rng(0).uniform(0, 3, 3001)
+    lr = np.geomspace(1e-3, 0.6, 9)
+    for dyn in (theory.PLAIN, theory.Dynamics(0.9), theory.Dynamics(0.5, True)):
+        tree = theory.spectral_radius(x, 2, lr, dyn)
+        monkeypatch.setattr(theory, "TREE_FROM", 10**9)
+        sequential = theory.spectral_radius(x, 2, lr, dyn)
+        monkeypatch.setattr(theory, "TREE_FROM", 1024)
+        finite = np.isfinite(sequential)
+        assert finite.sum() >= 5 and not finite.all()
+        np.testing.assert_array_equal(np.isfinite(tree), finite)
+        np.testing.assert_allclose(tree[finite], sequential[finite], rtol=1e-11)
+    huge = np.random.default_rng(1).uniform(0, 100, 200_000)
+    rho = theory.spectral_radius(huge, 32, np.array([1e-6, 1e-2]), theory.PLAIN)
+    assert rho[0] < 1 and rho[1] == np.inf
+
+
+@pytest.mark.slow
+def test_explain_a_million_row_csv(tmp_path: Path) -> None:
+    """A million rows: explain answers (overflow at lr 0.01; standardising works) without a
+    traceback, and never prints a non-number."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 100, 1_000_000)
+    y = 3 * x + 7 + rng.normal(0, 10, x.size)
+    path = tmp_path / "big.csv"
+    with path.open("w") as f:
+        f.write("x,y\n")
+        np.savetxt(f, np.c_[x, y], fmt="%.6f", delimiter=",")
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.stability_map", "explain", "--lr", "0.01", "--data",
+         str(path)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout
+    assert "Verdict: overflow" in out and "works: standardise x" in out
+    assert "xnan" not in out and "xinf" not in out
