@@ -563,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     map and report were written, 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     xla_options.configure()  # before JAX's backend starts: the map's rounding (no FMA)
+    xla_options.use_compilation_cache()  # a second run loads its programs instead
     job = (lambda: explain_job(argv[1:])) if argv[:1] == ["explain"] else (lambda: map_job(argv))
     # Overflow is what the map studies: NumPy's warnings about it would only be noise.
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -171,8 +171,9 @@ def _run(
     wall0 = time.perf_counter()
     curves = sweep.resolved_curves
     table, rows = sweep.problem.table([*sweep.n, *(c.n for c in curves)], sweep.dtype)
-    sim = Simulator(
-        table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size, sweep.kernel
+    sim = Simulator(  # every device of every process: the map is sharded over all of them
+        table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size, sweep.kernel,
+        devices=tuple(jax.devices()),
     )
     shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
 

@@ -118,7 +118,10 @@ class Simulator:
 
     def __post_init__(self) -> None:
         self.kernel = engine.resolve_kernel(self.kernel)
-        self.devices = self.devices or tuple(jax.devices())
+        # Default: this process's devices. The map passes every process's (jax.distributed);
+        # what the report re-runs afterwards (explain, stored curves, the Keras check's engine
+        # side) runs in the writing process alone, the others having finished.
+        self.devices = self.devices or tuple(jax.local_devices())
         self._mesh = Mesh(np.array(self.devices), ("configs",))
         self._split = NamedSharding(self._mesh, PartitionSpec("configs"))
         self._replicated = NamedSharding(self._mesh, PartitionSpec())

@@ -62,3 +62,34 @@ def test_multi_output_fusion_changes_no_bit(tmp_path: Path) -> None:
         xr.open_dataset(plain / "stability_map.nc") as b,
     ):
         xr.testing.assert_identical(a.load(), b.load())
+
+
+def test_compilation_cache_folder_follows_the_environment(tmp_path: Path) -> None:
+    folder = xla_options.compilation_cache_dir
+    assert folder({"STABILITY_MAP_CACHE": "off"}) is None
+    assert folder({"STABILITY_MAP_CACHE": str(tmp_path)}) == tmp_path
+    assert folder({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "stability_map" / "jax"
+    assert folder({}) == Path.home() / ".cache" / "stability_map" / "jax"
+
+
+@pytest.mark.slow  # two main jobs in subprocesses
+def test_a_second_run_loads_its_programs_and_computes_the_same_map(tmp_path: Path) -> None:
+    """With the compilation cache, a second run of the same job compiles (almost) nothing
+    and writes the same map bit for bit."""
+    env = {**os.environ, "STABILITY_MAP_CACHE": str(tmp_path / "cache")}
+    summaries = []
+    for run in ("first", "second"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "src.stability_map", *MOMENTS_MAP, "--out", str(tmp_path / run)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        summaries.append(json.loads((tmp_path / run / "summary.json").read_text()))
+    assert any((tmp_path / "cache").iterdir())
+    first, second = (s["compile_seconds"] for s in summaries)
+    assert second < first / 2, (first, second)
+    with (
+        xr.open_dataset(tmp_path / "first" / "stability_map.nc") as a,
+        xr.open_dataset(tmp_path / "second" / "stability_map.nc") as b,
+    ):
+        xr.testing.assert_identical(a.load(), b.load())
