@@ -352,8 +352,10 @@ def _host(tree: object) -> object:
 
 
 def _gather(tree: object) -> object:
-    """Results as host arrays; across processes (``jax.distributed``) every process gets all."""
-    if jax.process_count() == 1:
+    """Results as host arrays; across processes (``jax.distributed``) every process gets all
+    (a simulator of this process's devices alone has nothing to gather)."""
+    leaves = jax.tree.leaves(tree)
+    if jax.process_count() == 1 or all(a.is_fully_addressable for a in leaves):
         return jax.tree.map(np.asarray, tree)
     from jax.experimental import multihost_utils
 
