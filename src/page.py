@@ -448,7 +448,7 @@ def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "<b>NO</b>"
     if isinstance(value, float):
-        return html.escape(f"{value:.4g}") if math.isfinite(value) else "not finite"
+        return html.escape(f"{value:.4g}") if math.isfinite(value) else "inf/nan"
     if isinstance(value, Mapping):
         return html.escape(", ".join(f"{k}={v:g}" for k, v in value.items()) or "Keras defaults")
     return html.escape(str(value))
