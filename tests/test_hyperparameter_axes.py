@@ -110,6 +110,7 @@ def test_the_page_selects_a_hyperparameter(swept: Path) -> None:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto((swept / "index.html").as_uri())
+        page.locator("#maps canvas").nth(0).scroll_into_view_if_needed()  # below the focus
         box = page.locator("#maps canvas").nth(0).bounding_box()
         at = (box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5)
         page.mouse.move(*at)
