@@ -24,7 +24,7 @@ from typing import TypedDict
 import numpy as np
 import xarray as xr
 
-from src import explain, outcome
+from src import explain, outcome, store
 from src import optimizers as opt
 from src.errors import InputError
 from src.findings import SEED_N
@@ -153,7 +153,7 @@ def panel(ds: xr.Dataset, focus: Focus = SEED_FOCUS) -> tuple[Panel, list[tuple[
         extra={d: float(ds[d].values[index[d]]) for d in extra_dims(ds)},
         status=status,
         first_nonfinite_epoch=int(cell.first_nonfinite_epoch.item()),
-        final_loss=_finite(cell.final_loss.item()),
+        final_loss=store.finite(float(cell.final_loss.item())),
         verdict=explain.verdict(sim) if sim["status"] == status else _map_verdict(status, cell),
         why=why(diagnosis),
         critical_lr=_critical(diagnosis),
@@ -205,7 +205,3 @@ def _map_verdict(status: str, cell: xr.Dataset) -> str:
     if status == "overflow":
         return f"overflow: the loss became inf/nan at epoch {int(cell.first_nonfinite_epoch)}."
     return f"{status}: final loss {float(cell.final_loss):.4g}."
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None

@@ -32,9 +32,9 @@ import xarray as xr
 
 from src import outcome
 from src.findings import SEED_STABLE_N
+from src.focus import SEED_FOCUS
 from src.problem import QUERY_X
-from src.schema import extra_dims
-from src.spec import SEED_LR
+from src.schema import extra_dims, optimal_loss
 
 if TYPE_CHECKING:
     from src.focus import Panel
@@ -158,7 +158,6 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
     k = _stride(ds)
     names = [str(o) for o in ds.optimizer.values]
     at = focus["index"] if focus is not None else None
-    seed_lr = int(np.argmin(np.abs(np.log(ds.lr.values) - math.log(SEED_LR))))
     keep_n = [int(np.argmin(np.abs(ds.n.values - SEED_STABLE_N)))] if at is not None else []
     lr_idx = shown(ds.sizes["lr"], k, [] if at is None else [at["lr"]])
     n_idx = shown(ds.sizes["n"], k, ([] if at is None else [at["n"]]) + keep_n)
@@ -186,7 +185,7 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
     if at is not None:
         j_focus = n_idx.index(at["n"])
         marks.append([lr_idx.index(at["lr"]), j_focus, 1])
-        if focus["requested"] == "sgd:0.01:20:32" and keep_n and keep_n[0] != at["n"]:
+        if focus["requested"] == SEED_FOCUS.text and keep_n and keep_n[0] != at["n"]:
             marks.append([lr_idx.index(at["lr"]), n_idx.index(keep_n[0]), 0])
     data: dict[str, object] = {
         "optimizers": names,
@@ -199,10 +198,9 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
         "tol": float(ds.attrs["tol"]),
         "span": CONVERGED_SPAN,
         "scale": [float(v) for v in view.loss_scale.values],
-        "optimal": [float(v) for v in _optimal(view).values],
+        "optimal": [float(v) for v in optimal_loss(view).values],
         "query_x": QUERY_X,
         "marks": marks,
-        "seed_lr_column": lr_idx.index(seed_lr) if seed_lr in lr_idx else None,
         "stride": k,
         "full_shape": {d: int(ds.sizes[d]) for d in ("lr", "n")},
         "slices": slices,
@@ -259,7 +257,7 @@ def lr_slice(ds: xr.Dataset, focus: Panel) -> dict[str, object]:
         "n": int(cut.n.item()),
         "lr": _round(ds.lr.values.astype(np.float64), 6),
         "threshold": float(ds.attrs["tol"]) * float(cut.loss_scale.item())
-        + float(_optimal(cut).item()),
+        + float(optimal_loss(cut).item()),
         "focus_lr": focus["lr"],
         "lines": [
             {
@@ -272,11 +270,6 @@ def lr_slice(ds: xr.Dataset, focus: Panel) -> dict[str, object]:
             for name in ds.optimizer.values
         ],
     }
-
-
-def _optimal(ds: xr.Dataset) -> xr.DataArray:
-    """``L*`` by N (maps saved before it was recorded: 0, their rule then)."""
-    return ds.optimal_loss if "optimal_loss" in ds else xr.zeros_like(ds.loss_scale)
 
 
 def _img(png: bytes, alt: str) -> str:

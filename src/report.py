@@ -33,7 +33,7 @@ from src.focus import SEED_FOCUS, Focus
 from src.focus import panel as focus_panel
 from src.problem import Problem
 from src.runner import RunStats
-from src.schema import DIMS, reference_slice
+from src.schema import DIMS, optimal_loss, reference_slice
 from src.spec import SEED_LR
 
 if TYPE_CHECKING:
@@ -91,15 +91,15 @@ def loss_colour_key() -> tuple[ListedColormap, LogNorm]:
 def draw_heatmap(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
     """One optimizer's lr x N map on ``ax``, coloured as the page: the status, shaded by the
     final loss within converged and slow (:func:`src.page.cell_colours`), diverging hatched."""
-    floor = ["optimal_loss"] if "optimal_loss" in ref else []  # older maps: L* = 0
-    cell = ref[["status", "final_loss", "loss_scale", *floor]].sel(optimizer=optimizer)
+    cell = ref[["status", "final_loss", "loss_scale"]].sel(optimizer=optimizer)
+    cell["optimal_loss"] = optimal_loss(ref)
     cell = cell.transpose("n", "lr").isel(
         {d: slice(None, None, k) for d, k in drawn_strides(ref).items()}
     )
     x, y = _edges(cell.lr.values, log=True), _edges(cell.n.values, log=False)
     status = cell.status.values
     scale = cell.loss_scale.values[:, None]
-    optimal = cell.optimal_loss.values[:, None] if floor else 0.0
+    optimal = cell.optimal_loss.values[:, None]
     relative = (cell.final_loss.values.astype(np.float64) - optimal) / scale
     rgb = page.cell_colours(status, relative, float(ref.attrs["tol"]))
     ax.pcolormesh(x, y, rgb, shading="flat")

@@ -90,6 +90,11 @@ def excess_loss(
         return (np.asarray(final_loss, np.float64) - optimal).astype(final_loss.dtype)
 
 
+def optimal_loss(ds: xr.Dataset) -> xr.DataArray:
+    """``L*`` along ``n`` (a map saved before it was recorded: 0, the rule it was made with)."""
+    return ds.optimal_loss if "optimal_loss" in ds else xr.zeros_like(ds.loss_scale)
+
+
 def problem_attrs(problem: Problem) -> dict[str, float | int]:
     """The problem's fields as attributes, ``problem_<field>`` (booleans as 0/1)."""
     return {

@@ -50,7 +50,13 @@ import xarray as xr
 from src import engine, keras_reference, outcome
 from src import optimizers as opt
 from src.keras_reference import KerasJob, KerasResult
-from src.schema import curve_positions, extra_dims, hyperparameters_at, problem_of
+from src.schema import (
+    curve_positions,
+    extra_dims,
+    hyperparameters_at,
+    optimal_loss,
+    problem_of,
+)
 
 DEFAULT_COUNT = 2
 """Configurations checked by default on every main-job run: the seed's two. Measured on the
@@ -520,7 +526,7 @@ def compare(
     if run.error is not None or len(run.history) == 0:
         return {**record, "status_keras": None, "agree": False, "error": run.error}
     scale = float(ds.loss_scale.sel(n=p.n))
-    optimal = float(ds.optimal_loss.sel(n=p.n)) if "optimal_loss" in ds else 0.0
+    optimal = float(optimal_loss(ds).sel(n=p.n))
     rules = (scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]), optimal)
     status_keras = keras_status(run, *rules)
     spreads = [max_relative_error(h, history) for h in neighbours]

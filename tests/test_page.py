@@ -5,9 +5,11 @@ colour-vision deficiencies, and nothing is logged as an error."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,13 +47,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
 def test_page_renders_and_answers_hover(report: Path) -> None:
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(report.as_uri())
+    with opened(report) as page:
         canvases = page.locator("#maps canvas")
         assert canvases.count() == 3
         for i in range(3):  # every heatmap drew many colours, not a blank canvas
@@ -74,8 +70,6 @@ def test_page_renders_and_answers_hover(report: Path) -> None:
         assert "batch size 8" in tip.inner_text()
         page.mouse.move(1, 1)
         assert not tip.is_visible()
-        browser.close()
-    assert not errors, errors
 
 
 def test_large_grids_are_thinned_for_display_with_a_note(
@@ -102,13 +96,21 @@ def test_large_grids_are_thinned_for_display_with_a_note(
     assert shown <= 1000
 
 
-def _browser(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-
-
-def _watch(page, errors: list[str]) -> None:
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
+@contextlib.contextmanager
+def opened(report: Path, width: int = 1200, height: int = 900, scale: float = 1) -> Iterator:
+    """The page in headless Chromium; on leaving, nothing may have been logged as an error."""
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(
+            viewport={"width": width, "height": height}, device_scale_factor=scale
+        )
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        yield page
+        browser.close()
+    assert not errors, errors
 
 
 INK = """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -125,12 +127,7 @@ def test_focus_panel_answers_and_advises(report: Path) -> None:
 
     ds = load(report.parent)
     cell = ds.sel(optimizer="sgd", lr=0.01, n=20, batch_size=32).isel(seed=0, epochs=0)
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        _watch(page, errors)
-        page.goto(report.as_uri())
+    with opened(report, 1200, 900) as page:
         panel = page.locator("#focus")
         text = panel.inner_text()
         assert "sgd at lr 0.01, N = 20, batch size 32" in text
@@ -144,20 +141,13 @@ def test_focus_panel_answers_and_advises(report: Path) -> None:
         assert page.locator("#lr-slice").evaluate(INK) > 2000
         legend = page.locator("#lr-slice-legend").inner_text()
         assert all(name in legend for name in ("sgd", "momentum", "adam"))
-        browser.close()
-    assert not errors, errors
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
 def test_zoom_click_and_tooltip(report: Path) -> None:
     """Zooming narrows the visible range, a click draws the cell's loss curve, and the
     tooltip stays inside the window at the window's corners."""
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1000, "height": 700})
-        _watch(page, errors)
-        page.goto(report.as_uri())
+    with opened(report, 1000, 700) as page:
         shown = page.locator("#view-range")
         whole = shown.inner_text()
         assert "(21 of 21)" in whole and "(24 of 24)" in whole
@@ -187,24 +177,15 @@ def test_zoom_click_and_tooltip(report: Path) -> None:
             r = tip.bounding_box()
             assert r["x"] >= 0 and r["y"] >= 0, r
             assert r["x"] + r["width"] <= 1000 and r["y"] + r["height"] <= 700, r
-        browser.close()
-    assert not errors, errors
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
 def test_phone_width_needs_no_horizontal_scroll(report: Path) -> None:
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=3)
-        _watch(page, errors)
-        page.goto(report.as_uri())
+    with opened(report, 390, 844, scale=3) as page:
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         canvas = page.locator("#maps canvas").first
         width = canvas.evaluate("c => c.width")
         assert width == 3 * round(canvas.bounding_box()["width"])  # drawn at the pixel ratio
-        browser.close()
-    assert not errors, errors
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
@@ -219,10 +200,7 @@ def test_statuses_stay_apart_under_colour_vision_deficiency(report: Path) -> Non
 
     from src import page as page_module
 
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(report.as_uri())
+    with opened(report) as page:
         palette = page.evaluate("D.palette")
         # the colour of the centre pixel of one displayed cell of each status
         seen = page.evaluate(
@@ -236,7 +214,6 @@ def test_statuses_stay_apart_under_colour_vision_deficiency(report: Path) -> Non
                   out[st] = Array.from(rgb.slice(0, 3));
                 } return out; }"""
         )
-        browser.close()
     assert len(seen) == 4, seen
 
     def rgb(h: str) -> np.ndarray:
