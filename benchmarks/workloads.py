@@ -128,7 +128,7 @@ def keras_available() -> bool:
 def keras_runs(optimizer: str, configs: int, epochs: int) -> list[tuple]:
     """Arguments of :func:`src.keras_reference.fit` for the first ``configs`` of the workload."""
     _, _, flat = seed_workload(optimizer, configs, epochs)
-    w0 = float(engine.initial_params(0).w)
+    w0 = float(engine.initial_params(0).w[0])
     out = []
     for i in range(configs):
         n = int(flat.columns["n"][i])

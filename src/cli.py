@@ -25,7 +25,7 @@ from src import engine, findings, optimizers, outcome, validation, xla_options
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.focus import SEED_FOCUS, parse_focus
-from src.problem import Problem, read_xy_csv
+from src.problem import Problem
 from src.runner import RunStats, check_memory, resumed_configs, run
 from src.spec import DEFAULT_OPTIMIZERS, Curve, Sweep, log_grid
 
@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n",
-        default="1:64",
-        help="dataset sizes N >= 1: comma list or start:stop inclusive (default 1:64)",
+        default=None,
+        help="dataset sizes N >= 1: comma list or start:stop inclusive; with --data, the "
+        "first N rows of the file (default 1:64, up to the file's rows)",
     )
     p.add_argument(
         "--batch-size",
@@ -355,10 +356,11 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         optimizers.get(name)
     if args.dtype not in ("float32", "float64"):
         raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
+    problem = _problem(args)
     return Sweep(
         optimizer=names,
         lr=parse_lr(args.lr),
-        n=parse_n(args.n),
+        n=parse_n(args.n or _default_n(problem)),
         batch_size=_positive_ints(args.batch_size, "--batch-size"),
         epochs=_positive_ints(args.epochs, "--epochs"),
         seed=tuple(_ints(args.seeds, "--seeds")),
@@ -366,7 +368,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         tol=_one_float(args.tol, "--tol"),
         diverge_factor=_one_float(args.diverge_factor, "--diverge-factor"),
         dtype=args.dtype,
-        problem=_problem(args),
+        problem=problem,
         curves=None if args.curve is None else tuple(parse_curve(c) for c in args.curve),
         chunk_size=_ints(args.chunk_size, "--chunk-size")[0],
         kernel=args.kernel,
@@ -374,6 +376,12 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         hyperparameters=tuple(parse_sweep_axis(t) for t in args.sweep or ()),
         optimizer_args=tuple(_key_values(args.optimizer_args, "--optimizer-args").items()),
     )
+
+
+def _default_n(problem: Problem) -> str:
+    """The main job's dataset sizes: 1 to 64, or to a shorter table's rows."""
+    rows = problem.max_n
+    return f"1:{64 if rows is None else min(64, rows)}"
 
 
 def parse_sweep_axis(text: str) -> tuple[str, tuple[float, ...]]:
@@ -424,13 +432,9 @@ def build_explain_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", default="0.01", help="learning rate > 0 (default 0.01)")
     p.add_argument(
-        "--n", default=None, help="dataset size N, 1 to 10,000,000, of the problem (default 20)"
-    )
-    p.add_argument(
-        "--data",
-        default=None,
-        metavar="FILE.csv",
-        help="your data instead: CSV, columns x,y (default: the problem's)",
+        "--n", default=None,
+        help="dataset size N, 1 to 10,000,000, of the problem (default 20; with --data: all "
+        "its rows)",
     )
     p.add_argument("--batch-size", default="32", help="batch size >= 1 (default 32, Keras's)")
     p.add_argument(
@@ -457,21 +461,56 @@ def _switch(p: argparse.ArgumentParser, flag: str, text: str) -> None:
 
 
 def _problem_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", default="", metavar="FILE.csv",
+        help="your data instead of the line: a CSV file with a header line (every numeric "
+        "column but the target is a feature, see --target and --features; --n takes its first "
+        "N rows), or sklearn:diabetes (needs scikit-learn; default: the line below)",
+    )  # fmt: skip
     p.add_argument("--slope", default="0.5", help="targets y = slope * x + intercept (default 0.5)")
     p.add_argument("--intercept", default="0", help="(finite; default 0)")
     p.add_argument("--x-start", default="1", help="inputs x = x_start + x_step * i (default 1)")
     p.add_argument("--x-step", default="1", help="(finite, non-zero; default 1)")
-    _switch(p, "--standardize", "standardise x to zero mean, unit variance (default: raw x)")
+    _switch(
+        p, "--standardize",
+        "standardise each input feature to zero mean, unit variance over the N rows, as "
+        "keras.layers.Normalization adapted to them (default: raw inputs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--noise", default="0",
+        help="standard deviation >= 0 of Gaussian noise added to the targets (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--noise-seed", default="0",
+        help="seed of the noise, 0 to 2**32-1; point i gets the same draw whatever N (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--target", default="",
+        help="with --data: the column to predict (default y; target for sklearn:diabetes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--features", default="",
+        help="with --data: comma list of input columns (default: every other numeric column)",
+    )  # fmt: skip
 
 
 def _problem(args: argparse.Namespace) -> Problem:
     """The :class:`~src.problem.Problem` of the flags named after its fields (a flag each)."""
-    values = {}
+    values: dict[str, object] = {}
     for f in dataclasses.fields(Problem):
         given = getattr(args, f.name)
         flag = "--" + f.name.replace("_", "-")
-        values[f.name] = given if f.type in (bool, "bool") else _one_float(given, flag)
-    return Problem(**values)
+        if f.type in (bool, "bool"):
+            values[f.name] = given
+        elif f.type in (str, "str"):
+            values[f.name] = (given or "").strip()
+        elif f.type in (int, "int"):
+            values[f.name] = _one_int(given, flag, 0, 2**32 - 1)
+        else:
+            values[f.name] = _one_float(given, flag)
+    problem = Problem(**values)
+    problem.user_table  # noqa: B018 -- read now: a bad file is a one-line error up front
+    return problem
 
 
 def parse_optimizer_args(text: str, name: str) -> dict[str, float]:
@@ -529,11 +568,12 @@ def explain_job(argv: Sequence[str]) -> None:
     args = build_explain_parser().parse_args(argv)
     name = args.optimizer.strip()
     optimizers.get(name)
-    if args.data is not None and args.n is not None:
-        raise InputError("give --n (the problem's dataset) or --data (yours), not both")
+    problem = _problem(args)
     if args.dtype not in ("float32", "float64"):
         raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
-    lrs, ns = parse_lr(args.lr), parse_n("20" if args.n is None else args.n)
+    rows = problem.max_n
+    default_n = "20" if rows is None else str(rows)
+    lrs, ns = parse_lr(args.lr), parse_n(default_n if args.n is None else args.n)
     if len(lrs) != 1 or len(ns) != 1:
         raise InputError("explain takes one --lr and one --n (the main job sweeps several)")
     if ns[0] > EXPLAIN_MAX_N:
@@ -546,8 +586,7 @@ def explain_job(argv: Sequence[str]) -> None:
         epochs=_one_int(args.epochs, "--epochs", 1, engine.MAX_EPOCHS),
         seed=_one_int(args.seed, "--seed", 0, 2**32 - 1),
         hyperparameters=parse_optimizer_args(args.optimizer_args, name),
-        problem=_problem(args),
-        data=None if args.data is None else read_xy_csv(args.data),
+        problem=problem,
         dtype=args.dtype,
     )
     report = explain.explain(case)

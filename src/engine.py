@@ -8,11 +8,12 @@ share only the optimizer family and the padded :class:`Shapes`.
 Keras semantics reproduced (keras/src/trainers, keras/src/losses; see
 docs/keras-fidelity.md):
 
-* weights ``w ~ U(-sqrt 3, sqrt 3)`` (GlorotUniform of a 1x1 kernel) from the config's seed,
-  ``b = 0``;
+* ``d`` input features (``Input((d,))``; the seed's line is ``d = 1``), weights
+  ``w ~ U(-l, l)^d`` with ``l = sqrt(6 / (d + 1))`` (GlorotUniform of a ``(d, 1)`` kernel) from
+  the config's seed, ``b = 0``;
 * an epoch cuts the (optionally shuffled) indices into consecutive batches of ``batch_size``;
   the last batch holds the remainder;
-* a step evaluates ``loss_b = sum_j (w x_j + b - y_j)^2 / n_b`` with the pre-update weights,
+* a step evaluates ``loss_b = sum_j (x_j . w + b - y_j)^2 / n_b`` with the pre-update weights,
   differentiates it and applies one optimizer update;
 * the epoch loss reported in ``History`` is ``sum_b loss_b n_b / N``, accumulated in order;
 * nothing stops on overflow: inf and nan propagate to the last epoch.
@@ -52,44 +53,56 @@ import numpy as np
 import optax
 
 from src.optimizers import Family
-from src.problem import DataTable
+from src.problem import DataTable, design, predict
 
 Array = jax.Array
 
-GLOROT_LIMIT = math.sqrt(3.0)
-"""GlorotUniform's ``sqrt(6 / (fan_in + fan_out))`` for a 1x1 kernel."""
+
+
+def glorot_limit(d: int) -> float:
+    """GlorotUniform's ``sqrt(6 / (fan_in + fan_out))`` for a ``(d, 1)`` kernel (``sqrt 3``
+    for the seed's 1x1)."""
+    return math.sqrt(6.0 / (d + 1))
+
 
 GROWTH_WINDOW = 10
 """``growth_rate`` is the median loss ratio over the last this-many finite epochs."""
 
 
 class Params(NamedTuple):
-    """The model ``y = w x + b`` (Keras: kernel and bias of ``Dense(1)``)."""
+    """The model ``y = x . w + b`` (Keras: kernel and bias of ``Dense(1)``); ``w`` has shape
+    ``(d,)``, ``b`` is a scalar."""
 
     w: Array
     b: Array
 
 
-KERAS_SHAPES = Params(
-    w=jax.ShapeDtypeStruct((1, 1), jnp.float32), b=jax.ShapeDtypeStruct((1,), jnp.float32)
-)
-"""Shapes of ``Dense(1)``'s kernel and bias in Keras: optimizers take their steps on these
-(Adafactor factors and Muon orthogonalises 2-D variables)."""
+def keras_shapes(d: int) -> Params:
+    """Shapes of ``Dense(1)``'s kernel ``(d, 1)`` and bias ``(1,)`` in Keras: optimizers take
+    their steps on these (Adafactor factors and Muon orthogonalises 2-D variables)."""
+    return Params(
+        w=jax.ShapeDtypeStruct((d, 1), jnp.float32), b=jax.ShapeDtypeStruct((1,), jnp.float32)
+    )
 
 
 class Moments(NamedTuple):
-    """Sufficient statistics of one batch, as deviations from the batch's least-squares line.
+    """Sufficient statistics of one batch, as deviations from a reference fit.
 
-    With ``(w*, b*)`` the line minimising the batch's mean squared error, ``x_mean`` and
-    ``x_var`` the batch's mean and (population) variance of x, and ``floor`` the mean squared
-    residual of that line, the loss of any ``(w, b)`` is exactly
+    With ``(w*, b*)`` the reference (``w*`` of shape ``(d,)``), ``x_mean`` ``(d,)`` and
+    ``x_var`` ``(d, d)`` the batch's mean and (population) covariance of the inputs, and
+    ``floor`` the variance of the reference's residuals over the batch, the loss of any
+    ``(w, b)`` is exactly
 
-        loss = x_var dw^2 + u^2 + floor,   dw = w - w*,  u = x_mean dw + (b - b*)
+        loss = dw . x_var dw + 2 dw . cross + u^2 + floor,
+        dw = w - w*,  u = x_mean . dw + (b - b*)
 
-    (``u`` is the mean residual), and its gradient ``(2 (x_var dw + x_mean u), 2 u)``. Every
-    term is non-negative, so float32 never subtracts large numbers to get a small loss, as the
-    expanded ``sum y^2 - 2 w sum xy + ...`` would. Where all x of a batch are equal the line is
-    not unique; ``w*`` is then the dataset's slope.
+    (``u`` is the mean residual; ``cross`` the covariance of the inputs with the reference's
+    residuals), and its gradient ``(2 (x_var dw + cross + x_mean u), 2 u)``. Where the
+    reference is the batch's own least-squares fit, ``cross`` vanishes (``None``: no term at
+    all) and every term is non-negative, so float32 never subtracts large numbers to get a
+    small loss, as the expanded ``sum y^2 - 2 w . sum x y + ...`` would. Where the batch does
+    not determine its fit (all x equal; fewer samples than features) ``w*`` is the one nearest
+    the dataset's own.
     """
 
     w_opt: Array
@@ -97,6 +110,7 @@ class Moments(NamedTuple):
     x_mean: Array
     x_var: Array
     floor: Array
+    cross: Array | None = None
 
 
 class Configs(NamedTuple):
@@ -177,7 +191,8 @@ class Summary(NamedTuple):
     :data:`GROWTH_WINDOW` epochs before its first non-finite loss may go unrecorded).
     ``growth_rate`` is the geometric-mean per-epoch loss ratio between the last two window
     ends (epochs ``1 + k GROWTH_WINDOW``) with a finite loss, or from epoch 1 to the only one
-    (nan if none). ``prediction`` is the model's output at x = 25.
+    (nan if none). ``final_w`` has shape ``(d,)``; ``prediction`` is the model's output at the
+    problem's query input (x = 25 on the seed's line).
     """
 
     initial_loss: Array
@@ -241,12 +256,14 @@ def _keys(seed: Array | int) -> Array:
     return jax.random.split(jax.random.PRNGKey(seed))
 
 
-def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32) -> Params:
-    """Keras's initial weights for a seed: ``w ~ U(-sqrt 3, sqrt 3)`` (GlorotUniform), ``b = 0``.
+def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32, d: int = 1) -> Params:
+    """Keras's initial weights for a seed: ``w ~ U(-l, l)^d``, ``l = sqrt(6 / (d + 1))``
+    (GlorotUniform of a ``(d, 1)`` kernel), ``b = 0``.
 
     Drawn in float32 whatever ``dtype``, so a float64 run starts where the float32 one does.
     """
-    w = jax.random.uniform(_keys(seed)[0], (), jnp.float32, -GLOROT_LIMIT, GLOROT_LIMIT)
+    limit = glorot_limit(d)
+    w = jax.random.uniform(_keys(seed)[0], (d,), jnp.float32, -limit, limit)
     return Params(w=w.astype(dtype), b=jnp.zeros((), dtype))
 
 
@@ -269,7 +286,8 @@ def autodiff_loss_and_grad(
 ) -> tuple[Array, Params]:
     """Mean squared error of one batch and its gradient, by per-sample autodiff.
 
-    ``loss = sum_j (w x_j + b - y_j)^2 / count`` over the valid slots; the gradient is the
+    ``loss = sum_j (x_j . w + b - y_j)^2 / count`` over the valid slots (``x``: ``(slots,
+    d)``); the gradient is the
     sum of per-sample gradients (``jax.grad``) divided by ``count``. Sums use
     :func:`pairwise_sum` so that masked slots are exact no-ops.
 
@@ -281,12 +299,12 @@ def autodiff_loss_and_grad(
     """
 
     def sample_loss(p: Params, xj: Array, yj: Array) -> Array:
-        return jnp.square(p.w * xj + p.b - yj)
+        return jnp.square(jnp.sum(p.w * xj) + p.b - yj)
 
     neg_zero = jnp.array(-0.0, x.dtype)
 
     def masked(v: Array, keep: Array) -> Array:
-        return jnp.where(keep, v, neg_zero)
+        return jnp.where(keep.reshape(keep.shape + (1,) * (v.ndim - keep.ndim)), v, neg_zero)
 
     if per_slot:
         slots = [
@@ -294,14 +312,14 @@ def autodiff_loss_and_grad(
                 functools.partial(masked, keep=valid[j]),
                 jax.value_and_grad(sample_loss)(params, x[j], y[j]),
             )
-            for j in range(x.shape[-1])
+            for j in range(valid.shape[-1])
         ]
         loss, grads = _pairwise_sum_list(slots)
         return loss / count, jax.tree.map(lambda g: g / count, grads)
     losses, grads = jax.vmap(jax.value_and_grad(sample_loss), in_axes=(None, 0, 0))(params, x, y)
 
-    def mean(v: Array) -> Array:
-        return pairwise_sum(masked(v, valid)) / count
+    def mean(v: Array) -> Array:  # over the slots, the leading axis
+        return pairwise_sum(masked(v, valid), axis=0) / count
 
     return mean(losses), jax.tree.map(mean, grads)
 
@@ -328,9 +346,13 @@ def moments_loss_and_grad(
     ``1 / count`` before summing.
     """
     dw = params.w - m.w_opt
-    u = m.x_mean * dw + (params.b - m.b_opt)
-    s = m.x_var * dw
-    loss = s * dw + u * u + m.floor
+    u = jnp.sum(m.x_mean * dw) + (params.b - m.b_opt)
+    s = jnp.sum(m.x_var * dw, axis=-1)
+    quadratic = jnp.sum(s * dw)
+    if m.cross is not None:
+        quadratic = quadratic + 2 * jnp.sum(dw * m.cross)
+        s = s + m.cross
+    loss = quadratic + u * u + m.floor
     if count is not None:
         total = loss * count
         loss = jnp.where(jnp.isfinite(total), loss, total)
@@ -338,55 +360,93 @@ def moments_loss_and_grad(
 
 
 def fixed_batch_moments(
-    x: np.ndarray, y: np.ndarray, w_ref: float, batch_size: int, n_batches: int
+    x: np.ndarray, y: np.ndarray, w_ref: np.ndarray | float, batch_size: int, n_batches: int
 ) -> Moments:
-    """:class:`Moments` of the consecutive batches of one dataset, in float64 (host).
+    """:class:`Moments` of the consecutive batches of one dataset, in float64 (host), each
+    about the batch's own least-squares fit (no ``cross`` term).
 
-    ``x`` and ``y`` are the dataset as the engine holds it (its dtype's values); ``w_ref``
-    is the slope used where a batch's x are all equal. Rows past the last batch are zeros.
+    ``x`` (``(n,)`` or ``(n, d)``) and ``y`` are the dataset as the engine holds it (its
+    dtype's values); ``w_ref`` is the dataset's fit, which a batch's fit stays nearest to
+    where the batch does not determine one. Rows past the last batch are zeros.
     """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    n = len(x)
+    x, y = design(x), np.asarray(y, np.float64)
+    n, d = x.shape
     width = min(batch_size, n)
     pos = np.arange(n_batches)[:, None] * batch_size + np.arange(width)[None, :]
     valid = (pos < n) & (np.arange(width)[None, :] < batch_size)
-    xs, ys = (np.where(valid, v[np.minimum(pos, n - 1)], 0.0) for v in (x, y))
+    take = np.minimum(pos, n - 1)
+    xs = np.where(valid[..., None], x[take], 0.0)
+    ys = np.where(valid, y[take], 0.0)
     count = np.maximum(valid.sum(axis=1), 1)
 
     def mean(v: np.ndarray) -> np.ndarray:
-        return np.where(valid, v, 0.0).sum(axis=1) / count
+        # Summed along a contiguous last axis: numpy's pairwise order, whatever d.
+        keep = valid.reshape(valid.shape + (1,) * (v.ndim - 2))
+        kept = np.ascontiguousarray(np.moveaxis(np.where(keep, v, 0.0), 1, -1))
+        return kept.sum(axis=-1) / count.reshape((-1,) + (1,) * (v.ndim - 2))
 
     x_mean, y_mean = mean(xs), mean(ys)
-    xc, yc = xs - x_mean[:, None], ys - y_mean[:, None]
-    x_var = mean(xc * xc)
-    spread = x_var > 0
-    w_opt = np.where(spread, mean(xc * yc) / np.where(spread, x_var, 1.0), w_ref)
-    b_opt = y_mean - w_opt * x_mean
-    residual = w_opt[:, None] * xs + b_opt[:, None] - ys
+    xc, yc = xs - x_mean[:, None, :], ys - y_mean[:, None]
+    x_var = mean(xc[..., :, None] * xc[..., None, :])
+    w_ref = np.broadcast_to(np.asarray(w_ref, np.float64), (d,))
+    if d == 1:
+        var = x_var[:, 0, 0]
+        spread = var > 0
+        slope = np.where(spread, mean(xc[..., 0] * yc) / np.where(spread, var, 1.0), w_ref[0])
+        w_opt = slope[:, None]
+    else:  # the batch's fit nearest the dataset's: minimum-norm steps from w_ref
+        w_opt = np.stack([
+            w_ref + np.linalg.lstsq(xc[b][valid[b]], (yc[b] - xc[b] @ w_ref)[valid[b]],
+                                    rcond=None)[0]
+            for b in range(n_batches)
+        ])  # fmt: skip
+    b_opt = y_mean - np.sum(x_mean * w_opt, axis=1)
+    residual = predict(xs, w_opt[:, None, :], b_opt[:, None]) - ys
     return Moments(w_opt, b_opt, x_mean, x_var, mean(residual * residual))
 
 
 def _shuffled_moments(
     x: Array, residual: Array, valid: Array, w_ref: Array, b_ref: Array
 ) -> Moments:
-    """:class:`Moments` of shuffled batches, in the engine's dtype, from each sample's
-    residual from the dataset's own line ``(w_ref, b_ref)`` (computed in float64 once)."""
+    """:class:`Moments` of shuffled batches (``x``: ``(batches, slots, d)``), in the engine's
+    dtype, from each sample's residual from the dataset's own fit ``(w_ref, b_ref)``
+    (computed in float64 once).
+
+    One feature: the reference moves to each batch's own fit (a division), so no ``cross``
+    term remains and every term of the loss is non-negative. Several features keep the
+    dataset's fit as reference and the ``cross`` term: solving each batch's normal equations
+    in float32 would cost more accuracy than the term does.
+    """
     dtype = x.dtype
     count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(dtype)
+    neg_zero = jnp.array(-0.0, dtype)
 
     def mean(v: Array) -> Array:
-        return pairwise_sum(jnp.where(valid, v, jnp.array(-0.0, dtype))) / count
+        keep = valid.reshape(valid.shape + (1,) * (v.ndim - valid.ndim))
+        moved = jnp.moveaxis(jnp.where(keep, v, neg_zero), valid.ndim - 1, -1)
+        return pairwise_sum(moved) / count.reshape(count.shape + (1,) * (v.ndim - valid.ndim))
 
     x_mean, e_mean = mean(x), mean(residual)
-    xc = jnp.where(valid, x - x_mean[..., None], 0)
+    xc = jnp.where(valid[..., None], x - x_mean[..., None, :], 0)
     ec = jnp.where(valid, residual - e_mean[..., None], 0)
-    x_var, xe, ee = mean(xc * xc), mean(xc * ec), mean(ec * ec)
+    x_var = mean(xc[..., :, None] * xc[..., None, :])
+    xe, ee = mean(xc * ec[..., None]), mean(ec * ec)
+    if x.shape[-1] > 1:
+        return Moments(
+            w_opt=jnp.broadcast_to(w_ref, xe.shape),
+            b_opt=b_ref - e_mean,
+            x_mean=x_mean,
+            x_var=x_var,
+            floor=ee,
+            cross=xe,
+        )
+    var, xe = x_var[..., 0, 0], xe[..., 0]
     # Equal x leave a rounding-level variance: no slope is defined, keep the dataset's.
-    resolvable = x_var > (64 * jnp.finfo(dtype).eps * jnp.abs(x_mean)) ** 2
-    shift = jnp.where(resolvable, -xe / jnp.where(resolvable, x_var, 1), 0)
+    resolvable = var > (64 * jnp.finfo(dtype).eps * jnp.abs(x_mean[..., 0])) ** 2
+    shift = jnp.where(resolvable, -xe / jnp.where(resolvable, var, 1), 0)
     return Moments(
-        w_opt=w_ref + shift,
-        b_opt=b_ref - e_mean - shift * x_mean,
+        w_opt=w_ref + shift[..., None],
+        b_opt=b_ref - e_mean - shift * x_mean[..., 0],
         x_mean=x_mean,
         x_var=x_var,
         floor=jnp.maximum(ee + shift * xe, 0),
@@ -555,10 +615,10 @@ def simulate_one(
     dtype = data.x.dtype
     batching = cfg if group is None else group
     threshold = tol * data.loss_scale[cfg.data_row] + data.optimal_loss[cfg.data_row]
-    params = initial_params(cfg.seed, dtype)
+    params = initial_params(cfg.seed, dtype, data.d)
     shuffle_key = _keys(cfg.seed if group is None or group.seed is None else group.seed)[1]
     arguments = {**cfg.hyperparameters, **{k: np.dtype(dtype).type(v) for k, v in constants}}
-    opt = family.transformation(cfg.learning_rate, arguments, KERAS_SHAPES)
+    opt = family.transformation(cfg.learning_rate, arguments, keras_shapes(data.d))
     n_float = cfg.n.astype(dtype)
     batch_index = jnp.arange(shapes.n_batches, dtype=jnp.int32)
     counts = jnp.clip(cfg.n - batch_index * cfg.batch_size, 0, cfg.batch_size).astype(dtype)
@@ -653,7 +713,7 @@ def simulate_one(
     carry, tail_losses = run_epochs(carry, 1 + windows * GROWTH_WINDOW, tail)
     params, opt_state, tr = carry
     weights = family.final_weights(arguments, params, opt_state)
-    finite_end = jnp.isfinite(weights.w) & jnp.isfinite(weights.b)
+    finite_end = jnp.all(jnp.isfinite(weights.w)) & jnp.isfinite(weights.b)
     first_nonfinite = jnp.where(tr.events < 0, tr.events + 2 * _NEVER, _NEVER)
     first_nonfinite = jnp.where(
         finite_end | (first_nonfinite < _NEVER), first_nonfinite, cfg.epochs.astype(dtype)
@@ -670,7 +730,7 @@ def simulate_one(
         growth_rate=_growth_rate(tr),
         final_w=weights.w,
         final_b=weights.b,
-        prediction=weights.w * data.x_query[cfg.data_row] + weights.b,
+        prediction=jnp.sum(weights.w * data.x_query[cfg.data_row]) + weights.b,
     )
     if history:
         losses = jnp.concatenate([first_loss[None], losses.reshape(-1), tail_losses])

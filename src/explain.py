@@ -23,7 +23,7 @@ from src import optimizers as opt
 from src.configs import FlatConfigs
 from src.engine import initial_params
 from src.errors import InputError
-from src.problem import QUERY_X, Problem, data_table, standardize, table_rows
+from src.problem import Problem, data_table, table_rows
 from src.simulator import Simulator
 from src.spec import default_lr_grid
 
@@ -39,7 +39,8 @@ N_SCAN_LIMIT = 1024
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One configuration: an optimizer on a dataset (the problem's size-``n`` one, or ``data``)."""
+    """One configuration: an optimizer on the problem's size-``n`` dataset (a user's table:
+    its first ``n`` rows)."""
 
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -49,7 +50,6 @@ class Case:
     seed: int = 0
     hyperparameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
     problem: Problem = dataclasses.field(default_factory=Problem)
-    data: tuple[np.ndarray, np.ndarray] | None = None
     tol: float = outcome.DEFAULT_TOL
     dtype: str = "float32"
     shuffle: bool = False
@@ -57,19 +57,17 @@ class Case:
     ``explain`` keeps a fixed order, so that the closed form covers minibatches too)."""
     diverge_factor: float = outcome.DEFAULT_DIVERGE_FACTOR
 
-    def dataset(self, standardized: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(x, y, x_query)`` in float64, optionally with x standardised."""
-        if self.data is None:
-            return dataclasses.replace(self.problem, standardize=standardized).dataset(self.n)
-        x, y = self.data
-        if not standardized:
-            return x, y, QUERY_X
-        xs, query = standardize(x, QUERY_X)
-        return xs, y, query
+    def dataset(
+        self, standardized: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | float]:
+        """``(x, y, x_query)`` in float64 (:meth:`src.problem.Problem.dataset`), with the
+        inputs standardised if the problem or ``standardized`` says so."""
+        standardize = self.problem.standardize or standardized
+        return dataclasses.replace(self.problem, standardize=standardize).dataset(self.n)
 
     @property
     def size(self) -> int:
-        return self.n if self.data is None else len(self.data[0])
+        return self.n
 
 
 class Simulated(TypedDict):
@@ -81,7 +79,7 @@ class Simulated(TypedDict):
     first_nonfinite_epoch: int
     first_converged_epoch: int
     growth_rate: float | None
-    final_w: float | None
+    final_w: float | list[float | None] | None
     final_b: float | None
     prediction: float | None
 
@@ -97,8 +95,9 @@ class Configuration(TypedDict):
     seed: int
     hyperparameters: dict[str, float]
     data: str
-    initial_w: float
+    initial_w: float | list[float]
     shuffle: bool
+    query: str
 
 
 class Prediction(TypedDict, total=False):
@@ -127,7 +126,7 @@ class BestFit(TypedDict):
     """The least-squares line of the data as the engine holds it, and its loss ``L*``: the
     floor no run goes below, against which ``converged`` is judged."""
 
-    w: float
+    w: float | list[float]
     b: float
     optimal_loss: float
 
@@ -201,7 +200,7 @@ class Lab:
             first_nonfinite_epoch=int(s["first_nonfinite_epoch"][0]),
             first_converged_epoch=int(s["first_converged_epoch"][0]),
             growth_rate=_f(s["growth_rate"][0]),
-            final_w=_f(s["final_w"][0]),
+            final_w=_weights(s["final_w"][0]),
             final_b=_f(s["final_b"][0]),
             prediction=_f(s["prediction"][0]),
         ), (None if losses is None else np.asarray(losses[0, : case.epochs], np.float64))
@@ -210,7 +209,7 @@ class Lab:
         """The least-squares line of the raw dataset and its loss (see :class:`BestFit`)."""
         t = self._simulator(False).table
         return BestFit(
-            w=float(t.w_opt[0]), b=float(t.b_opt[0]), optimal_loss=float(t.optimal_loss[0])
+            w=_weights(t.w_opt[0]), b=float(t.b_opt[0]), optimal_loss=float(t.optimal_loss[0])
         )
 
     def breaks(self, lrs: np.ndarray) -> np.ndarray:
@@ -254,6 +253,8 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
             "float64 (so does every loss); rescale x and y"
         )
     lab = Lab(case)
+    # Drawn in float32 whatever the dtype, as the engine starts.
+    w0 = np.asarray(initial_params(case.seed, d=case.problem.d).w, np.float64)
     sim = lab.trial(case, history=histories)[0]  # with histories, one program for all
     report = Diagnosis(
         configuration=Configuration(
@@ -264,9 +265,10 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
             epochs=case.epochs,
             seed=case.seed,
             hyperparameters={**opt.get(case.optimizer).defaults, **case.hyperparameters},
-            data="user data" if case.data is not None else case.problem.describe(),
-            initial_w=float(initial_params(case.seed).w),
+            data=case.problem.describe(),
+            initial_w=_weights(w0),
             shuffle=case.shuffle,
+            query=case.problem.query_words(),
         ),
         simulated=sim,
         hessian_eigenvalues=[float(e) for e in theory.hessian_eigenvalues(x)],
@@ -276,7 +278,6 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
     if dyn is not None:
         crit = theory.critical_lr(x, case.batch_size, dyn)
         growth = theory.loss_growth(x, case.batch_size, case.lr, dyn)
-        w0 = float(initial_params(case.seed).w)  # drawn in float32 whatever the dtype
         steps = -(-len(x) // case.batch_size)
         horizon = min(case.epochs, PREDICTED_EPOCHS, max(1, PREDICTED_STEPS // steps))
         predicted = theory.predicted_history(x, y, w0, 0.0, case.lr, case.batch_size, horizon, dyn)
@@ -287,7 +288,7 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
             predicted_overflow_epoch=theory.predicted_overflow_epoch(predicted, len(x), growth),
             formula=_formula(dyn, case.batch_size >= len(x)),
         )
-        if case.data is None:
+        if not case.problem.data:
             report["theory"]["first_breaking_n"] = first_breaking_n(case, dyn)
         safe = crit / 2
     else:
@@ -364,13 +365,14 @@ def describe(report: Diagnosis) -> list[str]:
             else " in a fixed order (fit(shuffle=False); explain does not shuffle), "
         )
         + f"{cfg['epochs']} epochs, seed {cfg['seed']} "
-        + f"(initial w = {cfg['initial_w']:.4f}, b = 0).",
-        "Verdict: " + verdict(sim),
+        + f"(initial w = {_vector(cfg['initial_w'], '.4f')}, b = 0).",
+        "Verdict: " + verdict(sim, cfg.get("query", "x = 25")),
     ]
     fit = report.get("best_fit")
     if fit is not None and fit["optimal_loss"] > 0:
         lines.append(
-            f"Best fit (least squares): w = {fit['w']:.6g}, b = {fit['b']:.6g}, loss L* = "
+            f"Best fit (least squares): w = {_vector(fit['w'], '.6g')}, b = {fit['b']:.6g}, "
+            f"loss L* = "
             f"{fit['optimal_loss']:.6g}: no run gets lower (the noise); converged means within "
             f"tol x mean(y^2) of it."
         )
@@ -378,8 +380,8 @@ def describe(report: Diagnosis) -> list[str]:
     th = report.get("theory")
     if th is not None:
         lines.append(
-            f"Why: the loss is a quadratic whose Hessian has eigenvalues {eig[0]:.4g} and "
-            f"{eig[1]:.4g}; this optimizer is stable only for lr < {th['critical_lr']:.6g} "
+            f"Why: the loss is a quadratic whose Hessian has {_eigenvalues(eig)}; this "
+            f"optimizer is stable only for lr < {th['critical_lr']:.6g} "
             f"({th['formula']}). lr {cfg['lr']:g} is {th['lr_over_critical']:.3f} times that"
             + (" (too large)." if th["lr_over_critical"] > 1 else " (inside the stable range).")
         )
@@ -404,7 +406,7 @@ def describe(report: Diagnosis) -> list[str]:
     else:
         crit = report.get("measured_critical_lr")
         lines.append(
-            f"Why: the loss Hessian has eigenvalues {eig[0]:.4g} and {eig[1]:.4g}; "
+            f"Why: the loss Hessian has {_eigenvalues(eig)}; "
             "this optimizer has no closed-form limit, and the measured critical lr is "
             + (f"{crit:.6g}." if crit is not None else "above 1 (it never broke on the grid).")
         )
@@ -414,15 +416,16 @@ def describe(report: Diagnosis) -> list[str]:
         for f in fixes:
             lines.append(
                 f"  {'works' if f['works'] else 'no'}: {f['fix']}: {f['status']}, final loss "
-                f"{_num(f['final_loss'])}, prediction at x = 25: {_num(f['prediction_at_25'])}"
+                f"{_num(f['final_loss'])}, prediction at {cfg.get('query', 'x = 25')}: "
+                f"{_num(f['prediction_at_25'])}"
             )
     else:
         lines.append("Nothing to fix: the run converged.")
     return lines
 
 
-def verdict(sim: Simulated) -> str:
-    """The simulated outcome in words."""
+def verdict(sim: Simulated, query: str = "x = 25") -> str:
+    """The simulated outcome in words (``query``: where the prediction is taken)."""
     s = sim["status"]
     if s == "overflow":
         return (f"overflow: the loss became inf/nan at epoch {sim['first_nonfinite_epoch']} and "
@@ -433,7 +436,7 @@ def verdict(sim: Simulated) -> str:
     if s == "converged":
         return (f"converged at epoch {sim['first_converged_epoch']} "
                 f"(final loss {_num(sim['final_loss'])}, "
-                f"prediction at x = 25: {_num(sim['prediction'])}).")  # fmt: skip
+                f"prediction at {query}: {_num(sim['prediction'])}).")  # fmt: skip
     return f"slow: finite, but not converged (final loss {_num(sim['final_loss'])})."
 
 
@@ -450,6 +453,26 @@ def _simulated_growth(sim: Simulated) -> str:
     if sim["first_nonfinite_epoch"] > 0:
         return "(simulated: too fast to measure before the overflow)"
     return "(simulated: not measured, the loss reached 0)"
+
+
+def _weights(w: np.ndarray) -> float | list[float | None] | None:
+    """Kernel weights, JSON-ready: one number for one feature, else a list."""
+    w = np.ravel(w)
+    return _f(w[0]) if len(w) == 1 else [_f(v) for v in w]
+
+
+def _vector(w: float | list[float | None] | None, spec: str) -> str:
+    """One weight or several in words, each formatted by ``spec``."""
+    if isinstance(w, list):
+        return "(" + ", ".join("nan" if v is None else format(v, spec) for v in w) + ")"
+    return "nan" if w is None else format(w, spec)
+
+
+def _eigenvalues(eig: list[float]) -> str:
+    """The Hessian's eigenvalues in words (all of them for two, the range beyond)."""
+    if len(eig) == 2:
+        return f"eigenvalues {eig[0]:.4g} and {eig[1]:.4g}"
+    return f"{len(eig)} eigenvalues from {eig[0]:.4g} to {eig[-1]:.4g}"
 
 
 def _num(v: object) -> str:

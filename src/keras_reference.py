@@ -1,13 +1,14 @@
 """The same configuration trained by real Keras 3 (TensorFlow backend) ``model.fit``, and the
 worker processes that run many of them side by side.
 
-Builds the seed model, ``Sequential([Input((1,)), Dense(1)])`` with MSE, with the optimizer's
-Keras class and the configuration's hyperparameters, starts it from exactly the engine's
-initial weights (``set_weights``) and trains with ``fit(shuffle=False, batch_size=...,
-epochs=..., verbose=0)``. On request it trains with ``shuffle=True`` from a
-``keras.utils.set_random_seed`` seed and reads back the order in which Keras fed the samples
-(so the engine can replay it), and it can run the whole of Keras in float64. TensorFlow is
-imported only when a run is asked for, so the rest of the package works without it.
+Builds ``Sequential([Input((d,)), Dense(1)])`` with MSE -- ``d`` input features, ``d = 1``
+being the seed model -- with the optimizer's Keras class and the configuration's
+hyperparameters, starts it from exactly the engine's initial weights (``set_weights``) and
+trains with ``fit(shuffle=False, batch_size=..., epochs=..., verbose=0)``. On request it
+trains with ``shuffle=True`` from a ``keras.utils.set_random_seed`` seed and reads back the
+order in which Keras fed the samples (so the engine can replay it), and it can run the whole
+of Keras in float64. TensorFlow is imported only when a run is asked for, so the rest of the
+package works without it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ DTYPES = ("float32", "float64")
 
 
 class KerasRun(NamedTuple):
-    """``History`` losses, final weights and ``predict(np.array([x_query]))``.
+    """``History`` losses, final weights and ``predict(x_query.reshape(1, d))``.
+
+    ``w``: the FIRST kernel entry (the whole kernel where ``d = 1``, the seed's case);
+    ``weights``: the whole kernel, float64 of shape ``(d,)``.
 
     ``orders``: with ``shuffle``, the sample indices (rows of ``x``, ``y``) in the order Keras's
     batches held them, one row of N per epoch (int32, shape ``(epochs, N)``): consecutive
@@ -48,6 +52,7 @@ class KerasRun(NamedTuple):
     b: float
     prediction: float
     orders: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 def available() -> bool:
@@ -90,9 +95,10 @@ def _floatx(keras, dtype: str) -> Iterator[None]:  # noqa: ANN001
 
 def _recording_sequential(keras, buffer, filled):  # noqa: ANN001, ANN202
     """A ``keras.Sequential`` whose training step first copies its batch, the rows
-    ``concat([x, y], axis=1)``, into ``buffer`` (a ``tf.Variable`` of shape ``(epochs·N, 2)``)
-    at row ``filled`` (an int32 ``tf.Variable``, then advanced by the batch size), then runs
-    Keras's own ``train_step`` on the untouched batch.
+    ``concat([x, y], axis=1)`` (``x``'s ``d`` features, then ``y``), into ``buffer`` (a
+    ``tf.Variable`` of shape ``(epochs·N, d + 1)``) at row ``filled`` (an int32
+    ``tf.Variable``, then advanced by the batch size), then runs Keras's own ``train_step`` on
+    the untouched batch.
 
     The copy reads the batch and writes only these two variables, which nothing of the model
     reads: every op of Keras's step gets the same inputs as without it, and the ``tf.data``
@@ -115,17 +121,21 @@ def _recording_sequential(keras, buffer, filled):  # noqa: ANN001, ANN202
 
 
 def sample_orders(rows: np.ndarray, xs: np.ndarray, ys: np.ndarray, epochs: int) -> np.ndarray:
-    """The indices of the rows of ``(xs, ys)`` that the recorded ``rows`` (``(epochs·N, 2)``,
-    in the order training saw them) are, one row of N per epoch (int32).
+    """The indices of the rows of ``(xs, ys)`` that the recorded ``rows`` (``(epochs·N, d + 1)``:
+    each sample's ``d`` features then its target, in the order training saw them) are, one row
+    of N per epoch (int32). ``xs``: ``(N,)`` (``d = 1``, the seed's case) or ``(N, d)``.
 
-    Rows are matched by their exact bits. Identical rows are interchangeable (their
-    arithmetic is identical), so within an epoch each value takes the indices holding it in
-    increasing order. Raises ``RuntimeError`` if an epoch is not a permutation of the data."""
-    data = np.concatenate([xs.reshape(-1, 1), ys.reshape(-1, 1)], axis=1)
-    n = len(data)
+    Rows are matched by the exact bits of the whole row, every feature and the target. Identical
+    rows are interchangeable (their arithmetic is identical), so within an epoch each value takes
+    the indices holding it in increasing order. Raises ``RuntimeError`` if an epoch is not a
+    permutation of the data."""
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    features = xs.reshape(-1, 1) if xs.ndim == 1 else xs
+    data = np.concatenate([features, ys.reshape(-1, 1)], axis=1)
+    n, width = data.shape
     rows = np.asarray(rows, data.dtype)
-    if rows.shape != (epochs * n, 2):
-        raise RuntimeError(f"recorded {rows.shape} sample rows, expected {(epochs * n, 2)}")
+    if rows.shape != (epochs * n, width):
+        raise RuntimeError(f"recorded {rows.shape} sample rows, expected {(epochs * n, width)}")
     keys = [r.tobytes() for r in data]
     orders = np.empty((epochs, n), np.int32)
     for e in range(epochs):
@@ -140,23 +150,53 @@ def sample_orders(rows: np.ndarray, xs: np.ndarray, ys: np.ndarray, epochs: int)
     return orders
 
 
+def _features(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` as the ``(N, d)`` array Keras is fed: ``(N,)`` is one feature (``d = 1``)."""
+    xs = np.asarray(x, dtype)
+    if xs.ndim == 1:
+        return xs.reshape(-1, 1)
+    if xs.ndim != 2 or xs.shape[1] < 1:
+        raise InputError(f"x must have shape (n,) or (n, d) with d >= 1, not {xs.shape}")
+    return xs
+
+
+def _per_feature(
+    value: float | Sequence[float] | np.ndarray, d: int, name: str, dtype: str
+) -> np.ndarray:
+    """``value`` (a float, or ``d`` floats) as a flat array of the ``d`` features' values."""
+    flat = np.asarray(value, dtype).reshape(-1)
+    if flat.size != d:
+        raise InputError(f"{name} must hold one value per feature (d = {d}), not {flat.size}")
+    return flat
+
+
 def fit(
     optimizer: str,
     lr: float,
     x: np.ndarray,
     y: np.ndarray,
-    w0: float,
+    w0: float | Sequence[float] | np.ndarray,
     b0: float = 0.0,
     batch_size: int = 32,
     epochs: int = 500,
     hyperparameters: Mapping[str, float] | None = None,
-    x_query: float = QUERY_X,
+    x_query: float | Sequence[float] | np.ndarray = QUERY_X,
     *,
     shuffle: bool = False,
     seed: int | None = 0,
     dtype: str = "float32",
 ) -> KerasRun:
     """Train one configuration in Keras, from the given initial weights.
+
+    ``d`` is the number of input features: ``x`` is ``(N,)`` -- one feature, ``d = 1``, the
+    seed's case -- or ``(N, d)``; the model is ``Sequential([Input((d,)), Dense(1)])`` and the
+    data go in as ``(N, d)``, with ``y`` as ``(N, 1)``. ``w0``: the initial kernel, a float
+    (``d = 1``) or ``d`` floats (set as ``np.asarray(w0).reshape(d, 1)``); ``b0`` the bias.
+    ``x_query``: where to predict, a float (``d = 1``) or ``d`` floats
+    (``predict(x_query.reshape(1, d))``; the default, the seed's query point, is for
+    ``d = 1``). A ``w0`` or ``x_query`` without exactly ``d`` values is an
+    :class:`~src.errors.InputError`. The run's ``w`` is the first kernel entry and its
+    ``weights`` the whole kernel, ``(d,)`` float64.
 
     ``shuffle``: ``keras.utils.set_random_seed(seed)`` before the model is built, then
     ``fit(shuffle=True)``: Keras's ``tf.random.shuffle`` order, reproducible for a seed within
@@ -189,8 +229,13 @@ def fit(
     spec = opt.get(optimizer)
     cls = spec.keras[0]
     args = spec.keras_kwargs(hyperparameters or {})
-    xs = np.asarray(x, dtype).reshape(-1, 1)
+    xs = _features(x, dtype)
+    n, d = xs.shape
     ys = np.asarray(y, dtype).reshape(-1, 1)
+    if len(ys) != n:
+        raise InputError(f"x has {n} samples, y {len(ys)}")
+    kernel0 = _per_feature(w0, d, "w0", dtype).reshape(d, 1)
+    query = _per_feature(x_query, d, "x_query", dtype).reshape(1, d)
     with _floatx(keras, dtype):
         model_class = keras.Sequential
         if shuffle:
@@ -200,19 +245,19 @@ def fit(
                 tf.random.set_seed(None)  # no global seed: a fresh permutation every epoch
             else:
                 keras.utils.set_random_seed(seed)
-            buffer = tf.Variable(tf.zeros((epochs * len(xs), 2), dtype), trainable=False)
+            buffer = tf.Variable(tf.zeros((epochs * n, d + 1), dtype), trainable=False)
             filled = tf.Variable(0, dtype=tf.int32, trainable=False)
             model_class = _recording_sequential(keras, buffer, filled)
-        layers = [keras.Input(shape=(1,), dtype=dtype), keras.layers.Dense(1, dtype=dtype)]
+        layers = [keras.Input(shape=(d,), dtype=dtype), keras.layers.Dense(1, dtype=dtype)]
         model = model_class(layers)
         model.compile(
             optimizer=getattr(keras.optimizers, cls)(learning_rate=lr, **args),
             loss="mean_squared_error",
         )
-        model.set_weights([np.array([[w0]], dtype), np.array([b0], dtype)])
+        model.set_weights([kernel0, np.array([b0], dtype)])
         hist = model.fit(xs, ys, batch_size=batch_size, epochs=epochs, shuffle=shuffle, verbose=0)
         kernel, bias = model.get_weights()
-        pred = model.predict(np.array([x_query], dtype), verbose=0)
+        pred = model.predict(query, verbose=0)
     orders = None
     if shuffle:
         recorded = buffer.numpy()[: int(filled.numpy())]
@@ -223,6 +268,7 @@ def fit(
         b=float(bias.ravel()[0]),
         prediction=float(np.asarray(pred).ravel()[0]),
         orders=orders,
+        weights=np.asarray(kernel, np.float64).reshape(-1),
     )
 
 
@@ -230,18 +276,20 @@ def fit(
 
 
 class KerasJob(TypedDict):
-    """The arguments of one :func:`fit`, as a worker process receives them."""
+    """The arguments of one :func:`fit`, as a worker process receives them: ``x`` is ``(N,)``
+    (one feature, ``d = 1``, the seed's case) or ``(N, d)``; ``w0`` and ``x_query`` a float
+    (``d = 1``) or ``d`` floats."""
 
     optimizer: str
     lr: float
     x: np.ndarray
     y: np.ndarray
-    w0: float
+    w0: float | list[float] | np.ndarray
     b0: float
     batch_size: int
     epochs: int
     hyperparameters: dict[str, float]
-    x_query: float
+    x_query: float | list[float] | np.ndarray
     shuffle: NotRequired[bool]
     seed: NotRequired[int | None]
     dtype: NotRequired[str]
@@ -250,7 +298,8 @@ class KerasJob(TypedDict):
 class KerasResult(NamedTuple):
     """One Keras run: ``History`` losses, final weights, prediction (nan after an error), and
     with ``shuffle`` the sample order of every epoch (:attr:`KerasRun.orders`; None without
-    shuffle or after an error)."""
+    shuffle or after an error). ``w`` is the first kernel entry; ``weights`` the whole kernel,
+    float64 ``(d,)`` (:attr:`KerasRun.weights`; None after an error)."""
 
     history: np.ndarray
     w: float
@@ -260,6 +309,7 @@ class KerasResult(NamedTuple):
     error: str | None
     versions: Mapping[str, str]
     orders: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -308,7 +358,7 @@ def keras_run(job: KerasJob) -> KerasResult:
     except Exception as e:  # one failed run must not lose the others
         nan = math.nan
         seconds = time.perf_counter() - t0
-        return KerasResult(np.full(0, nan), nan, nan, nan, seconds, repr(e), {}, None)
+        return KerasResult(np.full(0, nan), nan, nan, nan, seconds, repr(e), {}, None, None)
     import keras
     import tensorflow as tf
 
@@ -321,6 +371,7 @@ def keras_run(job: KerasJob) -> KerasResult:
         error=None,
         versions={"keras": keras.__version__, "tensorflow": tf.__version__},
         orders=run.orders,
+        weights=run.weights,
     )
 
 
@@ -333,7 +384,8 @@ def keras_pool(workers: int) -> ProcessPoolExecutor:
 def submit_keras(
     pool: ProcessPoolExecutor, jobs: Sequence[KerasJob]
 ) -> dict[Future[KerasResult], int]:
-    """Every job handed to ``pool``, longest first; returns future -> job index."""
+    """Every job handed to ``pool``, longest first (steps: epochs times batches of the ``N`` rows
+    of ``x``, whatever its ``d``); returns future -> job index."""
     cost = [j["epochs"] * -(-len(j["x"]) // j["batch_size"]) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -cost[i])
     return {pool.submit(keras_run, jobs[i]): i for i in order}

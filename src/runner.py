@@ -177,10 +177,12 @@ def _run(
     )
     shapes = engine.Shapes.covering(sweep.n, sweep.batch_size, sweep.epochs)
 
+    features = (table.d,) if table.d > 1 else ()  # several: a kernel weight each
     results = {
-        k: np.empty(sweep.shape, schema.result_dtype(k, sweep.dtype))
+        k: np.empty(sweep.shape + (features if k == "final_w" else ()),
+                    schema.result_dtype(k, sweep.dtype))
         for k in engine.Summary._fields
-    }
+    }  # fmt: skip
     status = np.empty(sweep.shape, np.int8)
     simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
 
@@ -240,7 +242,8 @@ def _simulate_map(
     scale = np.asarray(table.loss_scale, np.float64)[rows]  # dataset size -> mean(y^2)
     optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # dataset size -> L*
     opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
-    into = {k: v.reshape(-1) for k, v in results.items()} | {"status": status.reshape(-1)}
+    into = {k: v.reshape(-1, *v.shape[status.ndim :]) for k, v in results.items()}
+    into["status"] = status.reshape(-1)
     simulated = 0
     try:
         for f, names in enumerate(families(sweep.optimizer).values()):

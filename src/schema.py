@@ -109,8 +109,11 @@ def problem_of(ds: xr.Dataset) -> Problem:
     """The :class:`~src.problem.Problem` a saved map was computed on (from its attributes)."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Problem):
+        if PROBLEM_PREFIX + f.name not in ds.attrs:
+            continue  # a map written before the field existed: its default
         raw = ds.attrs[PROBLEM_PREFIX + f.name]
-        values[f.name] = bool(raw) if f.type in (bool, "bool") else float(raw)
+        kind = {bool: bool, "bool": bool, int: int, "int": int, str: str, "str": str}
+        values[f.name] = kind.get(f.type, float)(raw)
     return Problem(**values)
 
 
@@ -189,7 +192,11 @@ def to_dataset(
     dims = sweep.dims
     data_vars: dict[str, tuple] = {"status": (dims, status, outcome.cf_attributes())}
     for name, (text, units) in SUMMARY_VARIABLES.items():
-        data_vars[name] = (dims, results[name], {"long_name": text, "units": units})
+        text = text.replace(f"x = {QUERY_X:g}", sweep.problem.query_words())
+        value = results[name]
+        # Several features: one kernel weight each, along "feature".
+        value_dims = dims if value.ndim == len(dims) else (*dims, "feature")
+        data_vars[name] = (value_dims, value, {"long_name": text, "units": units})
     cell_dims = tuple(d for d in dims if d != "lr")
     data_vars["critical_lr"] = (
         cell_dims, critical.critical_lr,
@@ -236,6 +243,10 @@ def to_dataset(
             f"{', '.join(applies[h]) or 'no optimizer'}; the other optimizers ran once, "
             "their results repeated along this axis)",
         })  # fmt: skip
+    table = sweep.problem.user_table
+    if table is not None and table.d > 1:
+        coords["feature"] = ("feature", list(table.feature_names),
+                             {"long_name": f"input column of {table.source}"})  # fmt: skip
     coords["epoch"] = np.arange(1, histories.shape[1] + 1)
     coords["curve"] = [sweep.curve_label(c) for c in curves]
     for field in ("optimizer", "lr", "n", "batch_size", "seed"):

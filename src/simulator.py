@@ -160,6 +160,7 @@ class Simulator:
         skip: Callable[[int, int], bool] | None = None,
     ) -> tuple[engine.Summary | None, np.ndarray | None]:
         """Every config of ``flat``: per-config summaries and (``history``) History losses.
+        ``final_w`` is one value per config for one feature, ``(configs, d)`` for several.
 
         ``pad_to`` sizes chunks as if there were that many configs, so that calls with
         varying counts share one compiled program.
@@ -213,6 +214,8 @@ class Simulator:
             summary, losses = _gather(jax.block_until_ready(outputs))
             self.compute_seconds += time.perf_counter() - t0
             done = engine.Summary(*(np.asarray(a)[:keep] for a in summary))
+            if done.final_w.shape[-1] == 1:  # one feature: one kernel value per config
+                done = done._replace(final_w=done.final_w[..., 0])
             if each is not None:
                 each(start, done)
             else:
@@ -302,7 +305,7 @@ class Simulator:
             return self._place(c._replace(moments=moments)), None
         group = engine.Group(
             data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
-            moments=None if moments is None else engine.Moments(*(m[0] for m in moments)),
+            moments=None if moments is None else jax.tree.map(lambda m: m[0], moments),
             seed=c.seed[0] if self.shuffle else None,
         )  # fmt: skip
         return self._place(c), jax.device_put(group, self._replicated)
@@ -339,11 +342,11 @@ def batch_moments(
         if key not in cache:
             n = int(table.n[row])
             exact = engine.fixed_batch_moments(
-                table.x[row, :n], table.y[row, :n], float(table.w_opt[row]), int(bs), n_batches
+                table.x[row, :n], table.y[row, :n], table.w_opt[row], int(bs), n_batches
             )
-            cache[key] = engine.Moments(*(np.asarray(f, dtype) for f in exact))
+            cache[key] = jax.tree.map(lambda f: np.asarray(f, dtype), exact)
         per_pair.append(cache[key])
-    return engine.Moments(*(np.stack(f)[which] for f in zip(*per_pair, strict=True)))
+    return jax.tree.map(lambda *f: np.stack(f)[which], *per_pair)
 
 
 def _host(tree: object) -> object:

@@ -151,6 +151,10 @@ class Sweep:
             opt.get(name)
         _check_all(self.lr, lambda v: math.isfinite(v) and v > 0, "learning rate", "> 0")
         _check_all(self.n, lambda v: v >= 1, "dataset size N", ">= 1")
+        rows = self.problem.max_n
+        if rows is not None and max(self.n) > rows:
+            raise InputError(f"dataset size N = {max(self.n):,} is more than the {rows:,} rows "
+                             f"of {self.problem.data} (--n takes its first N rows)")  # fmt: skip
         _check_all(self.batch_size, lambda v: 1 <= v <= MAX_INT32, "batch size",
                    f"in [1, {MAX_INT32:,}]")  # fmt: skip
         _check_all(
@@ -272,7 +276,11 @@ class Sweep:
     def resolved_curves(self) -> tuple[Curve, ...]:
         if self.curves is not None:
             return self.curves
-        return seed_curves(self.optimizer, self.batch_size[0], self.seed[0])
+        rows = self.problem.max_n
+        return tuple(
+            c for c in seed_curves(self.optimizer, self.batch_size[0], self.seed[0])
+            if rows is None or c.n <= rows
+        )  # fmt: skip
 
 
 

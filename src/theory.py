@@ -1,13 +1,16 @@
 """Closed forms for gradient descent (plain, heavy-ball, Nesterov) on the quadratic MSE loss.
 
-**Full batch.** For ``Dense(1)`` the MSE ``L(w, b) = mean_i (w x_i + b - y_i)^2`` is an exact
-quadratic in ``theta = (w, b)`` with constant Hessian
+**Full batch.** The model is ``Dense(1)`` on ``d`` input features, ``y = x . w + b`` with
+``x`` in ``R^d`` (``d = 1``, ``y = w x + b``, is the seed's case). Over ``n`` samples, the rows
+of ``X`` (``n x d``), the MSE ``L(w, b) = mean_i (x_i . w + b - y_i)^2`` is an exact quadratic
+in ``theta = (w, b)`` (``p = d + 1`` parameters, the bias last) with constant Hessian
 
-    H = 2 [[mean(x^2), mean(x)],
-           [mean(x),   1      ]],
+    H = 2/n A^T A,   A = [X, 1]   (the ones column last),
 
-so the error ``e = theta - theta*`` evolves linearly. Along an eigenvector of ``H`` with
-eigenvalue ``lambda`` write ``a = lr lambda``:
+that is ``H = 2 [[X^T X / n, mean(X)^T], [mean(X), 1]]``, ``mean(X)`` the row of the feature
+means; for one feature ``H = 2 [[mean(x^2), mean(x)], [mean(x), 1]]``. The error
+``e = theta - theta*`` evolves linearly. Along an eigenvector of ``H`` with eigenvalue ``lambda``
+write ``a = lr lambda``:
 
 * plain SGD, ``e <- (1 - a) e``: stable iff ``|1 - a| < 1``, i.e. ``a < 2``;
 * Keras heavy ball (``m <- mu m - lr g``, ``theta <- theta + m``):
@@ -21,18 +24,21 @@ eigenvalue ``lambda`` write ``a = lr lambda``:
   ``a < 2 (1 + mu) / (1 + 2 mu)`` (the third is looser: ``a < 1 + 1/mu``).
 
 Hence ``lr_crit = c(mu) * 2 / lambda_max`` with ``c = 1``, ``1 + mu`` and
-``(1 + mu) / (1 + 2 mu)``. Since ``L - L* = e^T H e / 2``, the loss eventually changes by
-``rho^2`` per epoch, ``rho`` the spectral radius of the iteration. Seed (x = 1..20, lr 0.01):
+``(1 + mu) / (1 + 2 mu)``, ``lambda_max`` the largest eigenvalue of the ``p x p`` matrix ``H``.
+Since ``L - L* = e^T H e / 2``, the loss eventually changes by ``rho^2`` per epoch, ``rho`` the
+spectral radius of the iteration. Seed (one feature, x = 1..20, lr 0.01):
 ``lambda_max = 288.54``, ``lr_crit = 0.00693`` and ``rho^2 = (1 - 2.8854)^2 = 3.5547``.
 
-**Minibatches in a fixed order** (``shuffle=False``). Batch ``b`` has its own Hessian ``H_b``
-(the same formula over its samples), so one step multiplies the state by ``A_b`` (the matrices
-above with ``lr H_b`` in place of ``a``, 2x2 blocks), and one epoch by ``M = A_B ... A_2 A_1``.
-Training is stable iff ``rho(M) < 1``; ``rho(M)^2`` is the per-epoch loss factor. ``rho(M)`` is
-not monotone in ``lr`` in general, so the critical learning rate is the *smallest* ``lr`` with
-``rho(M) > 1``, found by a fine scan and bisection. Modes with ``H v = 0`` (e.g. N = 1, where
-only ``w + b`` is determined) are neutral, ``|z| = 1``, and never grow the loss, hence the small
-margin in :data:`NEUTRAL`.
+**Minibatches in a fixed order** (``shuffle=False``). Batch ``b`` has its own Hessian
+``H_b = 2/n_b A_b^T A_b`` over its ``n_b`` rows, so one step multiplies the state (``e``, of
+size ``p``, or ``[e, m]``, ``2p``) by ``S_b``: ``I - lr H_b`` for plain SGD, and the matrices
+above with ``lr H_b`` in place of ``a`` (``p x p`` blocks) with momentum. One epoch multiplies
+it by ``M = S_B ... S_2 S_1``. Training is stable iff ``rho(M) < 1``; ``rho(M)^2`` is the
+per-epoch loss factor. ``rho(M)`` is not monotone in ``lr`` in general, so the critical
+learning rate is the *smallest* ``lr`` with ``rho(M) > 1``, found by a fine scan and
+bisection. Modes with ``H v = 0`` (directions the data leave undetermined: e.g. one sample,
+where only ``x_1 . w + b`` is determined, or collinear features) are neutral, ``|z| = 1``, and
+never grow the loss, hence the small margin in :data:`NEUTRAL`.
 """
 
 from __future__ import annotations
@@ -84,14 +90,32 @@ def closed_form(
     return Dynamics(float(settings["momentum"]), bool(settings["nesterov"]))
 
 
+def design(x: np.ndarray) -> np.ndarray:
+    """The float64 feature matrix ``X`` (``(n, d)``) of ``x``: ``(n,)`` is one feature (the
+    seed's case), ``(n, d)`` is ``n`` samples of ``d`` features."""
+    return np.asarray(x, np.float64).reshape(len(x), -1)
+
+
 def hessian(x: np.ndarray) -> np.ndarray:
-    """Hessian of the mean squared error over ``x`` with respect to ``(w, b)`` (float64)."""
-    x = np.asarray(x, np.float64)
-    return 2.0 * np.array([[np.mean(x * x), np.mean(x)], [np.mean(x), 1.0]])
+    """Hessian of the mean squared error over ``x`` (``(n,)`` or ``(n, d)``) with respect to
+    ``(w, b)``, ``2/n A^T A`` with ``A = [X, 1]``: ``(d + 1, d + 1)``, float64, the bias last.
+
+    Entry by entry as ``2 mean(x_i x_j)`` and ``2 mean(x_i)`` (numpy's pairwise sums), so
+    that one feature gives the same bits as ``2 [[mean(x^2), mean(x)], [mean(x), 1]]``.
+    """
+    cols = np.ascontiguousarray(design(x).T)
+    d = len(cols)
+    h = np.empty((d + 1, d + 1))
+    h[d, d] = 1.0
+    for i in range(d):
+        h[i, d] = h[d, i] = np.mean(cols[i])
+        for j in range(i + 1):
+            h[i, j] = h[j, i] = np.mean(cols[i] * cols[j])
+    return 2.0 * h
 
 
 def hessian_eigenvalues(x: np.ndarray) -> np.ndarray:
-    """Eigenvalues of :func:`hessian`, ascending."""
+    """Eigenvalues of :func:`hessian` (``d + 1`` of them), ascending."""
     return np.linalg.eigvalsh(hessian(x))
 
 
@@ -104,7 +128,8 @@ def critical_factor(dynamics: Dynamics) -> float:
 
 
 def gd_critical_lr(x: np.ndarray, dynamics: Dynamics = PLAIN) -> float:
-    """Critical learning rate of full-batch (Keras) SGD: ``c(mu) * 2 / lambda_max``."""
+    """Critical learning rate of full-batch (Keras) SGD: ``c(mu) * 2 / lambda_max``, over
+    ``x`` of shape ``(n,)`` or ``(n, d)``."""
     return critical_factor(dynamics) * 2.0 / float(hessian_eigenvalues(x)[-1])
 
 
@@ -119,13 +144,14 @@ def batches(n: int, batch_size: int) -> list[slice]:
 
 
 def step_matrix(h: np.ndarray, lr: np.ndarray, dynamics: Dynamics) -> np.ndarray:
-    """The linear map of one step on the state ``e`` (2) or ``[e, m]`` (4), for each ``lr``.
+    """The linear map of one step on the state ``e`` (``p``) or ``[e, m]`` (``2p``), for each
+    ``lr``, ``p = d + 1`` the number of parameters.
 
-    ``h`` is a batch Hessian (2x2), or several stacked (``(B, 2, 2)``); ``lr`` an array of
-    shape ``(K,)``; returns ``(K, d, d)`` (or ``(B, K, d, d)``).
+    ``h`` is a batch Hessian (``p x p``), or several stacked (``(B, p, p)``); ``lr`` an array
+    of shape ``(K,)``; returns ``(K, s, s)`` (or ``(B, K, s, s)``), ``s`` the state's size.
     """
     lr_h = np.asarray(lr, np.float64)[:, None, None] * np.asarray(h)[..., None, :, :]
-    eye = np.broadcast_to(np.eye(2), lr_h.shape)
+    eye = np.broadcast_to(np.eye(lr_h.shape[-1]), lr_h.shape)
     mu = dynamics.momentum
     if mu == 0:
         return eye - lr_h
@@ -150,46 +176,53 @@ TREE_FROM = 1024
 
 TREE_RESCALE_LEVELS = 4
 
+TREE_ENTRYWISE_UPTO = 4
+"""State sizes up to which :func:`_tree_product` multiplies entry by entry (one feature:
+2 plain, 4 with momentum); larger states (several features) use batched ``matmul``, faster
+once the matrices are no longer tiny."""
+
 TREE_CHUNK = 1 << 23
 """Step-matrix entries multiplied pairwise at once (64 MB): learning rates are taken in
 groups this allows, so that each array operation is long enough to outweigh its call."""
 
 
 def batch_hessians(x: np.ndarray, batch_size: int) -> np.ndarray:
-    """The :func:`hessian` of every batch of an epoch in a fixed order, ``(B, 2, 2)`` (cached
-    per data and batch size: a million-sample epoch is summed once, not per lr)."""
-    x = np.ascontiguousarray(x, np.float64)
-    return _batch_hessians(x.tobytes(), int(batch_size))
+    """The :func:`hessian` of every batch of an epoch in a fixed order, ``(B, p, p)``,
+    ``p = d + 1`` (cached per data, its shape and batch size: a million-sample epoch is summed
+    once, not per lr)."""
+    a = np.ascontiguousarray(design(x))
+    return _batch_hessians(a.tobytes(), a.shape, int(batch_size))
 
 
 @functools.lru_cache(maxsize=64)
-def _batch_hessians(data: bytes, batch_size: int) -> np.ndarray:
-    x = np.frombuffer(data, np.float64)
-    return np.stack([hessian(x[s]) for s in batches(len(x), batch_size)])
+def _batch_hessians(data: bytes, shape: tuple[int, int], batch_size: int) -> np.ndarray:
+    a = np.frombuffer(data, np.float64).reshape(shape)
+    return np.stack([hessian(a[s]) for s in batches(len(a), batch_size)])
 
 
 def epoch_matrix(
     x: np.ndarray, batch_size: int, lr: np.ndarray, dynamics: Dynamics
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``M = A_B ... A_1`` for each ``lr`` as ``(M', k)`` with ``M = M' 2^k`` (shapes
-    ``(K, d, d)`` and ``(K,)``), so that epochs of any length stay inside float64.
+    """``M = S_B ... S_1`` for each ``lr`` as ``(M', k)`` with ``M = M' 2^k`` (shapes
+    ``(K, s, s)`` and ``(K,)``, ``s`` the state's size: ``d + 1``, or ``2 (d + 1)`` with
+    momentum), so that epochs of any length stay inside float64.
 
     Up to :data:`TREE_FROM` batches the steps are multiplied one after the other, the product
     rescaled by an exact power of two whenever it passes :data:`RESCALE_AT` (which changes no
     bit of it). Longer epochs (a million samples in batches of 32 is 31,250 steps) are
-    multiplied pairwise, ``(A_2 A_1), (A_4 A_3), ...`` and so on up, every product normalised
+    multiplied pairwise, ``(S_2 S_1), (S_4 S_3), ...`` and so on up, every product normalised
     by a power of two: a few dozen array operations instead of one Python step per batch, the
     same product up to rounding.
     """
     lr = np.atleast_1d(np.asarray(lr, np.float64))
     hs = batch_hessians(x, batch_size)
-    d = 2 if dynamics.momentum == 0 else 4
+    size = hs.shape[-1] * (1 if dynamics.momentum == 0 else 2)
     if len(hs) >= TREE_FROM:
-        width = max(1, TREE_CHUNK // (len(hs) * d * d))
+        width = max(1, TREE_CHUNK // (len(hs) * size * size))
         parts = [_tree_product(step_matrix(hs, lr[k : k + width], dynamics))
                  for k in range(0, len(lr), width)]  # fmt: skip
         return np.concatenate([m for m, _ in parts]), np.concatenate([e for _, e in parts])
-    chunk = max(1, PRODUCT_CHUNK // (len(lr) * d * d))
+    chunk = max(1, PRODUCT_CHUNK // (len(lr) * size * size))
     m, exponent = None, np.zeros(len(lr), np.int64)
     for start in range(0, len(hs), chunk):
         steps = step_matrix(hs[start : start + chunk], lr, dynamics)
@@ -206,17 +239,20 @@ def epoch_matrix(
 
 
 def _tree_product(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ordered product ``A_B ... A_1`` of ``steps`` (``(B, K, d, d)``, first step first)
+    """The ordered product ``S_B ... S_1`` of ``steps`` (``(B, K, d, d)``, first step first)
     by pairs, as ``(M', k)`` with ``M = M' 2^k``.
 
-    Identity steps before the first pad ``B`` to a power of two (they change nothing). The
-    matrices are held entry by entry (``(d, d, B, K)``), so that each level of pairs is
-    ``d^3`` multiply-adds over long contiguous arrays, not ``B K`` tiny matrix products. Every
-    :data:`TREE_RESCALE_LEVELS` levels (products of 16 steps: at most ``2000^16 = 2^176`` times
-    larger, see :data:`RESCALE_AT`) the partial products are normalised below 1 by an exact
-    power of two.
+    Identity steps before the first pad ``B`` to a power of two (they change nothing). Tiny
+    matrices (``d <=`` :data:`TREE_ENTRYWISE_UPTO`, one feature) are held entry by entry
+    (``(d, d, B, K)``), so that each level of pairs is ``d^3`` multiply-adds over long
+    contiguous arrays, not ``B K`` tiny matrix products; larger ones (several features) are
+    multiplied a level at a time by one batched ``matmul``. Every :data:`TREE_RESCALE_LEVELS`
+    levels (products of 16 steps: at most ``2000^16 = 2^176`` times larger, see
+    :data:`RESCALE_AT`) the partial products are normalised below 1 by an exact power of two.
     """
     count, k, d = steps.shape[0], steps.shape[1], steps.shape[-1]
+    if d > TREE_ENTRYWISE_UPTO:
+        return _tree_matmul(steps)
     size = 1 << (count - 1).bit_length()
     m = np.zeros((d, d, size, k))
     m[np.arange(d), np.arange(d), : size - count] = 1.0
@@ -241,10 +277,32 @@ def _tree_product(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.moveaxis(m[:, :, 0], 2, 0), exponent[0]
 
 
+def _tree_matmul(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_tree_product` with the matrices kept whole (``(B, K, d, d)``), a level of pairs
+    one batched ``matmul``."""
+    count, k, d = steps.shape[0], steps.shape[1], steps.shape[-1]
+    size = 1 << (count - 1).bit_length()
+    m = np.empty((size, k, d, d))
+    m[: size - count] = np.eye(d)
+    m[size - count :] = steps
+    exponent = np.zeros((size, k), np.int64)
+    level = 0
+    while len(m) > 1:
+        m = np.matmul(m[1::2], m[0::2])
+        exponent, level = exponent[1::2] + exponent[0::2], level + 1
+        if level % TREE_RESCALE_LEVELS == 0 or len(m) == 1:
+            big = np.abs(m).max(axis=(2, 3))
+            _, shift = np.frexp(np.maximum(big, np.finfo(np.float64).tiny))
+            m = np.ldexp(m, -shift[:, :, None, None])
+            exponent += shift
+    return m[0], exponent[0]
+
+
 def spectral_radius(
     x: np.ndarray, batch_size: int, lr: np.ndarray, dynamics: Dynamics
 ) -> np.ndarray:
-    """``rho(M)`` of the epoch map for each ``lr`` (``inf`` where it passes float64's range)."""
+    """``rho(M)`` of the epoch map for each ``lr`` (``inf`` where it passes float64's range);
+    ``x`` is ``(n,)`` or ``(n, d)``."""
     m, exponent = epoch_matrix(x, batch_size, lr, dynamics)
     rho = np.max(np.abs(np.linalg.eigvals(m)), axis=-1)
     with np.errstate(over="ignore"):
@@ -421,8 +479,9 @@ def unstable_windows(
     rtol: float = 1e-9,
 ) -> list[Window]:
     """The lr windows of ``[lo, hi]`` where ``rho(M) > 1`` (fixed batch order), ascending
-    (:func:`scan_windows`; one batch: the one window from the closed form on)."""
-    x = np.asarray(x, np.float64)
+    (:func:`scan_windows`; one batch: the one window from the closed form on). ``x`` is
+    ``(n,)`` or ``(n, d)``."""
+    x = design(x)
     if batch_size >= len(x):
         full = gd_critical_lr(x, dynamics)
         if full > hi:
@@ -443,15 +502,18 @@ def critical_lr(
     refined wherever ``rho`` comes close to 1 relative to how fast it changes, and bisected to
     ``rtol``. It can miss only a window narrower than 0.2% of its lr whose neighbouring samples
     give no sign of it (:func:`scan_windows` says exactly when), or one narrower than 1e-7.
-    ``nan`` if there is no unstable ``lr`` in range. Cached per data, batch size and dynamics.
+    ``nan`` if there is no unstable ``lr`` in range. ``x`` is ``(n,)`` or ``(n, d)``. Cached
+    per data (with its shape), batch size and dynamics.
     """
-    x = np.ascontiguousarray(x, np.float64)
-    return _critical_lr(x.tobytes(), int(batch_size), dynamics, float(rtol))
+    a = np.ascontiguousarray(design(x))
+    return _critical_lr(a.tobytes(), a.shape, int(batch_size), dynamics, float(rtol))
 
 
 @functools.lru_cache(maxsize=4096)
-def _critical_lr(data: bytes, batch_size: int, dynamics: Dynamics, rtol: float) -> float:
-    x = np.frombuffer(data, np.float64)
+def _critical_lr(
+    data: bytes, shape: tuple[int, int], batch_size: int, dynamics: Dynamics, rtol: float
+) -> float:
+    x = np.frombuffer(data, np.float64).reshape(shape)
     full = gd_critical_lr(x, dynamics)
     if batch_size >= len(x):
         return full
@@ -472,7 +534,7 @@ def _critical_lr(data: bytes, batch_size: int, dynamics: Dynamics, rtol: float) 
 def predicted_history(
     x: np.ndarray,
     y: np.ndarray,
-    w0: float,
+    w0: float | np.ndarray,
     b0: float,
     lr: float,
     batch_size: int,
@@ -481,21 +543,24 @@ def predicted_history(
 ) -> np.ndarray:
     """The ``History`` losses of (Keras) SGD in exact arithmetic (float64, no rounding to f32).
 
-    The dynamics are affine, ``s <- A_b s + c_b`` per batch, so this is the closed-form
-    trajectory evaluated step by step; the epoch loss is ``sum_b n_b L_b / N`` of the
-    pre-update batch losses, as Keras reports it.
+    ``x`` is ``(n,)`` or ``(n, d)``; ``w0`` a float (every weight) or ``(d,)``; the prediction
+    is ``X w + b``. The dynamics are affine, ``s <- S_b s + c_b`` per batch, so this is the
+    closed-form trajectory evaluated step by step; the epoch loss is ``sum_b n_b L_b / N`` of
+    the pre-update batch losses, as Keras reports it.
     """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    theta, m = np.array([w0, b0], np.float64), np.zeros(2)
-    mu, out = dynamics.momentum, np.empty(epochs)
+    x, y = design(x), np.asarray(y, np.float64)
+    d = x.shape[1]
+    theta = np.append(np.broadcast_to(np.asarray(w0, np.float64), (d,)), np.float64(b0))
+    m, mu, out = np.zeros(d + 1), dynamics.momentum, np.empty(epochs)
+    cols = np.ascontiguousarray(x.T)
+    parts = [(x[s], list(cols[:, s]), y[s]) for s in batches(len(x), batch_size)]
     with np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(epochs):
             total = 0.0
-            for s in batches(len(x), batch_size):
-                xb, yb = x[s], y[s]
-                err = theta[0] * xb + theta[1] - yb
+            for xb, cb, yb in parts:
+                err = xb @ theta[:d] + theta[d] - yb
                 total += float(np.sum(err * err))
-                g = 2.0 * np.array([np.mean(err * xb), np.mean(err)])
+                g = 2.0 * np.array([*[np.mean(err * c) for c in cb], np.mean(err)])
                 if mu == 0:
                     theta = theta - lr * g
                 else:

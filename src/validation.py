@@ -443,8 +443,9 @@ def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
     jobs = []
     for p in picks:
         x, y, x_query = problem.dataset(p.n)
+        w0 = np.asarray(engine.initial_params(p.seed, d=problem.d).w, np.float64)
         jobs.append(KerasJob(
-            optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(engine.initial_params(p.seed).w),
+            optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(w0[0]) if len(w0) == 1 else w0,
             b0=0.0, batch_size=p.batch_size, epochs=p.epochs,
             hyperparameters=dict(p.hyperparameters), x_query=x_query,
             shuffle=shuffle, seed=None, dtype=str(ds.attrs["dtype"]),
@@ -476,7 +477,8 @@ def keras_status(
     """The map's rules applied to a Keras run (non-finite final weights count as overflow)."""
     h = run.history
     nonfinite = first_nonfinite(h)
-    if nonfinite < 0 and not (math.isfinite(run.w) and math.isfinite(run.b)):
+    kernel = run.weights if run.weights is not None else np.array([run.w])
+    if nonfinite < 0 and not (np.all(np.isfinite(kernel)) and math.isfinite(run.b)):
         nonfinite = len(h)
     return int(outcome.classify(h[0], h[-1], nonfinite, scale, tol, diverge_factor, optimal))
 

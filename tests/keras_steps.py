@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from src import optimizers as opt
-from src.engine import KERAS_SHAPES, Params
+from src.engine import Params, keras_shapes
 
 START = (0.3, -0.2)
 
@@ -64,7 +64,7 @@ def engine_steps(
 
     @jax.jit
     def run(g: jax.Array) -> jax.Array:
-        tx = o.family.transformation(jnp.float32(lr), args, KERAS_SHAPES)
+        tx = o.family.transformation(jnp.float32(lr), args, keras_shapes(1))
         params = Params(jnp.float32(START[0]), jnp.float32(START[1]))
 
         def step(carry: tuple, gi: jax.Array) -> tuple:

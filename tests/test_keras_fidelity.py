@@ -40,7 +40,7 @@ def test_float64_history_matches_keras_to_1e_10(
     # Keras in float64 (floatx), shuffled as fit does by default; the engine replays Keras's
     # order, with both kernels.
     x, y, _ = Problem().dataset(n)
-    w0 = float(engine.initial_params(0).w)
+    w0 = float(engine.initial_params(0).w[0])
     keras = keras_reference.fit(
         name, lr, x, y, w0, 0.0, bs, epochs, hp, shuffle=True, seed=None, dtype="float64"
     )
@@ -86,7 +86,7 @@ def test_first_nonfinite_epoch_is_keras_s(name: str, n: int, bs: int, simulate: 
         lr *= 1.05
     lr = float(np.float32(lr))
     epochs = 160
-    w0 = float(engine.initial_params(0).w)
+    w0 = float(engine.initial_params(0).w[0])
     keras = keras_reference.fit(name, lr, x, y, w0, 0.0, bs, epochs)
     want = first_nonfinite(keras.history)
     assert 5 < want < epochs

@@ -57,7 +57,7 @@ def test_engine_history_matches_keras_fit(
     name: str, lr: float, n: int, bs: int, epochs: int, hp: dict[str, float], simulate: Callable
 ) -> None:
     x, y, _ = Problem().dataset(n)
-    w0 = float(engine.initial_params(0).w)
+    w0 = float(engine.initial_params(0).w[0])
     keras = keras_reference.fit(name, lr, x, y, w0, 0.0, bs, epochs, hp)
     summary, history = simulate(name, [lr], [n], [bs], [epochs], [0], hyperparameters=hp)
     ours = history[0].astype(np.float64)
@@ -78,7 +78,7 @@ def test_engine_history_matches_keras_fit(
 def test_use_ema_leaves_the_average_in_the_model() -> None:
     # History is unaffected by the EMA; the final weights are the average, not the last step.
     x, y, _ = Problem().dataset(20)
-    w0 = float(engine.initial_params(0).w)
+    w0 = float(engine.initial_params(0).w[0])
     plain = keras_reference.fit("adam", 0.01, x, y, w0, 0.0, 32, 20)
     ema = keras_reference.fit("adam", 0.01, x, y, w0, 0.0, 32, 20, {"use_ema": 1.0})
     np.testing.assert_array_equal(plain.history, ema.history)

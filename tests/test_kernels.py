@@ -140,11 +140,11 @@ def test_moments_of_a_batch_give_its_loss_and_gradient() -> None:
     w, b = 1.7, -0.4
     with jax.enable_x64(True):
         for k, (lo, hi) in enumerate([(0, 2), (2, 4), (4, 5)]):
-            batch = engine.Moments(*(np.float64(f[k]) for f in m))
+            batch = jax.tree.map(lambda f, k=k: np.asarray(f[k], np.float64), m)
             loss, grad = engine.moments_loss_and_grad(
-                engine.Params(np.float64(w), np.float64(b)), batch
+                engine.Params(np.array([w]), np.float64(b)), batch
             )
             r = w * x[lo:hi] + b - y[lo:hi]
             np.testing.assert_allclose(float(loss), np.mean(r * r), rtol=1e-12)
-            np.testing.assert_allclose(float(grad.w), np.mean(2 * r * x[lo:hi]), rtol=1e-12)
+            np.testing.assert_allclose(float(grad.w[0]), np.mean(2 * r * x[lo:hi]), rtol=1e-12)
             np.testing.assert_allclose(float(grad.b), np.mean(2 * r), rtol=1e-12)

@@ -35,7 +35,7 @@ def test_optimal_loss_is_the_least_squares_loss(tmp_path: Path) -> None:
     table = data_table([(x, y, 25.0)], "float64")
     a = np.c_[x, np.ones_like(x)]
     (w, b), residual, *_ = np.linalg.lstsq(a, y, rcond=None)
-    assert float(table.w_opt[0]) == pytest.approx(w, rel=1e-12)
+    assert float(table.w_opt[0, 0]) == pytest.approx(w, rel=1e-12)
     assert float(table.b_opt[0]) == pytest.approx(b, rel=1e-10)
     assert float(table.optimal_loss[0]) == pytest.approx(residual[0] / x.size, rel=1e-12)
     # noise-free data: L* = 0 exactly, so the rule is the one of a map without noise
@@ -60,7 +60,8 @@ def test_explain_on_noisy_points_says_standardising_reaches_the_best_fit(
     """The issue's case: on raw x, SGD at lr 0.01 overflows; standardising x converges, to the
     least-squares fit that NumPy finds; nothing prints as "xnan"."""
     x, y = noisy_points(tmp_path / "d.csv")
-    report = explain.explain(explain.Case(lr=0.01, data=read_xy_csv(tmp_path / "d.csv")))
+    case = explain.Case(lr=0.01, n=len(x), problem=Problem(data=str(tmp_path / "d.csv")))
+    report = explain.explain(case)
     assert report["simulated"]["status"] == "overflow"
     fit = report["best_fit"]
     w, b = np.polyfit(x.astype(np.float32).astype(np.float64),

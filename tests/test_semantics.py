@@ -20,7 +20,7 @@ CASES = [(20, 32), (7, 32), (16, 4), (45, 8), (50, 32), (33, 32)]
 
 def reference(name: str, lr: float, n: int, bs: int, epochs: int, seed: int, dtype: str):
     with jax.enable_x64(True):
-        w0 = float(engine.initial_params(seed, dtype).w)
+        w0 = float(engine.initial_params(seed, dtype).w[0])
     x, y, _ = Problem().dataset(n)
     o = opt.get(name)
     return fit(x, y, w0, o.family.name, lr, o.defaults, bs, epochs, getattr(np, dtype))
@@ -85,7 +85,7 @@ def test_epoch_loss_is_the_batch_size_weighted_mean(simulate: Callable) -> None:
     _, history = simulate("sgd", [1e-30], [50], [32], [2], [0], dtype="float64")
     x, y, _ = Problem().dataset(50)
     with jax.enable_x64(True):
-        w0 = float(engine.initial_params(0, "float64").w)
+        w0 = float(engine.initial_params(0, "float64").w[0])
     sq = (w0 * x - y) ** 2
     np.testing.assert_allclose(history[0], [sq.mean()] * 2, rtol=1e-12)
     unweighted = (sq[:32].mean() + sq[32:].mean()) / 2
@@ -93,9 +93,9 @@ def test_epoch_loss_is_the_batch_size_weighted_mean(simulate: Callable) -> None:
 
 
 def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
-    ws = np.array([float(engine.initial_params(s).w) for s in range(200)])
+    ws = np.array([float(engine.initial_params(s).w[0]) for s in range(200)])
     assert np.all(np.abs(ws) <= np.sqrt(3)) and ws.std() > 0.8  # U(-1.73, 1.73) has std 1
-    assert float(engine.initial_params(7).w) == float(engine.initial_params(7).w)
+    assert float(engine.initial_params(7).w[0]) == float(engine.initial_params(7).w[0])
     assert float(engine.initial_params(0).b) == 0.0
 
 

@@ -95,7 +95,7 @@ def test_predicted_growth_and_overflow_epoch(
     summary, history = simulate(name, [lr], [n], [bs], [2000], [0])
     growth = theory.loss_growth(x, bs, lr, dyn)
     assert summary.growth_rate[0] == pytest.approx(growth, rel=1e-3)
-    w0 = float(engine.initial_params(0).w)
+    w0 = np.asarray(engine.initial_params(0).w, np.float64)  # (d,) = (1,): one feature
     predicted = theory.predicted_history(x, y, w0, 0.0, lr, bs, 2000, dyn)
     over = theory.predicted_overflow_epoch(predicted, n, growth)
     simulated = int(summary.first_nonfinite_epoch[0])
@@ -143,7 +143,7 @@ def test_explain_on_a_csv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("a,b\n1,2\n", "must name the columns x and y"),
+        ("a,b\n1,2\n", "no column 'y' to predict (give --target COLUMN"),
         ("x,y\n1,2\n2,abc\n", "line 3: y = 'abc' is not a number"),
         ("x,y\n1,2,3\n", "line 2: expected 2 columns, got 3"),
         ("x,y\n1,nan\n", "line 2: y = nan is not finite"),
