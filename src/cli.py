@@ -356,7 +356,8 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         optimizers.get(name)
     if args.dtype not in ("float32", "float64"):
         raise InputError(f"--dtype must be float32 or float64, got {args.dtype!r}")
-    problem = _problem(args)
+    noise, noise_seed = _noise_axes(args)
+    problem = _problem(argparse.Namespace(**{**vars(args), "noise": "0", "noise_seed": "0"}))
     return Sweep(
         optimizer=names,
         lr=parse_lr(args.lr),
@@ -375,7 +376,21 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
         boundary_rtol=_one_float(args.boundary_rtol, "--boundary-rtol"),
         hyperparameters=tuple(parse_sweep_axis(t) for t in args.sweep or ()),
         optimizer_args=tuple(_key_values(args.optimizer_args, "--optimizer-args").items()),
+        noise=noise,
+        noise_seed=noise_seed,
     )
+
+
+def _noise_axes(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """The main job's ``--noise`` and ``--noise-seed`` lists: the map's data dimensions
+    (none without noise, so a map without it keeps its shape)."""
+    noise = tuple(_floats(args.noise, "--noise"))
+    seeds = tuple(_ints(args.noise_seed, "--noise-seed"))
+    if noise == (0.0,):
+        if seeds != (0,):
+            raise InputError("--noise-seed without --noise: give the noise levels too")
+        return (), ()
+    return noise, seeds
 
 
 def _default_n(problem: Problem) -> str:
@@ -478,11 +493,13 @@ def _problem_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--noise", default="0",
-        help="standard deviation >= 0 of Gaussian noise added to the targets (default 0)",
+        help="standard deviation >= 0 of Gaussian noise added to the targets; the main job "
+        "takes a comma list, an axis of the map (default 0: none)",
     )  # fmt: skip
     p.add_argument(
         "--noise-seed", default="0",
-        help="seed of the noise, 0 to 2**32-1; point i gets the same draw whatever N (default 0)",
+        help="seed of the noise, 0 to 2**32-1 (the main job: a comma list, an axis of the map); "
+        "point i gets the same draw whatever N (default 0)",
     )  # fmt: skip
     p.add_argument(
         "--target", default="",

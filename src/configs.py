@@ -70,7 +70,9 @@ def constant_arguments(arguments: Mapping[str, np.ndarray]) -> dict[str, float]:
 class FlatConfigs:
     """Per-config columns (host arrays) for optimizers of one family.
 
-    ``columns`` holds :data:`COLUMNS`; ``arguments`` the family's builder arguments
+    ``columns`` holds :data:`COLUMNS` (and optionally ``variant``: which of the data table's
+    problem variants, e.g. noise draws, each config trains on; default the first);
+    ``arguments`` the family's builder arguments
     (:meth:`~src.optimizers.Family.arguments`), one value per config. ``orders``, shape
     ``(configs, max epochs, max n)``, are sample orders to replay in a shuffled program
     (:attr:`src.engine.Configs.order`).
@@ -91,7 +93,7 @@ class FlatConfigs:
         config's optimizer unless ``overrides`` gives per-config values."""
         names = sorted(set(optimizers))
         which = np.searchsorted(names, np.asarray(optimizers))
-        cols = {k: np.asarray(columns[k]) for k in COLUMNS}
+        cols = {k: np.asarray(columns[k]) for k in (*COLUMNS, "variant") if k in columns}
         return FlatConfigs(cols, family.arguments(hyperparameters(family, names, which, overrides)))
 
     def __len__(self) -> int:
@@ -113,7 +115,8 @@ class FlatConfigs:
         """Where runs of consecutive configs with one dataset size and batch size (and
         seed, ``by_seed``) start, and the end: ``[0, ..., len(self)]``. Replayed orders
         are per config: every config is then a run of its own."""
-        keys = [self.columns[k] for k in ("n", "batch_size", *(("seed",) if by_seed else ()))]
+        by = ("n", "batch_size", *(("seed",) if by_seed else ()), "variant")
+        keys = [self.columns[k] for k in by if k in self.columns]
         if self.orders is not None:
             keys.append(np.arange(len(self)))
         change = np.flatnonzero(np.any([k[1:] != k[:-1] for k in keys], axis=0)) + 1
@@ -127,10 +130,11 @@ class FlatConfigs:
             idx = np.minimum(np.arange(start, start + size), len(self) - 1)
         c = self.columns
         orders = None if self.orders is None else np.asarray(self.orders[idx], np.int32)
+        variant = c["variant"][idx] if "variant" in c else 0
         return engine.Configs(
             learning_rate=np.asarray(c["learning_rate"][idx], dtype),
             hyperparameters={h: np.asarray(v[idx], dtype) for h, v in self.arguments.items()},
-            data_row=np.asarray(rows[c["n"][idx]], np.int32),
+            data_row=np.asarray(_table_rows(rows)[variant, c["n"][idx]], np.int32),
             n=np.asarray(c["n"][idx], np.int32),
             # A batch size of N or more is one batch of N: the same run, and sample counts
             # (batch index x size) stay inside int32.
@@ -139,6 +143,12 @@ class FlatConfigs:
             seed=np.asarray(c["seed"][idx], np.uint32),
             order=orders,
         )
+
+
+def _table_rows(rows: np.ndarray) -> np.ndarray:
+    """A data table's row lookup as ``rows[variant, n]`` (a lookup by ``n`` alone is the
+    table of one problem)."""
+    return rows if rows.ndim == 2 else rows[None, :]
 
 
 class ConfigSource(Protocol):
@@ -166,7 +176,8 @@ class ConfigSource(Protocol):
 
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as host
-        arrays; ``rows[n]`` is the data-table row of dataset size ``n``."""
+        arrays; ``rows[n]`` (or ``rows[variant, n]``) is the data-table row of dataset size
+        ``n``."""
         ...
 
 
@@ -175,8 +186,10 @@ class GridConfigs:
     """One optimizer family's block of a sweep's grid, as a config source made chunk by chunk.
 
     :attr:`shape` is ``(optimizers of the family, lr, n, batch_size, seed, epochs)``, then the
-    swept hyperparameters the family has (``own``; it is repeated along the others). Rows
-    walk it in C order of :data:`WALK`, dataset size, batch size and seed outermost: each
+    sweep's data dimensions (``data``: the noise axes, if any), then the swept
+    hyperparameters the family has (``own``; it is repeated along the others). Rows walk it
+    in C order of :attr:`walk`: data dimensions, dataset size, batch size and seed outermost:
+    each
     ``(n, batch_size)``, and each ``(n, batch_size, seed)``, is then one run of rows that can
     share its batches (:func:`runs`, :class:`src.engine.Group`; shuffled batches depend on
     the seed). :meth:`chunk` computes the columns and builder arguments
@@ -185,31 +198,57 @@ class GridConfigs:
     """
 
     WALK = (2, 3, 4, 0, 1, 5)
-    """The order rows walk the grid's first six axes in (the swept hyperparameters follow)."""
+    """The order rows walk the grid's first six axes in (after the data dimensions; the
+    swept hyperparameters follow)."""
 
     names: tuple[str, ...]
     family: opt.Family
     axes: tuple[np.ndarray, ...]  # coordinates of every axis of shape after the first
     own: tuple[str, ...]
     fixed: Mapping[str, float]  # the sweep's fixed overrides for this family
+    data: int = 0  # how many data dimensions follow the six base axes
 
     @staticmethod
     def of(sweep: Sweep, names: Sequence[str]) -> GridConfigs:
         family = opt.get(names[0]).family
         own = sweep.swept_for(family)
-        axes = tuple(np.asarray(sweep.axis(d)) for d in (*DIMS[1:], *own))
-        return GridConfigs(tuple(names), family, axes, own, sweep.overrides_for(family))
+        dims = (*DIMS[1:], *sweep.data_dims, *own)
+        axes = tuple(np.asarray(sweep.axis(d)) for d in dims)
+        return GridConfigs(
+            tuple(names), family, axes, own, sweep.overrides_for(family), len(sweep.data_dims)
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.names), *(len(a) for a in self.axes))
+
+    @property
+    def walk(self) -> tuple[int, ...]:
+        """The order rows walk the axes of :attr:`shape` in (C order, first outermost)."""
+        base = len(self.WALK)
+        data = tuple(range(base, base + self.data))
+        return (*data, *self.WALK, *range(base + self.data, len(self.shape)))
+
+    @property
+    def variants(self) -> int:
+        """Points of the data dimensions: the problem variants each row may train on."""
+        return math.prod(self.shape[len(self.WALK) : len(self.WALK) + self.data])
+
+    def variant(self, at: Sequence[np.ndarray]) -> np.ndarray:
+        """The problem variant of rows at indices ``at`` (along every axis of :attr:`shape`)."""
+        base = len(self.WALK)
+        if not self.data:
+            return np.zeros(len(at[0]), np.int64)
+        return np.ravel_multi_index(
+            tuple(at[base : base + self.data]), self.shape[base : base + self.data]
+        )
 
     def __len__(self) -> int:
         return math.prod(self.shape)
 
     def _at(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """The indices of ``rows`` along every axis of :attr:`shape`."""
-        walk = (*self.WALK, *range(len(self.WALK), len(self.shape)))
+        walk = self.walk
         walked = np.unravel_index(rows, [self.shape[d] for d in walk])
         at: list[np.ndarray] = [np.empty(0)] * len(walk)
         for d, i in zip(walk, walked, strict=True):
@@ -217,9 +256,9 @@ class GridConfigs:
         return tuple(at)
 
     def runs(self, by_seed: bool = False) -> np.ndarray:
-        """Where each ``(n, batch_size)``'s (``by_seed``: ``(n, batch_size, seed)``'s) run
-        of rows starts, and the end."""
-        count = self.shape[2] * self.shape[3] * (self.shape[4] if by_seed else 1)
+        """Where each ``(variant, n, batch_size)``'s (``by_seed``: ``(variant, n,
+        batch_size, seed)``'s) run of rows starts, and the end."""
+        count = self.variants * self.shape[2] * self.shape[3] * (self.shape[4] if by_seed else 1)
         return np.arange(0, len(self) + 1, len(self) // count)
 
     def covering_shapes(self) -> engine.Shapes:
@@ -231,7 +270,8 @@ class GridConfigs:
         return len(self.names) * math.prod(sweep.shape[1:]) // len(self)
 
     def _arguments(self, which: np.ndarray, at: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        swept = {h: a[i] for h, a, i in zip(self.own, self.axes[5:], at[5:], strict=True)}
+        first = 5 + self.data  # ``at`` and ``axes`` leave out the optimizer axis
+        swept = {h: a[i] for h, a, i in zip(self.own, self.axes[first:], at[first:], strict=True)}
         values = hyperparameters(self.family, self.names, which, {**self.fixed, **swept})
         return self.family.arguments(values)
 
@@ -243,18 +283,22 @@ class GridConfigs:
     def constant_arguments(self) -> dict[str, float]:
         """Builder arguments equal for every row (:func:`src.simulator.constant_arguments`),
         read off the block's distinct settings only: optimizer x own swept values."""
+        first = 5 + self.data
         settings = np.meshgrid(
-            np.arange(len(self.names)), *(np.arange(len(a)) for a in self.axes[5:]), indexing="ij"
-        )
+            np.arange(len(self.names)), *(np.arange(len(a)) for a in self.axes[first:]),
+            indexing="ij",
+        )  # fmt: skip
         which, *own = (g.ravel() for g in settings)
-        return constant_arguments(self._arguments(which, [which] * 5 + own))
+        return constant_arguments(self._arguments(which, [which] * first + own))
 
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as
         :meth:`src.simulator.FlatConfigs.chunk` gives them."""
         idx = np.minimum(np.arange(start, start + size), len(self) - 1)
-        which, *at = self._at(idx)
+        full = self._at(idx)
+        which, *at = full
         columns = {k: a[i] for k, a, i in zip(COLUMNS, self.axes, at, strict=False)}
+        columns["variant"] = self.variant(full)
         return FlatConfigs(columns, self._arguments(which, at)).chunk(0, size, rows, dtype)
 
     def positions(
@@ -266,12 +310,13 @@ class GridConfigs:
         at = self._at(np.arange(start, stop))
         strides = np.cumprod((1, *sweep.shape[:0:-1]))[::-1]  # in elements, C order
         dims = sweep.dims
-        own = dict(zip(self.own, at[len(DIMS) :], strict=True))
+        present = len(DIMS) + self.data  # axes every row has: the base and data dimensions
+        own = dict(zip(self.own, at[present:], strict=True))
         where = block[at[0]] * strides[0]
         offsets = np.zeros(1, np.int64)
         for i in range(1, len(dims)):
-            if i < len(DIMS) or dims[i] in own:
-                where = where + (at[i] if i < len(DIMS) else own[dims[i]]) * strides[i]
+            if i < present or dims[i] in own:
+                where = where + (at[i] if i < present else own[dims[i]]) * strides[i]
             else:  # a swept axis the family lacks: the row goes to every position along it
                 offsets = np.add.outer(offsets, np.arange(sweep.shape[i]) * strides[i]).ravel()
         return at, where[:, None] + offsets[None, :]

@@ -28,7 +28,7 @@ from src import explain, outcome, store
 from src import optimizers as opt
 from src.errors import InputError
 from src.findings import SEED_N
-from src.schema import extra_dims, problem_of
+from src.schema import extra_dims, variant_at
 from src.spec import SEED_LR
 
 
@@ -125,7 +125,7 @@ def panel(ds: xr.Dataset, focus: Focus = SEED_FOCUS) -> tuple[Panel, list[tuple[
     cell = ds.isel(index)
     case = explain.Case(
         optimizer=p.optimizer, lr=p.lr, n=p.n, batch_size=p.batch_size, epochs=p.epochs,
-        seed=p.seed, hyperparameters=dict(p.hyperparameters), problem=problem_of(ds),
+        seed=p.seed, hyperparameters=dict(p.hyperparameters), problem=variant_at(ds, index),
         tol=float(ds.attrs["tol"]), dtype=str(ds.attrs["dtype"]),
         shuffle=bool(int(ds.attrs.get("shuffle", 0))),
         diverge_factor=float(ds.attrs["diverge_factor"]),
@@ -154,7 +154,8 @@ def panel(ds: xr.Dataset, focus: Focus = SEED_FOCUS) -> tuple[Panel, list[tuple[
         status=status,
         first_nonfinite_epoch=int(cell.first_nonfinite_epoch.item()),
         final_loss=store.finite(float(cell.final_loss.item())),
-        verdict=explain.verdict(sim) if sim["status"] == status else _map_verdict(status, cell),
+        verdict=(explain.verdict(sim, case.problem.query_words()) if sim["status"] == status
+                 else _map_verdict(status, cell)),
         why=why(diagnosis),
         critical_lr=_critical(diagnosis),
         fixes=[

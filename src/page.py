@@ -33,8 +33,7 @@ import xarray as xr
 from src import outcome
 from src.findings import SEED_STABLE_N
 from src.focus import SEED_FOCUS
-from src.problem import QUERY_X
-from src.schema import extra_dims, optimal_loss
+from src.schema import extra_dims, optimal_loss, problem_of
 
 if TYPE_CHECKING:
     from src.focus import Panel
@@ -181,6 +180,11 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
             "critical": _round(cell.critical_lr.values.astype(np.float64)),
             "theory": _round(cell.theory_critical_lr.values.astype(np.float64)),
         }
+        if cell.loss_scale.ndim == 1 and view.loss_scale.ndim > 1:  # per noise draw
+            slices[",".join(map(str, idx))].update(
+                scale=[float(v) for v in cell.loss_scale.values],
+                optimal=[float(v) for v in optimal_loss(cell).values],
+            )
     marks = []
     if at is not None:
         j_focus = n_idx.index(at["n"])
@@ -197,9 +201,9 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
         "palette": [list(PALETTE[name]) for name in outcome.STATUSES],
         "tol": float(ds.attrs["tol"]),
         "span": CONVERGED_SPAN,
-        "scale": [float(v) for v in view.loss_scale.values],
-        "optimal": [float(v) for v in optimal_loss(view).values],
-        "query_x": QUERY_X,
+        "scale": [float(v) for v in _first_draw(view.loss_scale).values],
+        "optimal": [float(v) for v in _first_draw(optimal_loss(view)).values],
+        "query": problem_of(ds).query_words(),
         "marks": marks,
         "stride": k,
         "full_shape": {d: int(ds.sizes[d]) for d in ("lr", "n")},
@@ -216,6 +220,11 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
     if curves:
         data["curves"] = stored_curves(ds, lr_idx, n_idx, c)
     return data
+
+
+def _first_draw(per_n: xr.DataArray) -> xr.DataArray:
+    """A per-N variable of the first noise draw (a map without noise: the variable)."""
+    return per_n.isel({d: 0 for d in per_n.dims if d != "n"})
 
 
 def stored_curves(
@@ -561,9 +570,12 @@ function shade(st, r) {  // status st, r = decades of loss / mean(y^2) above the
 }
 function fill(st, loss, j) {  // shaded by the excess over the best fit, L*
   if (loss === null) return D.palette[st][0];
-  return shade(st, Math.log10(Math.max(loss - D.optimal[j], 1e-300) / D.scale[j]) - Math.log10(D.tol));
+  return shade(st, Math.log10(Math.max(loss - optimalAt(j), 1e-300) / scaleAt(j)) - Math.log10(D.tol));
 }
-function threshold(j) { return D.tol * D.scale[j] + D.optimal[j]; }
+// mean(y^2) and L* at N (the slice's own where the map sweeps the targets' noise)
+function scaleAt(j) { return (slice().scale || D.scale)[j]; }
+function optimalAt(j) { return (slice().optimal || D.optimal)[j]; }
+function threshold(j) { return D.tol * scaleAt(j) + optimalAt(j); }
 function slice() { return D.slices[D.slice_dims.map(d => choice[d]).join(",")]; }
 function sliceKey() { return D.slice_dims.map(d => choice[d]).join(","); }
 function geom(c) {  // maps nearly square, plots wide
@@ -656,9 +668,9 @@ function describe(o, i, j) {
       D.slice_dims.slice(3).map(d => ", " + d + " " + D.axes[d][choice[d]]).join(""),
     "status: " + D.statuses[+s.status[k]],
     "final loss: " + lossWords(s.loss[k]) + "  (converged below " + fmt(threshold(j)) + ")" +
-      (D.optimal[j] > 0 ? "\nbest fit L*: " + fmt(D.optimal[j]) : ""),
+      (optimalAt(j) > 0 ? "\nbest fit L*: " + fmt(optimalAt(j)) : ""),
     "first inf/nan epoch: " + (s.nonfinite[k] < 0 ? "none" : s.nonfinite[k]),
-    "prediction at x = " + D.query_x + ": " + lossWords(s.prediction[k]),
+    "prediction at " + D.query + ": " + lossWords(s.prediction[k]),
     "critical lr: " + (crit === null ? "none: nothing breaks on this grid" : fmt(crit)) +
       (th === null ? "" : " (closed form " + fmt(th) + ")"),
     "click: loss curve",

@@ -165,8 +165,12 @@ class Problem:
     def table(self, sizes: Iterable[int], dtype: str) -> tuple[DataTable, np.ndarray]:
         """The datasets of ``sizes`` (each once) in one :class:`DataTable` of ``dtype``, and
         the rows: ``rows[n]`` is the table row of size ``n``."""
-        distinct = sorted({int(n) for n in sizes})
-        return data_table([self.dataset(n) for n in distinct], dtype), table_rows(distinct)
+        table, rows = variants_table([self], sizes, dtype)
+        return table, rows[0]
+
+    def with_noise(self, noise: float, noise_seed: int) -> Problem:
+        """The same data with the targets' noise ``noise`` drawn from ``noise_seed``."""
+        return dataclasses.replace(self, noise=float(noise), noise_seed=int(noise_seed))
 
     def query_words(self) -> str:
         """Where the recorded prediction is taken, in words."""
@@ -192,6 +196,19 @@ class Problem:
         if self.standardize:
             text += "; inputs standardised to zero mean, unit variance"
         return text
+
+
+def variants_table(
+    problems: Sequence[Problem], sizes: Iterable[int], dtype: str
+) -> tuple[DataTable, np.ndarray]:
+    """The datasets of every problem (its variants: e.g. noise levels and seeds) at every
+    one of ``sizes`` in one :class:`DataTable`, and the rows: ``rows[v, n]`` is the row of
+    ``problems[v]`` at size ``n``."""
+    distinct = sorted({int(n) for n in sizes})
+    datasets = [p.dataset(n) for p in problems for n in distinct]
+    per_size = table_rows(distinct)
+    rows = per_size[None, :] + len(distinct) * np.arange(len(problems))[:, None]
+    return data_table(datasets, dtype), rows
 
 
 def noise_draws(seed: int, n: int) -> np.ndarray:

@@ -170,7 +170,7 @@ def _run(
 ) -> tuple[xr.Dataset, RunStats]:
     wall0 = time.perf_counter()
     curves = sweep.resolved_curves
-    table, rows = sweep.problem.table([*sweep.n, *(c.n for c in curves)], sweep.dtype)
+    table, rows = sweep.data_table([*sweep.n, *(c.n for c in curves)])  # rows[variant, n]
     sim = Simulator(  # every device of every process: the map is sharded over all of them
         table, rows, sweep.dtype, sweep.tol, sweep.shuffle, sweep.chunk_size, sweep.kernel,
         devices=tuple(jax.devices()),
@@ -239,8 +239,8 @@ def _simulate_map(
     Each finished chunk is classified and written into the map at once (and saved in
     ``work``), so nothing but the map itself grows with the grid.
     """
-    scale = np.asarray(table.loss_scale, np.float64)[rows]  # dataset size -> mean(y^2)
-    optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # dataset size -> L*
+    scale = np.asarray(table.loss_scale, np.float64)[rows]  # (variant, N) -> mean(y^2)
+    optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # (variant, N) -> L*
     opt_index = {name: i for i, name in enumerate(sweep.optimizer)}
     into = {k: v.reshape(-1, *v.shape[status.ndim :]) for k, v in results.items()}
     into["status"] = status.reshape(-1)
@@ -272,7 +272,7 @@ def _simulate_family(
 ) -> int:
     """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
     optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat;
-    ``floors``: ``mean(y^2)`` and ``L*`` by dataset size)."""
+    ``floors``: ``mean(y^2)`` and ``L*`` by problem variant and dataset size)."""
     scale, optimal = floors
     repeats = grid.repeats(sweep)
     done = work.finished(f) if work is not None else None
@@ -283,10 +283,10 @@ def _simulate_family(
         values = {
             k: np.asarray(v, into[k].dtype) for k, v in zip(engine.Summary._fields, s, strict=True)
         }
+        dataset = (grid.variant(at), grid.axes[1][at[2]])
         code = outcome.classify(
             values["initial_loss"], values["final_loss"], values["first_nonfinite_epoch"],
-            scale[grid.axes[1][at[2]]], sweep.tol, sweep.diverge_factor,
-            optimal[grid.axes[1][at[2]]],
+            scale[dataset], sweep.tol, sweep.diverge_factor, optimal[dataset],
         )  # fmt: skip
         for k, v in (*values.items(), ("status", code)):
             into[k][where] = v[:, None]
@@ -349,8 +349,14 @@ def _measured_boundary(
     optimal = np.asarray(table.optimal_loss, np.float64)
     lacks = {  # per swept hyperparameter: which optimizers (by index) do not have it
         h: np.array([not opt.get(o).family.takes(h) for o in sweep.optimizer])
-        for h in dims[len(schema.DIMS) :]
+        for h, _ in sweep.hyperparameters
     }
+    variant = (  # each cell's problem variant: its place along the data dimensions
+        np.ravel_multi_index([coords[cell_dims.index(d)] for d in sweep.data_dims],
+                             [len(sweep.axis(d)) for d in sweep.data_dims])
+        if sweep.data_dims else np.zeros(len(coords[0]), np.int64)
+    )  # fmt: skip
+    values["variant"] = variant
     searched = np.ones(len(coords[0]), bool)
     for h, lacking in lacks.items():
         searched &= ~lacking[coords[0]] | (coords[cell_dims.index(h)] == 0)
@@ -361,7 +367,7 @@ def _measured_boundary(
         own = searched[families[searched] == name]
         per_call = len(own)  # cells in one call: all of them; shuffled, those of one group
         if sweep.shuffle:
-            keys = np.stack([values[d][own] for d in ("n", "batch_size", "seed")])
+            keys = np.stack([values[d][own] for d in ("n", "batch_size", "seed", "variant")])
             per_call = int(np.unique(keys, axis=1, return_counts=True)[1].max())
         wanted = per_call * (boundary.SECTIONS - 1)  # a bisection round in one call
         piece[name] = min(hi_piece, max(lo_piece, 1 << (wanted - 1).bit_length()))
@@ -377,9 +383,10 @@ def _measured_boundary(
         group (its batches drawn once for all its lrs)."""
         width = max(1, piece[name] - len(kinds[name]))
         if sweep.shuffle:
-            key = [values[d][ids[which]] for d in ("seed", "batch_size", "n")]
+            group_by = ("seed", "batch_size", "n", "variant")
+            key = [values[d][ids[which]] for d in group_by]
             which = which[np.lexsort(key)]
-            key = [k[ids[which]] for k in (values["seed"], values["batch_size"], values["n"])]
+            key = [values[d][ids[which]] for d in group_by]
             change = np.flatnonzero(np.any([k[1:] != k[:-1] for k in key], axis=0)) + 1
         else:
             change = np.zeros(0, np.int64)
@@ -421,12 +428,13 @@ def _measured_boundary(
                     values["optimizer"][setting], family, overrides, learning_rate=lr,
                     n=values["n"][data], batch_size=values["batch_size"][data],
                     seed=values["seed"][data], epochs=values["epochs"][data],
+                    variant=values["variant"][data],
                 )  # fmt: skip
                 summary, _ = sim.run(family, flat, shapes, pad_to=piece[name])
+                at = rows[values["variant"][data], values["n"][data]]
                 st = outcome.classify(
                     summary.initial_loss, summary.final_loss, summary.first_nonfinite_epoch,
-                    scale[rows[values["n"][data]]], sweep.tol, sweep.diverge_factor,
-                    optimal[rows[values["n"][data]]],
+                    scale[at], sweep.tol, sweep.diverge_factor, optimal[at],
                 )  # fmt: skip
                 out[pick] = outcome.breaks(st)[: len(pick)]
                 if phases is not None:
@@ -522,16 +530,24 @@ def theory_critical_lr(sweep: Sweep, fixed_order: bool = False) -> np.ndarray:
                     key = (n, min(bs, n), dyn)
                     if key not in cache:
                         cache[key] = theory.critical_lr(x, bs, dyn)
-                    out[(i, j, k, slice(None), slice(None), *hidx)] = cache[key]
+                    # seed and epochs, then the data dimensions: the Hessian is x's alone
+                    keep = (slice(None),) * (2 + len(sweep.data_dims))
+                    out[(i, j, k, *keep, *hidx)] = cache[key]
     return out
 
 
 def per_n_variables(sweep: Sweep, table: DataTable, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """:data:`src.schema.PER_N_VARIABLES` along ``sweep.n``."""
+    """:data:`src.schema.PER_N_VARIABLES` along ``sweep.n`` (the targets' scale and ``L*``
+    also along the data dimensions, where there are some; ``rows[variant, n]``)."""
     xs = [sweep.problem.dataset(n)[0] for n in sweep.n]
+    at = rows[:, list(sweep.n)].T  # (n, variant)
+    if sweep.data_dims:  # (n, noise, noise_seed)
+        at = at.reshape(len(sweep.n), *(len(sweep.axis(d)) for d in sweep.data_dims))
+    else:
+        at = at[:, 0]
     return {
-        "loss_scale": np.asarray(table.loss_scale, np.float64)[rows[list(sweep.n)]],
-        "optimal_loss": np.asarray(table.optimal_loss, np.float64)[rows[list(sweep.n)]],
+        "loss_scale": np.asarray(table.loss_scale, np.float64)[at],
+        "optimal_loss": np.asarray(table.optimal_loss, np.float64)[at],
         "hessian_max_eigenvalue": np.array([theory.hessian_eigenvalues(x)[-1] for x in xs]),
         "gd_critical_lr": np.array([theory.gd_critical_lr(x) for x in xs]),
     }

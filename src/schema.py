@@ -33,8 +33,12 @@ if TYPE_CHECKING:
     from src.spec import Curve, Sweep
 
 DIMS = ("optimizer", "lr", "n", "batch_size", "seed", "epochs")
-"""The base dimensions of every per-config variable, in storage order; a sweep's swept
-hyperparameters follow them (:attr:`src.spec.Sweep.dims`)."""
+"""The base dimensions of every per-config variable, in storage order; a sweep's data
+dimensions and swept hyperparameters follow them (:attr:`src.spec.Sweep.dims`)."""
+
+DATA_DIMS = ("noise", "noise_seed")
+"""The dataset's own dimensions, present where a sweep gives noise levels (``--noise``):
+the standard deviation of the targets' Gaussian noise, and the seed it is drawn from."""
 
 SUMMARY_VARIABLES: dict[str, tuple[str, str]] = {
     "initial_loss": ("loss of the first epoch (History[0])", "1"),
@@ -64,7 +68,7 @@ PER_N_VARIABLES: dict[str, str] = {
 """Variables of each dataset size: their long names."""
 
 RESERVED_NAMES = frozenset(
-    {*DIMS, "learning_rate", "curve", "epoch", "cell", *PER_N_VARIABLES, "loss_history",
+    {*DIMS, *DATA_DIMS, "learning_rate", "curve", "epoch", "cell", *PER_N_VARIABLES, "loss_history",
      "excess_loss",
      "status", "critical_lr", "theory_critical_lr", "fixed_order_critical_lr", "non_monotone"}
 )  # fmt: skip
@@ -79,15 +83,21 @@ def result_dtype(name: str, dtype: str) -> str:
 
 
 def excess_loss(
-    final_loss: np.ndarray, optimal_loss: np.ndarray, dims: Sequence[str]
+    final_loss: np.ndarray,
+    optimal_loss: np.ndarray,
+    dims: Sequence[str],
+    data_dims: Sequence[str] = (),
 ) -> np.ndarray:
-    """``final_loss - L*`` (the map's dtype), ``L*`` given along ``n`` (the axis ``dims``
-    names); computed in float64 and rounded once."""
+    """``final_loss - L*`` (the map's dtype), ``L*`` given along ``(n, *data_dims)`` (axes
+    ``dims`` names, in that order); computed in float64 and rounded once."""
+    optimal = np.asarray(optimal_loss, np.float64)
     shape = [1] * len(dims)
-    shape[list(dims).index("n")] = -1
-    optimal = np.asarray(optimal_loss, np.float64).reshape(shape)
+    for axis, d in enumerate(("n", *data_dims)):
+        shape[list(dims).index(d)] = optimal.shape[axis]
     with np.errstate(invalid="ignore", over="ignore"):
-        return (np.asarray(final_loss, np.float64) - optimal).astype(final_loss.dtype)
+        return (np.asarray(final_loss, np.float64) - optimal.reshape(shape)).astype(
+            final_loss.dtype
+        )
 
 
 def optimal_loss(ds: xr.Dataset) -> xr.DataArray:
@@ -118,8 +128,25 @@ def problem_of(ds: xr.Dataset) -> Problem:
 
 
 def extra_dims(ds: xr.Dataset) -> tuple[str, ...]:
-    """The map's swept-hyperparameter dimensions (any per-config dim beyond :data:`DIMS`)."""
+    """The map's per-config dimensions beyond :data:`DIMS`: its data dimensions
+    (:data:`DATA_DIMS`, if any), then its swept hyperparameters."""
     return tuple(str(d) for d in ds.status.dims if d not in DIMS)
+
+
+def swept_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """The map's swept-hyperparameter dimensions."""
+    return tuple(d for d in extra_dims(ds) if d not in DATA_DIMS)
+
+
+def variant_at(ds: xr.Dataset, index: Mapping[str, int]) -> Problem:
+    """The problem of a map's configuration at ``index`` (its noise, where swept)."""
+    problem = problem_of(ds)
+    if "noise" not in ds.status.dims:
+        return problem
+    return problem.with_noise(
+        float(ds.noise.values[index.get("noise", 0)]),
+        int(ds.noise_seed.values[index.get("noise_seed", 0)]),
+    )
 
 
 def reference_slice(ds: xr.Dataset) -> xr.Dataset:
@@ -142,7 +169,7 @@ def chosen_at(ds: xr.Dataset, optimizer: str, index: Mapping[str, int]) -> dict[
                 values.update({k: float(v) for k, v in value.items()})
         else:
             values[key] = float(value)
-    for dim in extra_dims(ds):
+    for dim in swept_dims(ds):
         values[dim] = float(ds[dim].values[index.get(dim, 0)])
     return {k: v for k, v in values.items() if family.takes(k)}
 
@@ -222,9 +249,11 @@ def to_dataset(
          "minibatches, where it is what the same run without shuffling would do"},
     )  # fmt: skip
     for name, text in PER_N_VARIABLES.items():
-        data_vars[name] = ("n", per_n[name], {"long_name": text})
+        # The targets' scale and L* differ between noise draws; the Hessian does not.
+        by = ("n", *sweep.data_dims) if np.ndim(per_n[name]) > 1 else ("n",)
+        data_vars[name] = (by, per_n[name], {"long_name": text})
     data_vars["excess_loss"] = (
-        dims, excess_loss(results["final_loss"], per_n["optimal_loss"], dims),
+        dims, excess_loss(results["final_loss"], per_n["optimal_loss"], dims, sweep.data_dims),
         {"long_name": "final_loss - optimal_loss: how far the run is from the best fit",
          "units": "1"},
     )  # fmt: skip
@@ -235,7 +264,8 @@ def to_dataset(
     )
     coords: dict[str, object] = {d: list(getattr(sweep, d)) for d in DIMS}
     applies = {
-        h: list(sweep.applies_to(h)) for h in (*dims[len(DIMS) :], *dict(sweep.optimizer_args))
+        h: list(sweep.applies_to(h))
+        for h in (*dict(sweep.hyperparameters), *dict(sweep.optimizer_args))
     }
     for h, values in sweep.hyperparameters:
         coords[h] = (h, np.array(values, np.float64), {
@@ -247,6 +277,11 @@ def to_dataset(
     if table is not None and table.d > 1:
         coords["feature"] = ("feature", list(table.feature_names),
                              {"long_name": f"input column of {table.source}"})  # fmt: skip
+    if sweep.noise:
+        coords["noise"] = ("noise", np.array(sweep.noise, np.float64), {
+            "long_name": "standard deviation of the Gaussian noise added to the targets"})
+        coords["noise_seed"] = ("noise_seed", np.array(sweep.noise_seed, np.int64), {
+            "long_name": "seed of the targets' noise (point i draws the same whatever N)"})
     coords["epoch"] = np.arange(1, histories.shape[1] + 1)
     coords["curve"] = [sweep.curve_label(c) for c in curves]
     for field in ("optimizer", "lr", "n", "batch_size", "seed"):

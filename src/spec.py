@@ -19,8 +19,8 @@ import numpy as np
 from src import boundary, engine, outcome
 from src import optimizers as opt
 from src.errors import InputError
-from src.problem import Problem
-from src.schema import DIMS, RESERVED_NAMES
+from src.problem import DataTable, Problem, variants_table
+from src.schema import DATA_DIMS, DIMS, RESERVED_NAMES
 
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 SEED_LR = 0.01
@@ -137,11 +137,21 @@ class Sweep:
     boundary_rtol: float = boundary.DEFAULT_RTOL
     hyperparameters: tuple[tuple[str, tuple[float, ...]], ...] = ()
     optimizer_args: tuple[tuple[str, float], ...] = ()
+    noise: tuple[float, ...] = ()
+    noise_seed: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyperparameters", _swept_axes(self.hyperparameters))
         object.__setattr__(self, "optimizer_args", _fixed_args(self.optimizer_args))
-        for name in DIMS:
+        if self.noise_seed and not self.noise:
+            raise InputError("noise seeds without noise levels: give --noise SIGMA[,...] too")
+        if self.noise and not self.noise_seed:
+            object.__setattr__(self, "noise_seed", (0,))
+        if self.noise and self.problem.noise:
+            raise InputError("noise is given twice: as the problem's and as the noise axis")
+        _check_all(self.noise, lambda v: math.isfinite(v) and v >= 0, "noise", ">= 0 and finite")
+        _check_all(self.noise_seed, lambda v: 0 <= v < 2**32, "noise seed", "in [0, 2**32)")
+        for name in (*DIMS, *self.data_dims):
             if not getattr(self, name):
                 raise InputError(f"the {name} axis is empty")
             if len(set(getattr(self, name))) != len(getattr(self, name)):
@@ -225,15 +235,36 @@ class Sweep:
             _check_hyperparameter_value(h, v)
 
     @property
+    def data_dims(self) -> tuple[str, ...]:
+        """The dataset's own axes: the targets' noise and its seed, where noise is swept."""
+        return DATA_DIMS if self.noise else ()
+
+    @property
     def dims(self) -> tuple[str, ...]:
-        """Dimensions of every per-config variable: :data:`DIMS`, then swept hyperparameters."""
-        return DIMS + tuple(h for h, _ in self.hyperparameters)
+        """Dimensions of every per-config variable: :data:`DIMS`, the :attr:`data_dims`, then
+        swept hyperparameters."""
+        return DIMS + self.data_dims + tuple(h for h, _ in self.hyperparameters)
 
     def axis(self, dim: str) -> tuple:
-        """The coordinate values of dimension ``dim`` (a base axis or a swept hyperparameter)."""
-        if dim in DIMS:
+        """The coordinate values of dimension ``dim`` (a base or data axis, or a swept
+        hyperparameter)."""
+        if dim in DIMS or dim in DATA_DIMS:
             return getattr(self, dim)
         return dict(self.hyperparameters)[dim]
+
+    @property
+    def variants(self) -> tuple[Problem, ...]:
+        """The problem at every point of the :attr:`data_dims`, in C order (the problem
+        alone where there are none)."""
+        if not self.noise:
+            return (self.problem,)
+        return tuple(
+            self.problem.with_noise(s, k) for s in self.noise for k in self.noise_seed
+        )  # fmt: skip
+
+    def data_table(self, sizes: Sequence[int]) -> tuple[DataTable, np.ndarray]:
+        """Every variant's datasets of ``sizes``: :func:`src.problem.variants_table`."""
+        return variants_table(self.variants, sizes, self.dtype)
 
     def applies_to(self, name: str) -> tuple[str, ...]:
         """The selected optimizers that have hyperparameter (or base option) ``name``."""

@@ -50,12 +50,15 @@ import xarray as xr
 from src import engine, keras_reference, outcome
 from src import optimizers as opt
 from src.keras_reference import KerasJob, KerasResult
+from src.problem import variants_table
 from src.schema import (
+    DATA_DIMS,
     curve_positions,
     extra_dims,
     hyperparameters_at,
     optimal_loss,
-    problem_of,
+    swept_dims,
+    variant_at,
 )
 
 DEFAULT_COUNT = 2
@@ -116,6 +119,8 @@ class ConfigCheck(TypedDict, total=False):
     batch_size: int
     seed: int
     epochs: int
+    noise: float
+    noise_seed: int
     status_jax: str
     status_keras: str | None
     agree: bool
@@ -198,10 +203,12 @@ class Pick:
     epochs: int
     hyperparameters: Mapping[str, float]
     stratum: str
+    data: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Its place along the map's data dimensions (``noise``, ``noise_seed``), if any."""
 
     @property
     def label(self) -> str:
-        extra = "".join(f" {k}={v:g}" for k, v in self.hyperparameters.items())
+        extra = "".join(f" {k}={v:g}" for k, v in {**self.hyperparameters, **self.data}.items())
         return f"{self.optimizer} lr={self.lr:.4g} N={self.n} batch={self.batch_size}{extra}"
 
 
@@ -231,7 +238,7 @@ def picks_at(ds: xr.Dataset, indices: Sequence[Mapping[str, int]], stratum: str)
     hyperparameters once per optimizer and position along the swept axes."""
     dims = list(ds.status.dims)
     coords = {d: ds[d].values for d in dims}
-    swept = extra_dims(ds)
+    swept = swept_dims(ds)
     settings: dict[tuple, Mapping[str, float]] = {}
     out = []
     for at in indices:
@@ -251,6 +258,7 @@ def picks_at(ds: xr.Dataset, indices: Sequence[Mapping[str, int]], stratum: str)
                 epochs=int(coords["epochs"][index["epochs"]]),
                 hyperparameters=settings[key],
                 stratum=stratum,
+                data={d: coords[d][index[d]].item() for d in dims if d in DATA_DIMS},
             )
         )
     return out
@@ -277,7 +285,7 @@ def curve_indices(ds: xr.Dataset) -> list[dict[str, int]]:
                 break
             index[dim] = at
         else:
-            index.update({d: 0 for d in extra_dims(ds)})
+            index.update({d: 0 for d in extra_dims(ds)})  # first noise draw and setting
             out.append(index)
     return out
 
@@ -398,7 +406,9 @@ def engine_histories(
     from src.simulator import Simulator
 
     dtype = str(ds.attrs["dtype"])
-    table, rows = problem_of(ds).table([p.n for p in picks], dtype)
+    # Every pick's own problem (its noise draw, where the map sweeps noise): variant i.
+    table, rows = variants_table([variant_at(ds, p.index) for p in picks],
+                                 [p.n for p in picks], dtype)  # fmt: skip
     sim = Simulator(
         table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),
         kernel=kernel or str(ds.attrs["kernel"]),
@@ -420,6 +430,7 @@ def engine_histories(
                 [p.optimizer for p in chosen], family, overrides,
                 learning_rate=np.array([p.lr for p in chosen], np.float64),
                 **{c: np.array([getattr(p, c) for p in chosen]) for c in _INT_COLUMNS},
+                variant=np.array(members),
             )  # fmt: skip
             if replay is not None:
                 flat.orders = replay[members]
@@ -438,10 +449,10 @@ def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
     """Arguments of :func:`src.keras_reference.fit` for each pick: the engine's initial
     weights, the map's dtype and, for a shuffled map, ``fit(shuffle=True)`` unseeded (a fresh
     order every epoch, as in a user's own call; the orders come back recorded)."""
-    problem = problem_of(ds)
     shuffle = bool(ds.attrs["shuffle"])
     jobs = []
     for p in picks:
+        problem = variant_at(ds, p.index)
         x, y, x_query = problem.dataset(p.n)
         w0 = np.asarray(engine.initial_params(p.seed, d=problem.d).w, np.float64)
         jobs.append(KerasJob(
@@ -522,13 +533,14 @@ def compare(
     record = ConfigCheck(
         optimizer=p.optimizer, lr=p.lr, n=p.n, batch_size=p.batch_size, seed=p.seed,
         epochs=p.epochs, hyperparameters=dict(p.hyperparameters), stratum=p.stratum,
+        **p.data,  # type: ignore[typeddict-item]
         status_jax=outcome.STATUSES[status_jax], first_nonfinite_epoch_jax=nonfinite_jax,
         final_loss_jax=float(at.final_loss),
     )  # fmt: skip
     if run.error is not None or len(run.history) == 0:
         return {**record, "status_keras": None, "agree": False, "error": run.error}
-    scale = float(ds.loss_scale.sel(n=p.n))
-    optimal = float(optimal_loss(ds).sel(n=p.n))
+    scale = float(at.loss_scale)  # of the pick's dataset: its N (and noise draw)
+    optimal = float(optimal_loss(at))
     rules = (scale, float(ds.attrs["tol"]), float(ds.attrs["diverge_factor"]), optimal)
     status_keras = keras_status(run, *rules)
     spreads = [max_relative_error(h, history) for h in neighbours]
