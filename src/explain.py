@@ -411,13 +411,14 @@ def describe(report: Diagnosis) -> list[str]:
             + (f"{crit:.6g}." if crit is not None else "above 1 (it never broke on the grid).")
         )
     fixes = report.get("fixes")
+    floor = fit["optimal_loss"] if fit is not None else 0.0
     if fixes:
         lines.append(f"What would fix it (each simulated for {cfg['epochs']} epochs):")
         for f in fixes:
             lines.append(
                 f"  {'works' if f['works'] else 'no'}: {f['fix']}: {f['status']}, final loss "
-                f"{_num(f['final_loss'])}, prediction at {cfg.get('query', 'x = 25')}: "
-                f"{_num(f['prediction_at_25'])}"
+                f"{_num(f['final_loss'])}{_above(f['final_loss'], floor)}, prediction at "
+                f"{cfg.get('query', 'x = 25')}: {_num(f['prediction_at_25'])}"
             )
     else:
         lines.append("Nothing to fix: the run converged.")
@@ -442,7 +443,9 @@ def verdict(sim: Simulated, query: str = "x = 25") -> str:
 
 def factor_words(growth: float) -> str:
     """A per-epoch loss factor in words (beyond float64's range: said so, not "xinf")."""
-    return f"x{growth:.4f}" if math.isfinite(growth) else "a factor beyond 1e308"
+    if not math.isfinite(growth):
+        return "a factor beyond 1e308"
+    return f"x{growth:.4f}" if growth < 1e4 else f"x{growth:.4g}"
 
 
 def _simulated_growth(sim: Simulated) -> str:
@@ -473,6 +476,13 @@ def _eigenvalues(eig: list[float]) -> str:
     if len(eig) == 2:
         return f"eigenvalues {eig[0]:.4g} and {eig[1]:.4g}"
     return f"{len(eig)} eigenvalues from {eig[0]:.4g} to {eig[-1]:.4g}"
+
+
+def _above(loss: float | None, floor: float) -> str:
+    """How far a finite loss is above the best fit's, where the data have one (noise)."""
+    if loss is None or floor <= 0:
+        return ""
+    return f" ({(loss - floor) / floor:.2%} above the best fit)"
 
 
 def _num(v: object) -> str:

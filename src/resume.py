@@ -76,15 +76,21 @@ class Intervals:
 
 def fingerprint(sweep: object) -> str:
     """A hash of everything that decides the map: the sweep (every field, by its ``repr``),
-    the versions of the numerical libraries and the JAX backend."""
+    the contents of a user's table (a file edited between runs is new data), the versions of
+    the numerical libraries and the JAX backend."""
     import jax
     import jaxlib
     import optax
 
+    table = getattr(getattr(sweep, "problem", None), "user_table", None)
+    contents = "" if table is None else hashlib.sha256(
+        np.ascontiguousarray(table.features).tobytes() + table.target.tobytes()
+    ).hexdigest()  # fmt: skip
     text = "\n".join(
         [
             f"stability-map partial results, format {FORMAT}",
             repr(sweep),
+            contents,
             f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
             f"numpy {np.__version__}, backend {jax.default_backend()}",
         ]

@@ -51,7 +51,8 @@ def write_table(path: Path, rows: int = 60) -> tuple[np.ndarray, np.ndarray]:
     x = np.c_[rng.uniform(0, 1, rows), rng.uniform(10, 20, rows), rng.uniform(-5, 5, rows)]
     y = x @ np.array([2.0, -0.5, 1.0]) + 3 + rng.normal(0, 0.3, rows)
     lines = ["name,a,b,c,price"] + [
-        f"row{i},{a:.6f},{b:.6f},{c:.6f},{t:.6f}" for i, ((a, b, c), t) in enumerate(zip(x, y))
+        f"row{i},{a:.6f},{b:.6f},{c:.6f},{t:.6f}"
+        for i, ((a, b, c), t) in enumerate(zip(x, y, strict=True))
     ]
     path.write_text("\n".join(lines) + "\n")
     return np.round(x, 6), np.round(y, 6)
@@ -114,3 +115,20 @@ def test_the_diabetes_data_against_keras_and_numpy(tmp_path: Path) -> None:
             int(ds.status.sel(optimizer="sgd", lr=0.01).squeeze())])
     assert results[False] == "overflow"
     assert results[True] in ("converged", "slow")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_keras_check_on_noisy_targets(tmp_path: Path, dtype: str) -> None:
+    """A map of noisy targets re-checked in real Keras (in its own shuffled orders): every
+    pick is a noisy dataset, the verdicts agree, and the losses agree to float32 rounding, or
+    to float64 rounding in a float64 map."""
+    out = tmp_path / "map"
+    argv = ["--noise", "3", "--noise-seed", "5", "--optimizers", "sgd,adam", "--lr",
+            "1e-3,0.01,0.03", "--n", "4,12,20", "--epochs", "60", "--validate", "4",
+            "--dtype", dtype, "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    check = json.loads((out / "validation.json").read_text())
+    assert check["status"] == "done" and check["determined"] >= 3, check
+    assert check["verdict_agreement"] == 1.0
+    assert all(c["noise"] == 3.0 and c["noise_seed"] == 5 for c in check["configs"])
+    assert check["max_rel_err"] <= (5e-5 if dtype == "float32" else 1e-10), check["max_rel_err"]

@@ -97,10 +97,11 @@ def test_batches_of_an_epoch_cover_the_data_once() -> None:
         x, y, valid = engine.batches_of_epoch(
             cfg, table, key, jnp.int32(1), shapes, "autodiff", shuffle
         )
-        assert x.shape == (3, 2) and valid.sum() == 5
-        assert sorted(np.asarray(x)[np.asarray(valid)]) == [1, 2, 3, 4, 5]
+        assert x.shape == (3, 2, 1) and valid.sum() == 5  # (batches, slots, features)
+        x = np.asarray(x)[..., 0]
+        assert sorted(x[np.asarray(valid)]) == [1, 2, 3, 4, 5]
         np.testing.assert_array_equal(np.asarray(y)[np.asarray(valid)],
-                                      0.5 * np.asarray(x)[np.asarray(valid)])  # fmt: skip
+                                      0.5 * x[np.asarray(valid)])  # fmt: skip
 
 
 def test_the_epoch_tracker_records_first_events_and_growth() -> None:
