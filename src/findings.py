@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import xarray as xr
 
 from src import optimizers, outcome, theory
 from src.problem import Problem
-from src.schema import DIMS, extra_dims, reference_slice, settings_at
+from src.schema import DIMS, extra_dims, optimal_loss, reference_slice, settings_at
 from src.spec import SEED_LR
 
 SEED_N, SEED_STABLE_N = 20, 10
@@ -42,6 +42,27 @@ class SeedCase(TypedDict):
     status: str
 
 
+class DataRun(TypedDict):
+    """One optimizer's run on a user's data (or noisy targets) at the largest N."""
+
+    status: str
+    first_nonfinite_epoch: int
+    final_loss: float | None
+    excess_loss: float | None
+
+
+class DataCase(TypedDict):
+    """Every optimizer at the lr nearest the seed's on the map's largest dataset, and that
+    dataset's Hessian limit: the seed's question asked of the user's own data."""
+
+    lr: float
+    n: int
+    optimal_loss: float
+    hessian_max_eigenvalue: float
+    gd_critical_lr: float
+    runs: dict[str, DataRun]
+
+
 class CriticalLRs(TypedDict):
     """One optimizer's measured and closed-form critical lr by N (``None``: none)."""
 
@@ -61,6 +82,7 @@ class Findings(TypedDict):
     seed_lr: float
     statuses_at_seed_lr: dict[str, dict[str, list[int]]]
     seed_case: SeedCase | None
+    data_case: NotRequired[DataCase]
     largest_stable_lr: dict[str, dict[int, float | None]]
     critical_lr: dict[str, CriticalLRs]
 
@@ -136,13 +158,37 @@ def seed_case(ds: xr.Dataset, problem: Problem) -> SeedCase | None:
     )
 
 
+def data_case(ds: xr.Dataset) -> DataCase:
+    """Each optimizer at the lr nearest the seed's, on the largest N of the reference slice."""
+    ref = reference_slice(ds)
+    lr = nearest_lr(ds, SEED_LR)
+    n = int(ref.n.values.max())
+    at = ref.sel(lr=lr, n=n)
+    optimal = float(optimal_loss(at).item())
+    runs = {}
+    for name in ref.optimizer.values:
+        cell = at.sel(optimizer=name)
+        final = float(cell.final_loss.item())
+        runs[str(name)] = DataRun(
+            status=outcome.STATUSES[int(cell.status.item())],
+            first_nonfinite_epoch=int(cell.first_nonfinite_epoch.item()),
+            final_loss=_finite(final),
+            excess_loss=_finite(final - optimal),
+        )
+    return DataCase(
+        lr=lr, n=n, optimal_loss=optimal,
+        hessian_max_eigenvalue=float(at.hessian_max_eigenvalue.item()),
+        gd_critical_lr=float(at.gd_critical_lr.item()), runs=runs,
+    )  # fmt: skip
+
+
 def headline(ds: xr.Dataset, problem: Problem) -> Findings:
     """All findings as a JSON-ready dict (non-finite numbers become ``None``)."""
     ref = reference_slice(ds)
     lr = nearest_lr(ds, SEED_LR)
     status = ds.status.values
     counts = [np.count_nonzero(status == k) for k in range(len(outcome.STATUSES))]
-    return {  # a Findings
+    found: Findings = {
         "reference_slice": {
             "batch_size": int(ref.batch_size.item()),
             "seed": int(ref.seed.item()),
@@ -162,6 +208,9 @@ def headline(ds: xr.Dataset, problem: Problem) -> Findings:
         "largest_stable_lr": largest_stable_lr(ref),
         "critical_lr": critical_lrs(ref),
     }
+    if problem.data or "noise" in ds.dims:  # the user's own data: their question answered
+        found["data_case"] = data_case(ds)
+    return found
 
 
 def critical_lrs(ref: xr.Dataset) -> dict[str, CriticalLRs]:
@@ -256,6 +305,30 @@ def describe(findings: Findings, optimizers: Sequence[str]) -> list[str]:
             lines.append(
                 f"  The loss first became non-finite at epoch {case['first_nonfinite_epoch']}."
             )
+    data = findings.get("data_case")
+    if data is not None:
+        lines += describe_data(data)
+    return lines
+
+
+def describe_data(case: DataCase) -> list[str]:
+    """The user's question in words: what each optimizer did on their largest dataset."""
+    floor = case["optimal_loss"]
+    lines = [f"Your data, N = {case['n']}, at lr {case['lr']:g}:"]
+    for name, run in case["runs"].items():
+        words = run["status"]
+        if run["first_nonfinite_epoch"] > 0:
+            words += f": the loss became inf/nan at epoch {run['first_nonfinite_epoch']}"
+        elif run["final_loss"] is not None:
+            words += f": final loss {run['final_loss']:.4g}"
+            if floor > 0 and run["excess_loss"] is not None:
+                words += f", {run['excess_loss'] / floor:.2%} above the best fit"
+        lines.append(f"  {name:<9} {words}")
+    lines.append(
+        f"  The best fit (least squares) has loss L* = {floor:.4g}; the loss Hessian's largest "
+        f"eigenvalue is {case['hessian_max_eigenvalue']:.4g}, so full-batch gradient descent "
+        f"is stable only for lr < 2/lambda_max = {case['gd_critical_lr']:.4g}."
+    )
     return lines
 
 
