@@ -406,9 +406,11 @@ def engine_histories(
     from src.simulator import Simulator
 
     dtype = str(ds.attrs["dtype"])
-    # Every pick's own problem (its noise draw, where the map sweeps noise): variant i.
-    table, rows = variants_table([variant_at(ds, p.index) for p in picks],
-                                 [p.n for p in picks], dtype)  # fmt: skip
+    # Each pick's own problem (its noise draw, where the map sweeps noise), each once.
+    problems = [variant_at(ds, p.index) for p in picks]
+    distinct = list(dict.fromkeys(problems))
+    variant = np.array([distinct.index(q) for q in problems]) if len(distinct) > 1 else None
+    table, rows = variants_table(distinct, [p.n for p in picks], dtype)
     sim = Simulator(
         table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),
         kernel=kernel or str(ds.attrs["kernel"]),
@@ -430,7 +432,7 @@ def engine_histories(
                 [p.optimizer for p in chosen], family, overrides,
                 learning_rate=np.array([p.lr for p in chosen], np.float64),
                 **{c: np.array([getattr(p, c) for p in chosen]) for c in _INT_COLUMNS},
-                variant=np.array(members),
+                variant=np.zeros(len(members), np.int64) if variant is None else variant[members],
             )  # fmt: skip
             if replay is not None:
                 flat.orders = replay[members]
