@@ -6,12 +6,14 @@ colour-vision deficiencies, and nothing is logged as an error."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -270,3 +272,51 @@ def test_focus_off_the_grid_is_shown_at_the_nearest_cell_and_never_thinned(
     assert data["marks"][0] == [data["lr"].index(panel["lr"]), data["n"].index(20), 1]
     assert "The grid lacks <code>sgd:0.01:20:32</code> exactly" in html
     assert f"Your configuration: sgd at lr {panel['lr']:.4g}, N = 20" in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
+def test_own_noisy_table_has_a_selector_per_draw(tmp_path: Path) -> None:
+    """A map of a user's table with three features and swept noise: the page names the file
+    and d, has a noise and a noise-seed selector, and the tooltip's best fit L* follows the
+    chosen draw (each draw is its own dataset)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 3, (30, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 1
+    (tmp_path / "own.csv").write_text(
+        "a,b,c,y\n"
+        + "".join(f"{a:.6f},{b:.6f},{c:.6f},{t:.6f}\n" for (a, b, c), t in zip(x, y, strict=True))
+    )
+    out = tmp_path / "map"
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.stability_map", "--quiet", "--validate", "0",
+         "--data", str(tmp_path / "own.csv"), "--noise", "0,2", "--noise-seed", "0,1",
+         "--optimizers", "sgd,adam", "--lr", "1e-3:1:7", "--n", "5:30", "--epochs", "40",
+         "--focus", "sgd:0.01:30", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with opened(out / "index.html") as page:
+        body = page.locator("body").inner_text()
+        assert "own.csv" in body and "d = 3" in body
+        assert page.locator("#select-noise").count() == 1
+        assert page.locator("#select-noise_seed").count() == 1
+        canvas = page.locator("#maps canvas").nth(0)
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        spot = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.8)
+
+        def tip() -> str:
+            page.mouse.move(*spot)
+            return page.locator("#tip").inner_text()
+
+        def best_fit() -> float:  # the CSV's 6 decimals leave a rounding-level L* at noise 0
+            found = re.search(r"best fit L\*: (\S+)", tip())
+            return float(found.group(1)) if found else 0.0
+
+        page.select_option("#select-noise", "0")
+        assert best_fit() < 1e-6 and "prediction at the mean input row" in tip()
+        page.select_option("#select-noise", "1")
+        first = best_fit()
+        page.select_option("#select-noise_seed", "1")
+        second = best_fit()
+        assert first > 0.1 and second > 0.1 and first != second
