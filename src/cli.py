@@ -688,6 +688,9 @@ def _map_into(
         total=len(report.REPORT_STEPS), unit="step", file=sys.stderr,
         desc="writing the report", dynamic_ncols=True, disable=args.quiet,
     ) as bar:  # fmt: skip
+        # The report's seconds count from here, as wall_seconds counts from `started`: both
+        # reach summary_record through publish (report_seconds: see its docstring).
+        stats = dataclasses.replace(stats, report_started=time.perf_counter())
         summary, lines = report.publish(
             ds, stats, sweep.problem, out, started, validation=checked, map_written=True,
             focus=args.focus, progress=bar.update,
@@ -737,7 +740,9 @@ def _print_summary(
     print(
         f"Stability map of {sweep.problem.describe()}: {dims + ' = ' if dims else ''}{count} "
         f"in {summary['wall_seconds']:.1f} s ({stats.compute_seconds:.2f} s compute, "
-        f"{stats.config_epochs_per_second:.3g} config-epochs/s on {', '.join(stats.devices)})."
+        f"{stats.config_epochs_per_second:.3g} config-epochs/s on {', '.join(stats.devices)}; "
+        f"{stats.simulate_seconds:.1f} s simulating, {stats.boundary_seconds:.1f} s boundary, "
+        f"{summary['report_seconds']:.1f} s report)."
     )
     print("\n".join(lines))
     shown = findings.shown_ns([int(n) for n in ds.n.values])

@@ -189,8 +189,9 @@ class Problem:
             text = f"{x}; {y}"
         else:
             names = ", ".join(table.feature_names)
+            inputs = names if table.d == 1 else f"d = {table.d} features ({names})"
             text = (f"{table.source}: the first N of {len(table):,} rows; predict "
-                    f"{table.target_name} from d = {table.d} feature(s) ({names})")  # fmt: skip
+                    f"{table.target_name} from {inputs}")  # fmt: skip
         if self.noise:
             text += f"; plus Gaussian noise of std {_num(self.noise)} (seed {self.noise_seed})"
         if self.standardize:

@@ -392,7 +392,16 @@ def summary_record(
     ds: xr.Dataset, stats: RunStats | None, found: Findings, wall_seconds: float
 ) -> dict[str, object]:
     """The content of ``summary.json``: versions, devices, XLA flags, sizes, timings and findings
-    (no run figures when the report is rendered from a saved dataset, ``stats=None``)."""
+    (no run figures when the report is rendered from a saved dataset, ``stats=None``).
+
+    Where the time went, each phase's wall time: ``simulate_seconds`` (the map's chunks),
+    ``curves_seconds`` (the loss curves), ``boundary_seconds`` (the measured-critical-lr
+    search) and ``report_seconds`` (the report, from ``stats.report_started``; ``None`` when
+    the caller did not set it). The page shows the figures as they stand here; :func:`publish`
+    brings ``wall_seconds`` and ``report_seconds`` up to date, page included, before it writes
+    ``summary.json``. Every phase lies inside ``wall_seconds`` (the Keras check, between the
+    map and the report, is in none of them)."""
+    now = time.perf_counter()
     run = {} if stats is None else {
         "devices": list(stats.devices),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # how the programs were compiled
@@ -400,6 +409,11 @@ def summary_record(
         "wall_seconds": round(wall_seconds, 3),
         "compute_seconds": round(stats.compute_seconds, 3),
         "compile_seconds": round(stats.compile_seconds, 3),
+        "simulate_seconds": round(stats.simulate_seconds, 3),
+        "curves_seconds": round(stats.curves_seconds, 3),
+        "boundary_seconds": round(stats.boundary_seconds, 3),
+        "report_seconds": None if stats.report_started is None
+        else round(now - stats.report_started, 3),
         "config_epochs_per_second": stats.config_epochs_per_second,
     }  # fmt: skip
     return {
@@ -512,6 +526,10 @@ def publish(
         page.index_html(ds, summary, lines, table, critical, pngs, checked, panel),
     )
     tick(1)
+    if stats is not None:  # the page included: the report and the run end here
+        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        if stats.report_started is not None:
+            summary["report_seconds"] = round(time.perf_counter() - stats.report_started, 3)
     store.write_json(out / "summary.json", summary)
     tick(1)
     return summary, lines

@@ -46,7 +46,12 @@ def bytes_per_config(dtype: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class RunStats:
-    """How the run went: sizes and seconds (compute excludes compilation)."""
+    """How the run went: sizes and seconds (compute excludes compilation). The phases' wall
+    times, each inside ``wall_seconds``: ``simulate_seconds`` the map's chunks,
+    ``curves_seconds`` the loss curves, ``boundary_seconds`` the measured-critical-lr search.
+    ``report_started``: the :func:`time.perf_counter` at which the report began, set by the
+    caller that writes it (``dataclasses.replace``); :func:`src.report.summary_record` counts
+    ``report_seconds`` from it (``None``: not known)."""
 
     n_configs: int
     config_epochs: int
@@ -55,6 +60,10 @@ class RunStats:
     compute_seconds: float
     wall_seconds: float
     devices: tuple[str, ...]
+    simulate_seconds: float = 0.0
+    curves_seconds: float = 0.0
+    boundary_seconds: float = 0.0
+    report_started: float | None = None
 
     @property
     def config_epochs_per_second(self) -> float:
@@ -184,8 +193,11 @@ def _run(
         for k in engine.Summary._fields
     }  # fmt: skip
     status = np.empty(sweep.shape, np.int8)
+    t0 = time.perf_counter()
     simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
+    simulate_seconds = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
     curve_families = families([c.optimizer for c in curves])
     phases.start("loss curves", len(curve_families), "family")
@@ -202,9 +214,12 @@ def _run(
         _, losses = sim.run(family, flat, history=True)
         histories[members] = losses[:, : histories.shape[1]]
         phases.advance(1)
+    curves_seconds = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     critical = _measured_boundary(sweep, status, sim, shapes, table, rows, phases)
     phases.finish()
+    boundary_seconds = time.perf_counter() - t0
     ds = schema.to_dataset(
         sweep, results, status, critical, theory_critical_lr(sweep),
         theory_critical_lr(sweep, fixed_order=True), per_n_variables(sweep, table, rows),
@@ -218,6 +233,9 @@ def _run(
         compute_seconds=sim.compute_seconds,
         wall_seconds=time.perf_counter() - wall0,
         devices=tuple(str(d) for d in jax.devices()),
+        simulate_seconds=simulate_seconds,
+        curves_seconds=curves_seconds,
+        boundary_seconds=boundary_seconds,
     )
     return ds, stats
 

@@ -227,7 +227,26 @@ def main() -> None:
     if "--no-write" not in sys.argv:
         from src.store import write_text
 
-        write_text(DOCS, text)
+        write_text(DOCS, text + kept_sections())
+
+
+KEPT = ("## GPU",)
+"""Sections of docs/performance.md that other runs write (the GPU figures of
+benchmarks/device_check.sh): a CPU run keeps them as they are."""
+
+
+def kept_sections() -> str:
+    """The :data:`KEPT` sections of the current docs/performance.md, each to the next heading."""
+    if not DOCS.exists():
+        return ""
+    old = DOCS.read_text()
+    out = []
+    for heading in KEPT:
+        start = old.find("\n" + heading + "\n")
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            out.append(old[start : end if end >= 0 else len(old)].rstrip() + "\n")
+    return "".join(out)
 
 
 if __name__ == "__main__":
