@@ -435,7 +435,7 @@ def read_csv(path: str | Path) -> tuple[list[str], list[np.ndarray | None]]:
     rows: list[list[str]] = []
     lines: list[int] = []
     for row in reader:
-        if not any(cell.strip() for cell in row):
+        if not "".join(row).strip():  # a blank line
             continue
         if header is None:
             header = [cell.strip() for cell in row]
