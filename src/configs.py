@@ -189,12 +189,11 @@ class GridConfigs:
     sweep's data dimensions (``data``: the noise axes, if any), then the swept
     hyperparameters the family has (``own``; it is repeated along the others). Rows walk it
     in C order of :attr:`walk`: data dimensions, dataset size, batch size and seed outermost:
-    each
-    ``(n, batch_size)``, and each ``(n, batch_size, seed)``, is then one run of rows that can
-    share its batches (:func:`runs`, :class:`src.engine.Group`; shuffled batches depend on
-    the seed). :meth:`chunk` computes the columns and builder arguments
-    of its rows only, so no per-config array of the whole block is ever built; row for row it
-    gives what :class:`FlatConfigs` of the same grid gives.
+    each ``(variant, n, batch_size)``, and each ``(variant, n, batch_size, seed)``, is then
+    one run of rows that can share its batches (:func:`runs`, :class:`src.engine.Group`;
+    shuffled batches depend on the seed). :meth:`chunk` computes the columns and builder
+    arguments of its rows only, so no per-config array of the whole block is ever built; row
+    for row it gives what :class:`FlatConfigs` of the same grid gives.
     """
 
     WALK = (2, 3, 4, 0, 1, 5)
