@@ -95,6 +95,9 @@ def resolved(sweep: Sweep, meta: Mapping[str, str]) -> str:
         "diverge_factor": sweep.diverge_factor,
         "dtype": sweep.dtype,
         **{f.name: getattr(p, f.name) for f in dataclasses.fields(p)},  # each a flag
+        # the noise axes, where the map has them (the problem's own noise is then 0)
+        **({"noise": list(sweep.noise), "noise_seed": list(sweep.noise_seed)}
+           if sweep.noise else {}),
         "curve": [
             f"{c.optimizer}:{c.lr!r}:{c.n}:{c.batch_size}:{c.seed}" for c in sweep.resolved_curves
         ],

@@ -42,6 +42,28 @@ def test_rerun_from_the_written_sweep_file_is_identical(tmp_path: Path) -> None:
         xr.testing.assert_identical(a.load(), b.load())
 
 
+@pytest.mark.slow  # two main jobs in subprocesses
+def test_a_noisy_table_reruns_from_its_sweep_file(tmp_path: Path) -> None:
+    """The data flags and the noise axes are written too: the rerun is the same map."""
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{2 * i + 1}\n" for i in range(30)))
+    first, again = tmp_path / "first", tmp_path / "again"
+    proc = run_cli("--data", str(table), "--features", "a,b", "--standardize", "--noise",
+                   "0,1.5", "--noise-seed", "0,4", "--optimizers", "sgd", "--lr", "1e-3,0.1",
+                   "--n", "10,30", "--epochs", "30", "--out", str(first))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = (first / "sweep.toml").read_text()
+    assert "noise = [0.0, 1.5]" in text and "noise_seed = [0, 4]" in text
+    assert f"data = {str(table)!r}".replace("'", '"') in text and 'features = "a,b"' in text
+    proc = run_cli("--config", str(first / "sweep.toml"), "--out", str(again))
+    assert proc.returncode == 0, proc.stderr
+    with (
+        xr.open_dataset(first / "stability_map.nc") as a,
+        xr.open_dataset(again / "stability_map.nc") as b,
+    ):
+        xr.testing.assert_identical(a.load(), b.load())
+
+
 def test_flags_override_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text('optimizers = ["sgd"]\nlr = [0.01]\nn = [10, 20]\nepochs = 30\n')
