@@ -86,6 +86,7 @@ def test_a_csv_in_the_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert list(xr.open_dataset(out / "stability_map.nc").feature.values) == ["a", "c"]
 
 
+@pytest.mark.slow  # two main jobs with the Keras check
 def test_the_diabetes_data_against_keras_and_numpy(tmp_path: Path) -> None:
     """The diabetes data (raw features, d = 10) through the main job: SGD at Keras's default
     lr 0.01 overflows, standardised it converges; the Keras check agrees on every determined
@@ -117,6 +118,7 @@ def test_the_diabetes_data_against_keras_and_numpy(tmp_path: Path) -> None:
     assert results[True] in ("converged", "slow")
 
 
+@pytest.mark.slow  # the Keras check
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_keras_check_on_noisy_targets(tmp_path: Path, dtype: str) -> None:
     """A map of noisy targets re-checked in real Keras (in its own shuffled orders): every
