@@ -688,8 +688,8 @@ def _map_into(
         total=len(report.REPORT_STEPS), unit="step", file=sys.stderr,
         desc="writing the report", dynamic_ncols=True, disable=args.quiet,
     ) as bar:  # fmt: skip
-        # The report's seconds count from here, as wall_seconds counts from `started`: both
-        # reach summary_record through publish (report_seconds: see its docstring).
+        # The report's seconds count from here, as wall_seconds counts from `started`;
+        # publish closes both (see report.summary_record).
         stats = dataclasses.replace(stats, report_started=time.perf_counter())
         summary, lines = report.publish(
             ds, stats, sweep.problem, out, started, validation=checked, map_written=True,

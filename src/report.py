@@ -396,12 +396,10 @@ def summary_record(
 
     Where the time went, each phase's wall time: ``simulate_seconds`` (the map's chunks),
     ``curves_seconds`` (the loss curves), ``boundary_seconds`` (the measured-critical-lr
-    search) and ``report_seconds`` (the report, from ``stats.report_started``; ``None`` when
-    the caller did not set it). The page shows the figures as they stand here; :func:`publish`
-    brings ``wall_seconds`` and ``report_seconds`` up to date, page included, before it writes
-    ``summary.json``. Every phase lies inside ``wall_seconds`` (the Keras check, between the
-    map and the report, is in none of them)."""
-    now = time.perf_counter()
+    search); :func:`publish` adds ``report_seconds`` (from ``stats.report_started``; ``None``
+    when the caller did not set it) and brings ``wall_seconds`` up to date, page included,
+    just before it writes ``summary.json``. Every phase lies inside ``wall_seconds`` (the
+    Keras check, between the map and the report, is in none of them)."""
     run = {} if stats is None else {
         "devices": list(stats.devices),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # how the programs were compiled
@@ -412,8 +410,6 @@ def summary_record(
         "simulate_seconds": round(stats.simulate_seconds, 3),
         "curves_seconds": round(stats.curves_seconds, 3),
         "boundary_seconds": round(stats.boundary_seconds, 3),
-        "report_seconds": None if stats.report_started is None
-        else round(now - stats.report_started, 3),
         "config_epochs_per_second": stats.config_epochs_per_second,
     }  # fmt: skip
     return {
@@ -527,9 +523,11 @@ def publish(
     )
     tick(1)
     if stats is not None:  # the page included: the report and the run end here
-        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
-        if stats.report_started is not None:
-            summary["report_seconds"] = round(time.perf_counter() - stats.report_started, 3)
+        now = time.perf_counter()
+        summary["wall_seconds"] = round(now - started, 3)
+        summary["report_seconds"] = (
+            None if stats.report_started is None else round(now - stats.report_started, 3)
+        )
     store.write_json(out / "summary.json", summary)
     tick(1)
     return summary, lines

@@ -50,7 +50,7 @@ class RunStats:
     times, each inside ``wall_seconds``: ``simulate_seconds`` the map's chunks,
     ``curves_seconds`` the loss curves, ``boundary_seconds`` the measured-critical-lr search.
     ``report_started``: the :func:`time.perf_counter` at which the report began, set by the
-    caller that writes it (``dataclasses.replace``); :func:`src.report.summary_record` counts
+    caller that writes it (``dataclasses.replace``); :func:`src.report.publish` counts
     ``report_seconds`` from it (``None``: not known)."""
 
     n_configs: int

@@ -117,13 +117,12 @@ def problem_attrs(problem: Problem) -> dict[str, float | int]:
 
 def problem_of(ds: xr.Dataset) -> Problem:
     """The :class:`~src.problem.Problem` a saved map was computed on (from its attributes)."""
+    kind = {bool: bool, "bool": bool, int: int, "int": int, str: str, "str": str}
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Problem):
         if PROBLEM_PREFIX + f.name not in ds.attrs:
             continue  # a map written before the field existed: its default
-        raw = ds.attrs[PROBLEM_PREFIX + f.name]
-        kind = {bool: bool, "bool": bool, int: int, "int": int, str: str, "str": str}
-        values[f.name] = kind.get(f.type, float)(raw)
+        values[f.name] = kind.get(f.type, float)(ds.attrs[PROBLEM_PREFIX + f.name])
     return Problem(**values)
 
 

@@ -1,7 +1,8 @@
 """A plain NumPy transcription of Keras 3 ``model.fit`` and optimizers, for the tests.
 
 Written straight from keras/src/optimizers/*.py and keras/src/trainers (one loop, one sample at
-a time, no vectorisation, no padding), in the op order Keras uses; ``dtype`` picks float32
+a time, no vectorisation, no padding; :func:`fit_features`, for ``d`` input features in float64,
+is vectorised over the features only), in the op order Keras uses; ``dtype`` picks float32
 (Keras's) or float64 (the exact reference). Python-float constants such as ``1 - beta_1`` are
 formed in double precision and then rounded to ``dtype``, as Keras's ops do.
 """
@@ -119,3 +120,58 @@ def transcribed(optimizers: object) -> list[str]:
         for name, o in optimizers.items()  # type: ignore[attr-defined]
         if o.family.name in NumpyOptimizer.FAMILIES and "weight_decay" not in o.defaults
     ]
+
+
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+"""Keras's Adam defaults."""
+
+
+def fit_features(
+    x: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    family: str,
+    lr: float,
+    batch_size: int,
+    orders: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Keras ``fit`` of ``Dense(1)`` on ``d`` features + MSE, vectorised over the features, in
+    float64 (bias 0 at the start): each epoch's
+    batches cut consecutively from its order (the last one partial), every batch's loss the
+    mean squared error with the pre-update weights, ``History`` ``sum_b loss_b n_b / N``.
+    Returns (history, kernel ``(d,)``, bias).
+
+    Adam as keras/src/optimizers/adam.py: ``beta^t`` of the float32-rounded betas (Keras's
+    ``ops.cast`` of a Python float makes a float32 tensor first), ``1 - beta`` and epsilon as
+    Python floats."""
+    n, d = x.shape
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)  # the bias as a constant last feature
+    theta = np.append(np.asarray(w0, np.float64), 0.0)
+    m, v, t = np.zeros(d + 1), np.zeros(d + 1), 0
+    b1, b2 = float(np.float32(ADAM["beta_1"])), float(np.float32(ADAM["beta_2"]))
+    history = []
+    with np.errstate(all="ignore"):
+        for order in orders:
+            total = 0.0
+            for start in range(0, n, batch_size):
+                i = order[start : start + batch_size]
+                r = xa[i] @ theta - y[i]
+                total += len(i) * np.mean(r * r)
+                g = 2.0 * (xa[i].T @ r) / len(i)
+                if family == "sgd":
+                    theta = theta - g * lr
+                elif family == "adam":
+                    t += 1
+                    alpha = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+                    m = m + (g - m) * (1 - ADAM["beta_1"])
+                    v = v + (g * g - v) * (1 - ADAM["beta_2"])
+                    theta = theta - (m * alpha) / (np.sqrt(v) + ADAM["epsilon"])
+                else:
+                    raise ValueError(family)
+            history.append(total / n)
+    return np.array(history), theta[:d], float(theta[d])
+
+
+def identity_orders(n: int, epochs: int) -> np.ndarray:
+    """Every epoch in the given order: ``fit(shuffle=False)``."""
+    return np.tile(np.arange(n), (epochs, 1))

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy_keras import fit_features as numpy_fit
+from numpy_keras import identity_orders
 
 from src import engine, keras_reference, outcome
 from src import optimizers as opt
@@ -18,7 +20,6 @@ from src.problem import Problem, data_table, table_rows
 from src.simulator import Simulator
 
 N, BATCH, EPOCHS, SEED = 37, 8, 30, 3  # batches of 8, 8, 8, 8 and 5
-ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults
 
 
 def synthetic(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,55 +29,6 @@ def synthetic(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nda
     x = rng.uniform(-1.0, 1.0, (n, 3)) * [1.0, 3.0, 0.3] + [0.5, 0.0, 1.0]
     y = x @ [1.5, -0.5, 2.0] + 0.7 + 0.3 * rng.standard_normal(n)
     return x, y, x.mean(axis=0)
-
-
-def numpy_fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    w0: np.ndarray,
-    family: str,
-    lr: float,
-    batch_size: int,
-    orders: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Keras ``fit`` of ``Dense(1)`` + MSE in float64 (bias 0 at the start): each epoch's
-    batches cut consecutively from its order (the last one partial), every batch's loss the
-    mean squared error with the pre-update weights, ``History`` ``sum_b loss_b n_b / N``.
-    Returns (history, kernel ``(d,)``, bias).
-
-    Adam as keras/src/optimizers/adam.py: ``beta^t`` of the float32-rounded betas (Keras's
-    ``ops.cast`` of a Python float makes a float32 tensor first), ``1 - beta`` and epsilon as
-    Python floats."""
-    n, d = x.shape
-    xa = np.concatenate([x, np.ones((n, 1))], axis=1)  # the bias as a constant last feature
-    theta = np.append(np.asarray(w0, np.float64), 0.0)
-    m, v, t = np.zeros(d + 1), np.zeros(d + 1), 0
-    b1, b2 = float(np.float32(ADAM["beta_1"])), float(np.float32(ADAM["beta_2"]))
-    history = []
-    with np.errstate(all="ignore"):
-        for order in orders:
-            total = 0.0
-            for start in range(0, n, batch_size):
-                i = order[start : start + batch_size]
-                r = xa[i] @ theta - y[i]
-                total += len(i) * np.mean(r * r)
-                g = 2.0 * (xa[i].T @ r) / len(i)
-                if family == "sgd":
-                    theta = theta - g * lr
-                elif family == "adam":
-                    t += 1
-                    alpha = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-                    m = m + (g - m) * (1 - ADAM["beta_1"])
-                    v = v + (g * g - v) * (1 - ADAM["beta_2"])
-                    theta = theta - (m * alpha) / (np.sqrt(v) + ADAM["epsilon"])
-                else:
-                    raise ValueError(family)
-            history.append(total / n)
-    return np.array(history), theta[:d], float(theta[d])
-
-
-def identity_orders(n: int, epochs: int) -> np.ndarray:
-    return np.tile(np.arange(n), (epochs, 1))
 
 
 def engine_run(

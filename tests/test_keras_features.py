@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy_keras import fit_features as numpy_fit
+from numpy_keras import identity_orders
 
 from src import keras_reference
 from src.errors import InputError
 
-ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # Keras's defaults (keras_kwargs({}))
 W0 = np.array([0.3, -0.2, 0.1])
 QUERY = np.array([1.5, -0.5, 2.0])
 
@@ -35,52 +36,6 @@ def _data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(0.5, 1.0, (n, d)) * np.linspace(1.0, 0.5, d)
     y = x @ np.linspace(1.0, -1.0, d) + 0.7 + rng.normal(0.0, 0.5, n)
     return x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)
-
-
-def numpy_fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    w0: np.ndarray,
-    family: str,
-    lr: float,
-    batch_size: int,
-    orders: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Keras ``fit`` of ``Dense(1)`` + MSE in float64: each epoch's batches cut consecutively
-    from its order (the last one partial), ``History`` the size-weighted mean of the pre-update
-    batch losses. Returns (history, kernel ``(d,)``, bias).
-
-    Adam as keras/src/optimizers/adam.py: ``beta^t`` of the float32-rounded betas (Keras's
-    ``ops.cast`` of a Python float goes through a float32 tensor), ``1 - beta`` and epsilon as
-    Python floats."""
-    n, d = x.shape
-    xa = np.concatenate([x, np.ones((n, 1))], axis=1)  # the bias as a last, constant feature
-    theta = np.append(np.asarray(w0, np.float64), 0.0)
-    m, v, t = np.zeros(d + 1), np.zeros(d + 1), 0
-    b1, b2 = float(np.float32(ADAM["beta_1"])), float(np.float32(ADAM["beta_2"]))
-    history = []
-    with np.errstate(all="ignore"):
-        for order in orders:
-            total = 0.0
-            for start in range(0, n, batch_size):
-                i = order[start : start + batch_size]
-                r = xa[i] @ theta - y[i]
-                total += len(i) * np.mean(r * r)
-                g = 2.0 * (xa[i].T @ r) / len(i)
-                if family == "sgd":
-                    theta = theta - g * lr
-                else:
-                    t += 1
-                    alpha = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-                    m = m + (g - m) * (1 - ADAM["beta_1"])
-                    v = v + (g * g - v) * (1 - ADAM["beta_2"])
-                    theta = theta - (m * alpha) / (np.sqrt(v) + ADAM["epsilon"])
-            history.append(total / n)
-    return np.array(history), theta[:d], float(theta[d])
-
-
-def _identity(n: int, epochs: int) -> np.ndarray:
-    return np.tile(np.arange(n), (epochs, 1))
 
 
 # ----------------------------------------------------------------------------- no Keras
@@ -138,7 +93,7 @@ def test_three_features_match_a_numpy_transcription(keras, name, lr, dtype, rtol
     run = keras_reference.fit(name, lr, x, y, W0, 0.0, bs, epochs, None, QUERY, dtype=dtype)
     # float32 Keras holds the lr in a float32 variable; float64 Keras holds it unrounded.
     lr_held = float(np.float32(lr)) if dtype == "float32" else lr
-    history, kernel, bias = numpy_fit(x, y, W0, name, lr_held, bs, _identity(n, epochs))
+    history, kernel, bias = numpy_fit(x, y, W0, name, lr_held, bs, identity_orders(n, epochs))
     assert run.orders is None
     assert np.all(history > 0.1) and abs(history[-1] / history[0] - 1) > 0.05  # it trains
     np.testing.assert_allclose(run.history, history, rtol=rtol)
@@ -161,12 +116,12 @@ def test_three_features_shuffled_orders_replay_the_float64_history(keras) -> Non
     assert run.orders is not None and run.orders.shape == (epochs, n)
     for order in run.orders:
         np.testing.assert_array_equal(np.sort(order), np.arange(n))
-    assert not np.array_equal(run.orders, _identity(n, epochs))
+    assert not np.array_equal(run.orders, identity_orders(n, epochs))
     history, kernel, bias = numpy_fit(x, y, W0, "sgd", lr, bs, run.orders)
     np.testing.assert_allclose(run.history, history, rtol=1e-12)
     np.testing.assert_allclose([*run.weights, run.b], [*kernel, bias], rtol=1e-12, atol=1e-12)
     # In the given order it is another run: the recovered order is the one Keras trained on.
-    unshuffled, _, _ = numpy_fit(x, y, W0, "sgd", lr, bs, _identity(n, epochs))
+    unshuffled, _, _ = numpy_fit(x, y, W0, "sgd", lr, bs, identity_orders(n, epochs))
     assert np.max(np.abs(run.history / unshuffled - 1)) > 1e-6
 
 
