@@ -102,7 +102,7 @@ say "CPU: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- |
 JAX_PLATFORMS=$DEVICE "$PYTHON" -c "import jax; print(jax.__version__, jax.devices())" 2>&1 \
     | tee -a "$REPORT"
 
-# 3a. The seed workload's throughput (tools.performance has no quick mode: it measures every
+# 3a. The seed workload's throughput (benchmarks.performance has no quick mode: it measures every
 # family, the per-config loop and Keras too).
 say ""
 say "(a) seed workload"

@@ -16,10 +16,13 @@ from src import optimizers as opt
 from src.runner import run
 from src.spec import Sweep, log_grid
 
+from . import slow
+
 CHECKED = 2 * len(opt.OPTIMIZERS) + 2
 """The seed's two picks and one config on each side of every optimizer's boundary."""
 
 
+@slow
 class KerasAgreement:
     """Verdict agreement (fraction) and the largest relative loss difference with Keras, over
     the float32-determined picks, and how many picks were sensitive to rounding."""

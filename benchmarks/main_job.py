@@ -7,9 +7,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@slow
 class MainJob:
     number = 1
     repeat = (1, 2, 60.0)

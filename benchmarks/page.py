@@ -14,6 +14,8 @@ from src.runner import run
 from src.spec import Sweep
 from src.stability_map import render
 
+from . import slow
+
 LOADS = 3
 """Page loads timed; the median is tracked."""
 
@@ -42,6 +44,7 @@ def load_seconds(page: Path, loads: int = LOADS) -> float:
     return statistics.median(times)
 
 
+@slow
 class DefaultPage:
     """``index.html`` of the default map (focus panel, stored loss curves and all)."""
 

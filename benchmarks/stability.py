@@ -9,6 +9,8 @@ from src.outcome import STATUSES
 from src.runner import run
 from src.spec import DEFAULT_OPTIMIZERS, Sweep
 
+from . import slow
+
 TRACKED_N = [5, 20, 33, 64]  # full batch (5, 20) and two-batch epochs (33, 64)
 
 
@@ -17,6 +19,7 @@ def _float(v: float) -> float:
     return v if math.isfinite(v) else math.nan
 
 
+@slow
 class CriticalLR:
     """Measured and closed-form critical lr per optimizer x N (batch 32, seed 0, 500 epochs)."""
 
@@ -44,6 +47,7 @@ class CriticalLR:
         return cache[optimizer, n][1]
 
 
+@slow
 class DefaultMapStatus:
     """Fraction of the default map in each status."""
 

@@ -6,6 +6,7 @@ from src import optimizers as opt
 from src.runner import run
 from src.spec import Sweep, log_grid
 
+from . import SKIP_SLOW, slow
 from .workloads import seed_workload
 
 
@@ -25,7 +26,8 @@ class TimeSweep:
     """The seed workload (N <= 32, full batch), all configurations in one engine call each
     chunk; compilation happens in ``setup``, so this times execution only."""
 
-    params = ([10_000, 100_000], OPTIMIZERS, ["moments", "autodiff"])
+    # The smoke pass (``ASV_SKIP_SLOW``) times the small size only.
+    params = ([10_000] if SKIP_SLOW else [10_000, 100_000], OPTIMIZERS, ["moments", "autodiff"])
     param_names = ["configs", "optimizer", "kernel"]
     number = 1
     repeat = (1, 5, 20.0)
@@ -53,6 +55,7 @@ class TrackCompile:
         return sim.compile_seconds
 
 
+@slow
 class PeakMemSweep:
     """Peak memory of a whole SGD sweep (engine, boundary search, dataset) at two sizes."""
 

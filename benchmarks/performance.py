@@ -1,6 +1,11 @@
-"""Honest throughput figures, measured in one run: ``python -m tools.performance``.
+"""Honest figures, measured in one run: ``python -m benchmarks.performance``.
 
 Prints, and writes to ``docs/performance.md``:
+
+* seconds end to end, as a user waits for them: the default main job with ``--validate 0``
+  on a first run (an empty compilation cache) and a second one, a 1,048,576-config seed map
+  on a second run, and the default Keras check (its picks and seconds), each with the
+  phases its ``summary.json`` records;
 
 * the machine's measured arithmetic ceiling for this kind of code: float32 multiply-adds over a
   large array in one jitted XLA loop (with the project's XLA flags, so no FMA), in flop/s;
@@ -27,7 +32,9 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -115,14 +122,57 @@ def measure_in_child(kernel: str) -> dict[str, object]:
     """:func:`measure_kernel` in a fresh process configured as the main job configures itself
     for that kernel (moments: XLA's multi-output fusion, see :mod:`src.xla_options`)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tools.performance", "--kernel", kernel],
+        [sys.executable, "-m", "benchmarks.performance", "--kernel", kernel],
         capture_output=True, text=True, check=True, cwd=DOCS.parents[1],
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+SEED_MAP_ARGS = ("--optimizers", "sgd", "--n", "1:32", "--lr", "1e-5:1:32768", "--no-shuffle")
+"""The seed map of 32 x 32,768 = 1,048,576 configurations (SGD, full batch, 500 epochs)."""
+PHASES = ("simulate", "curves", "boundary", "report", "compile", "compute")
+
+
+def main_job(args: Sequence[str], cache: Path) -> dict[str, float]:
+    """Wall seconds of ``python -m src.stability_map ARGS`` in a fresh process (compiled
+    programs kept in ``cache``), and the phases its ``summary.json`` records."""
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, xla_options.CACHE_VARIABLE: str(cache)}
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "src.stability_map", "--quiet", "--out", out, *args],
+            check=True, capture_output=True, cwd=DOCS.parents[1], env=env,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        summary = json.loads((Path(out) / "summary.json").read_text())
+        checked = Path(out) / "validation.json"
+        check = json.loads(checked.read_text()) if checked.exists() else None
+    figures = {"wall": wall, **{p: float(summary.get(f"{p}_seconds", math.nan)) for p in PHASES}}
+    if check is not None:
+        figures["keras_picks"] = float(check["checked"])
+        figures["keras_seconds"] = float(check["seconds"])
+    return figures
+
+
+def end_to_end() -> dict[str, dict[str, float]]:
+    """The waits of :func:`main_job`: the default job with ``--validate 0`` on an empty
+    cache then on a warm one, the seed map (warmed first), and the default Keras check."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cache = Path(cache_dir)
+        out = {"default, first run": main_job(["--validate", "0"], cache)}
+        out["default, second run"] = main_job(["--validate", "0"], cache)
+        main_job([*SEED_MAP_ARGS, "--validate", "0"], cache)
+        out["seed map (2^20 configs), second run"] = main_job(
+            [*SEED_MAP_ARGS, "--validate", "0"], cache
+        )
+        if keras_available():
+            out["default with its Keras check"] = main_job([], cache)
+    return out
+
+
 def measure() -> dict[str, object]:
     """Every figure of the report, in one run: the moments kernel in a child process."""
+    waits = end_to_end()
     flops = ceiling_flops()
     parts = {"moments": measure_in_child("moments"), "autodiff": measure_kernel("autodiff")}
     keras = keras_rate("sgd", KERAS_CONFIGS, KERAS_EPOCHS) if keras_available() else math.nan
@@ -132,8 +182,40 @@ def measure() -> dict[str, object]:
         "engine_only": {k: p["engine_only"] for k, p in parts.items()},
         "loops": {k: p["loop"] for k, p in parts.items()},
         "families": {k: p["families"] for k, p in parts.items()},
-        "mixed": parts["moments"]["mixed"],
+        "mixed": parts["moments"]["mixed"], "end_to_end": waits,
     }  # fmt: skip
+
+
+def end_to_end_lines(waits: dict[str, dict[str, float]]) -> list[str]:
+    """The end-to-end table (seconds; "-" where a phase was not recorded)."""
+    lines = [
+        "## End to end: what a user waits for",
+        "",
+        "Each row one `python -m src.stability_map` process, timed from start to exit; the "
+        "phases are those its `summary.json` records (compile and compute are the engine's "
+        "share of simulate, curves and boundary). The cache is the persistent compilation "
+        "cache, empty before the first run.",
+        "",
+        "| run | wall s | simulate | curves | boundary | report | compile | compute | "
+        "Keras check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(v: float) -> str:
+        return "-" if math.isnan(v) else f"{v:.1f}"
+
+    for name, f in waits.items():
+        keras = (
+            f"{f['keras_picks']:.0f} picks, {f['keras_seconds']:.1f} s"
+            if "keras_picks" in f
+            else "off"
+        )
+        lines.append(
+            f"| {name} | {f['wall']:.1f} | "
+            + " | ".join(cell(f[p]) for p in PHASES)
+            + f" | {keras} |"
+        )
+    return [*lines, ""]
 
 
 def report(m: dict[str, object]) -> str:
@@ -148,7 +230,7 @@ def report(m: dict[str, object]) -> str:
     lines = [
         "# Performance notes",
         "",
-        f"Measured {datetime.date.today()} by `python -m tools.performance` on "
+        f"Measured {datetime.date.today()} by `python -m benchmarks.performance` on "
         f"{cpu_name()} ({os.cpu_count()} cores), devices "
         f"{', '.join(str(d) for d in jax.devices())}, JAX {jax.__version__}, Python "
         f"{platform.python_version()}. One run: each kernel's figures and its loop come from "
@@ -161,6 +243,7 @@ def report(m: dict[str, object]) -> str:
         f"{m['flops']:.3g} flop/s, i.e. {ceiling:.3g} config-epochs/s at {MIN_FLOPS} "
         "flops per full-batch SGD epoch (the cheapest exact form).",
         "",
+        *end_to_end_lines(m["end_to_end"]),  # type: ignore[arg-type]
         f"## Seed workload: SGD, N <= 32, full batch, float32, {SEED_EPOCHS} epochs",
         "",
         "| kernel | configs | config-epochs/s (end to end) | engine calls only | of the "
