@@ -133,23 +133,26 @@ def pack_curves(histories: Sequence[np.ndarray], epochs: np.ndarray) -> str:
     """Loss curves sampled at ``epochs``, as base64: per curve the range of its finite log10
     losses (two little-endian int16 in 1/1000 decades) and one byte per epoch within it
     (255: not finite). A 16-point curve costs 20 bytes; the shape is kept to 1/254 of its
-    range, enough for a plot (the exact losses are in the netCDF)."""
-    out = bytearray()
-    for h in histories:
-        v = np.asarray(h, np.float64)[epochs - 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.where(np.isfinite(v) & (v > 0), np.log10(np.abs(v)), np.nan)
-        ok = np.isfinite(logs)
-        lo, hi = (
-            (np.floor(logs[ok].min() * 1000), np.ceil(logs[ok].max() * 1000))
-            if ok.any()
-            else (0, 0)
-        )
-        lo, hi = (int(np.clip(x, -32768, 32767)) for x in (lo, hi))
-        span = max(hi - lo, 1)
-        q = np.where(ok, np.round((np.nan_to_num(logs) * 1000 - lo) / span * 254), 255)
-        out += np.array([lo, hi], "<i2").tobytes() + q.astype(np.uint8).tobytes()
-    return base64.b64encode(bytes(out)).decode()
+    range, enough for a plot (the exact losses are in the netCDF). Every curve is packed at
+    once, in arrays (a map's page holds tens of thousands of them)."""
+    if not len(histories):
+        return ""
+    v = np.stack([np.asarray(h, np.float64)[epochs - 1] for h in histories])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(np.isfinite(v) & (v > 0), np.log10(np.abs(v)), np.nan)
+    ok = np.isfinite(logs)
+    seen = ok.any(axis=1)
+    lowest = np.where(ok, logs, np.inf).min(axis=1, initial=np.inf)
+    highest = np.where(ok, logs, -np.inf).max(axis=1, initial=-np.inf)
+    # a curve with no finite loss gets the range 0..0 (and only 255s)
+    lo = np.where(seen, np.floor(np.where(seen, lowest, 0) * 1000), 0)
+    hi = np.where(seen, np.ceil(np.where(seen, highest, 0) * 1000), 0)
+    lo, hi = (np.clip(x, -32768, 32767).astype(np.int64) for x in (lo, hi))
+    span = np.maximum(hi - lo, 1)[:, None]
+    q = np.where(ok, np.round((np.nan_to_num(logs) * 1000 - lo[:, None]) / span * 254), 255)
+    ends = np.stack([lo, hi], axis=1).astype("<i2").view(np.uint8)
+    packed = np.concatenate([ends, q.astype(np.uint8)], axis=1)
+    return base64.b64encode(packed.tobytes()).decode()
 
 
 def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -> dict[str, object]:
@@ -351,12 +354,14 @@ def index_html(
     validation: str = "",
     focus: Panel | None = None,
     curves: bool = True,
+    data: Mapping[str, object] | None = None,
 ) -> str:
     """The page; ``pngs`` holds the static figures inlined beside the interactive maps,
     ``validation`` the HTML of :func:`validation_section` (none when empty) and ``focus`` the
-    panel of :func:`src.focus.panel`; ``curves`` stores the displayed cells' loss curves."""
+    panel of :func:`src.focus.panel`; ``curves`` stores the displayed cells' loss curves.
+    ``data``: :func:`page_data` of these arguments if the caller computed it already."""
     esc = html.escape
-    data = page_data(ds, focus, curves)
+    data = page_data(ds, focus, curves) if data is None else data
     note = (
         f"<p class='note'>This grid ({data['full_shape']['lr']} learning rates x "
         f"{data['full_shape']['n']} dataset sizes) is shown with every {data['stride']}th lr "

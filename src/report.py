@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,9 @@ FIXED_ORDER_LINE = {**THEORY_LINE, "ls": ":"}
 
 SEED_MARKS = ((findings.SEED_N, "*"), (findings.SEED_STABLE_N, "o"))
 
+DPI = 130
+"""Resolution of every PNG (dots per inch); figures are made and laid out at it."""
+
 MAX_DRAWN = 1000
 """Cells a heatmap draws along lr and along N, at most (about its width in pixels): a longer
 axis is drawn at every k-th value (the title says so); the netCDF holds every cell."""
@@ -91,6 +95,17 @@ def loss_colour_key() -> tuple[ListedColormap, LogNorm]:
 def draw_heatmap(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
     """One optimizer's lr x N map on ``ax``, coloured as the page: the status, shaded by the
     final loss within converged and slow (:func:`src.page.cell_colours`), diverging hatched."""
+    _draw_cells(ax, ref, optimizer)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("dataset size N")
+    ax.set_title(optimizer)
+
+
+def _draw_cells(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
+    """What :func:`draw_heatmap` draws from the data (cells, theory lines, seed marks), apart
+    from the axes' scales and labels, so that one laid-out figure can be redrawn per
+    optimizer (:func:`_redraw_heatmap`)."""
     cell = ref[["status", "final_loss", "loss_scale"]].sel(optimizer=optimizer)
     cell["optimal_loss"] = optimal_loss(ref)
     cell = cell.transpose("n", "lr").isel(
@@ -117,10 +132,6 @@ def draw_heatmap(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
     fixed = _fixed_order_only(ref.sel(optimizer=optimizer))
     if np.isfinite(fixed).any():
         ax.step(fixed, ref.n.values, where="mid", **FIXED_ORDER_LINE)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("dataset size N")
-    ax.set_title(optimizer)
     if np.any(np.isclose(ref.lr.values, SEED_LR)):
         for n, marker in SEED_MARKS:
             if n in ref.n.values:
@@ -183,21 +194,40 @@ def _slice_note(ref: xr.Dataset) -> str:
 
 
 def heatmap_figure(ref: xr.Dataset, optimizer: str) -> Figure:
-    fig = Figure(figsize=(7, 4.8), layout="constrained")
+    fig = Figure(figsize=(7, 4.8), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     draw_heatmap(ax, ref, optimizer)
     _colour_bar(fig, ax)
-    dotted = bool(np.isfinite(_fixed_order_only(ref.sel(optimizer=optimizer))).any())
-    ax.legend(handles=_legend_handles(dotted), loc="lower left", fontsize=8, framealpha=0.9)
+    _heatmap_legend(ax, ref, optimizer)
     fig.suptitle(f"Stability map: {optimizer}", fontsize=12)
     ax.set_title(_slice_note(ref), fontsize=7)
     return fig
 
 
+def _heatmap_legend(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
+    dotted = bool(np.isfinite(_fixed_order_only(ref.sel(optimizer=optimizer))).any())
+    ax.legend(handles=_legend_handles(dotted), loc="lower left", fontsize=8, framealpha=0.9)
+
+
+def _redraw_heatmap(fig: Figure, ref: xr.Dataset, optimizer: str) -> None:
+    """Turn a laid-out :func:`heatmap_figure` into another optimizer's: its cells, lines,
+    legend and title replace the previous ones. The axes, ticks and colour bar stay (every
+    optimizer shares them), and so does the layout: each further map is drawn once, not
+    laid out again (most of a figure's cost)."""
+    ax = fig.axes[0]
+    for artist in [*ax.collections, *ax.lines]:
+        artist.remove()
+    # The data limits start afresh, as in a new figure: this optimizer's lines alone count.
+    ax.ignore_existing_data_limits = True
+    _draw_cells(ax, ref, optimizer)
+    _heatmap_legend(ax, ref, optimizer)  # replaces the previous legend
+    fig.suptitle(f"Stability map: {optimizer}", fontsize=12)
+
+
 def overview_figure(ref: xr.Dataset, optimizers: Sequence[str]) -> Figure:
     cols = min(3, len(optimizers))
     rows = math.ceil(len(optimizers) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     for ax, name in zip(axes.flat, optimizers, strict=False):
         draw_heatmap(ax, ref, name)
@@ -284,7 +314,7 @@ def curves_figure(ds: xr.Dataset, extra: Sequence[tuple[str, np.ndarray]] = ()) 
     largest finite loss, capped at 1e6 times that first-epoch loss): a curve that overflows
     runs off the top, and a triangle on the top edge marks its first non-finite epoch
     ("inf/nan from epoch K" in the legend)."""
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = Figure(figsize=(7, 4.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     ax.set_yscale("log")
     histories = [ds.loss_history.isel(curve=i).values for i in range(ds.sizes["curve"])]
@@ -309,26 +339,43 @@ def curves_figure(ds: xr.Dataset, extra: Sequence[tuple[str, np.ndarray]] = ()) 
 
 
 def save_figure(fig: Figure, path: Path) -> bytes:
-    """Write ``fig`` as PNG atomically; returns the PNG bytes (for inlining)."""
+    """Write ``fig`` as PNG atomically; returns the PNG bytes (for inlining).
+
+    The figure is laid out once (:func:`_fix_layout`) and drawn once: savefig would otherwise
+    draw it twice, once to lay it out and once to render."""
+    _fix_layout(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
+    fig.savefig(buf, format="png", dpi=DPI)
     data = buf.getvalue()
     with store.atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return data
 
 
+def _fix_layout(fig: Figure) -> None:
+    """Run ``fig``'s layout engine (constrained layout) now, at the resolution it is saved at,
+    and keep the positions it found: a later save draws without laying out again."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine(None)
+
+
 def write_figures(
     ds: xr.Dataset, out: Path, extra: Sequence[tuple[str, np.ndarray]] = ()
 ) -> dict[str, bytes]:
     """Every PNG of the report, written to ``out``; returns name -> PNG bytes. ``extra``:
-    labelled loss histories drawn dashed in ``loss_curves.png`` (see :func:`curves_figure`)."""
+    labelled loss histories drawn dashed in ``loss_curves.png`` (see :func:`curves_figure`).
+    The per-optimizer maps are one figure, laid out once and redrawn for each optimizer."""
     ref = reference_slice(ds)
     optimizers = [str(o) for o in ds.optimizer.values]
     pngs = {"heatmaps.png": save_figure(overview_figure(ref, optimizers), out / "heatmaps.png")}
+    single = heatmap_figure(ref, optimizers[0])
     for name in optimizers:
+        if name != optimizers[0]:
+            _redraw_heatmap(single, ref, name)
         file = f"heatmap_{name}.png"
-        pngs[file] = save_figure(heatmap_figure(ref, name), out / file)
+        pngs[file] = save_figure(single, out / file)
     pngs["loss_curves.png"] = save_figure(curves_figure(ds, extra), out / "loss_curves.png")
     pngs["critical_lr.png"] = save_figure(critical_lr_figure(ref), out / "critical_lr.png")
     return pngs
@@ -354,7 +401,7 @@ def critical_lr_figure(ref: xr.Dataset) -> Figure:
     line at N = B + 0.5 for each batch size B of :func:`batch_splits` (beyond it an epoch has
     2 batches). The legend names only optimizers with dots or lines drawn: one that never
     broke on the lr grid and has no closed form (Adam, usually) has no entry."""
-    fig = Figure(figsize=(7, 4.6), layout="constrained")
+    fig = Figure(figsize=(7, 4.6), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     ax.set_xscale("log")  # set here: an optimizer with nothing to draw never calls loglog
     ax.set_yscale("log")
@@ -449,7 +496,7 @@ def validation_figure(record: ValidationRecord) -> Figure:
     curves = record["curves"]
     cols = min(2, max(1, len(curves)))
     rows = max(1, math.ceil(len(curves) / cols))
-    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), layout="constrained")
+    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, curve in zip(axes.flat, curves, strict=False):
         for key, style in (("keras", {"lw": 2.4, "alpha": 0.55, "color": "C0"}),
@@ -492,7 +539,11 @@ def publish(
     ``map_written``: :data:`MAP_FILE` is already there (the main job writes it first).
     ``focus``: the configuration the page opens on (:mod:`src.focus`; its fixes' loss curves
     join ``loss_curves.png``), none if ``None``. ``progress(1)`` is called as each of
-    :data:`REPORT_STEPS` ends."""
+    :data:`REPORT_STEPS` ends.
+
+    The figures are drawn in a worker thread while this one computes the page's data: the
+    page re-runs its cells in XLA, which releases the GIL, so matplotlib's drawing (pure
+    Python, one thread) and the simulation overlap instead of adding up."""
     tick = progress or (lambda _: None)
     if not map_written:
         store.write_netcdf(out / MAP_FILE, ds)
@@ -503,8 +554,16 @@ def publish(
     table = findings.stable_lr_table(found, optimizers, ns, grid_top=float(ds.lr.max()))
     panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
     tick(1)
-    pngs = write_figures(ds, out, extra=fix_curves)
-    tick(1)
+    # One worker: matplotlib is not thread-safe, so every figure is drawn by it alone.
+    with ThreadPoolExecutor(1, thread_name_prefix="figures") as drawing:
+        figures = drawing.submit(write_figures, ds, out, fix_curves)
+        checked_png = (
+            drawing.submit(_validation_png, validation, out) if validation is not None else None
+        )
+        data = page.page_data(ds, panel)
+        pngs = figures.result()
+        tick(1)
+        png = None if checked_png is None else checked_png.result()
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
     if panel is not None:
         summary["focus"] = {k: v for k, v in panel.items() if k != "diagnosis"}
@@ -512,14 +571,10 @@ def publish(
     checked = ""
     if validation is not None:
         store.write_json(out / "validation.json", validation)
-        png = None
-        if validation["curves"]:
-            fig = validation_figure(validation)
-            png = save_figure(fig, out / "validation_curves.png")
         checked = page.validation_section(validation, png)
     store.write_text(
         out / "index.html",
-        page.index_html(ds, summary, lines, table, critical, pngs, checked, panel),
+        page.index_html(ds, summary, lines, table, critical, pngs, checked, panel, data=data),
     )
     tick(1)
     if stats is not None:  # the page included: the report and the run end here
@@ -531,3 +586,10 @@ def publish(
     store.write_json(out / "summary.json", summary)
     tick(1)
     return summary, lines
+
+
+def _validation_png(validation: ValidationRecord, out: Path) -> bytes | None:
+    """``validation_curves.png`` (:func:`validation_figure`) if the check has curves."""
+    if not validation["curves"]:
+        return None
+    return save_figure(validation_figure(validation), out / "validation_curves.png")
