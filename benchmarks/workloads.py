@@ -85,7 +85,8 @@ class PerConfigLoop:
         # One config is its own group: the loop gets the engine's best form for it.
         self.configs = []
         for i in range(len(flat)):
-            configs, group = jax.device_get(sim.chunk(flat, i, 1, shapes, constants, grouped=True))
+            chunk = sim.chunk(flat, i, 1, shapes, constants, grouped=True)
+            configs, group = jax.device_get((chunk.configs, chunk.group))
             self.configs.append((jax.tree.map(lambda a: a[0], configs), group))
         self.train_one = jax.jit(
             functools.partial(

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from src.keras_optax import STEP_STATE
 from src.optimizers import Family
 from src.problem import DataTable, design, predict
 
@@ -457,6 +458,32 @@ def _tree_select(pred: Array, on_true: optax.Params, on_false: optax.Params) -> 
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def shares_steps(shapes: Shapes) -> bool:
+    """Whether every configuration of a program takes its optimizer steps together: one
+    batch per epoch, so that a config's step ``t`` is the program's epoch ``t`` (a config
+    past its own epochs never steps again, and its counter is never read)."""
+    return shapes.n_batches == 1
+
+
+def is_step_state(path: tuple) -> bool:
+    """Whether the optimizer-state leaf at ``path`` (a key path) depends on the step count
+    alone: a field named in :data:`src.keras_optax.STEP_STATE`."""
+    return bool(path) and getattr(path[-1], "name", None) in STEP_STATE
+
+
+def _select_state(
+    pred: Array, on_true: optax.OptState, on_false: optax.OptState, shared_steps: bool
+) -> optax.OptState:
+    """:func:`_tree_select` of optimizer states, but with ``shared_steps``
+    (:func:`shares_steps`) the step state (:func:`is_step_state`) always takes the new
+    value: selected per config, it would become one value per config again."""
+    if not shared_steps:
+        return _tree_select(pred, on_true, on_false)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, a, b: a if is_step_state(path) else jnp.where(pred, a, b), on_true, on_false
+    )
+
+
 def _batch_layout(order: Array, n: Array, batch_size: Array, shapes: Shapes) -> tuple[Array, Array]:
     """Sample indices and validity of the ``(n_batches, batch_width)`` batch grid."""
     slot = jnp.arange(shapes.batch_width, dtype=jnp.int32)
@@ -592,6 +619,7 @@ def simulate_one(
     data: DataTable,
     tol: Array,
     group: Group | None = None,
+    steps: Array | None = None,
     *,
     family: Family,
     shapes: Shapes,
@@ -606,7 +634,10 @@ def simulate_one(
     ``group.moments``, must be given); ``constants`` are hyperparameters shared by every
     config of the program, compiled in (``momentum = 0`` removes the momentum branch of SGD
     altogether). With ``group``, the config's dataset and batch size are the group's (see
-    :class:`Group`).
+    :class:`Group`). ``steps`` (unbatched, at most ``shapes.n_batches``; default all of them)
+    is how many of an epoch's batch steps run: those past every config's batch count are
+    masked no-ops, and a chunk of small datasets need not run the padding its shapes hold
+    (the loop's trip count is then dynamic, the results the same bit for bit).
     """
     if group is not None and shuffle and (group.seed is None or cfg.order is not None):
         raise ValueError("a shuffled group draws its orders from the group's seed")
@@ -623,6 +654,7 @@ def simulate_one(
     batch_index = jnp.arange(shapes.n_batches, dtype=jnp.int32)
     counts = jnp.clip(cfg.n - batch_index * cfg.batch_size, 0, cfg.batch_size).astype(dtype)
     one_batch = shapes.n_batches == 1
+    shared_steps = shares_steps(shapes)
     per_slot = group is not None and slot_by_slot(shapes)
 
     def epoch_batches(epoch: Array) -> object:
@@ -642,7 +674,8 @@ def simulate_one(
         params, opt_state, total, last = carry
         data_b, count, active = batch
         new_params, new_state, loss = step(params, opt_state, data_b, count)
-        params, opt_state = _tree_select(active, (new_params, new_state), (params, opt_state))
+        params = _tree_select(active, new_params, params)
+        opt_state = _select_state(active, new_state, opt_state, shared_steps)
         total = jnp.where(active, total + loss * count, total)
         return (params, opt_state, total, jnp.where(active, loss, last)), None
 
@@ -657,12 +690,17 @@ def simulate_one(
         if shapes.ragged_epochs:
             actives = actives & live
         zero = jnp.zeros((), dtype)
-        (params, opt_state, total, last), _ = jax.lax.scan(
-            run_batch,
-            (params, opt_state, zero, zero),
-            (batches, counts, actives),
-            unroll=1,
-        )
+        start = (params, opt_state, zero, zero)
+        if steps is None:
+            (params, opt_state, total, last), _ = jax.lax.scan(
+                run_batch, start, (batches, counts, actives), unroll=1
+            )
+        else:  # the chunk's own batch count: steps past it are padding for every config
+
+            def batch_i(i: Array, carry: tuple) -> tuple:
+                return run_batch(carry, jax.tree.map(lambda a: a[i], (batches, counts, actives)))[0]
+
+            params, opt_state, total, last = jax.lax.fori_loop(0, steps, batch_i, start)
         if kernel == "moments":  # as the one-batch program above: padding changes no bit
             return params, opt_state, jnp.where(counts[1] > 0, total / n_float, last)
         return params, opt_state, total / n_float
@@ -675,7 +713,8 @@ def simulate_one(
         live = number <= cfg.epochs
         new_params, new_state, loss = train_epoch(params, opt_state, epoch, live)
         if shapes.ragged_epochs:
-            params, opt_state = _tree_select(live, (new_params, new_state), (params, opt_state))
+            params = _tree_select(live, new_params, params)
+            opt_state = _select_state(live, new_state, opt_state, shared_steps)
         else:  # every config trains every epoch: nothing to mask
             params, opt_state = new_params, new_state
         tr = track_epoch(tr, loss, number, live, threshold, shapes.ragged_epochs)
@@ -700,10 +739,20 @@ def simulate_one(
     # Epoch 1 runs on its own: History[0] is then a plain value, not a select every epoch.
     # The barrier keeps XLA from folding the first step's constants (step count 0) with the
     # host's libm, which rounds pow and exp differently from the compiled kernels.
-    # Every state leaf one value per config, step counters included: otherwise a chunk whose
-    # configs share their batches (``group``) would share the counters too, and XLA would
-    # compute e.g. Adam's bias corrections outside the vectorized loop, rounded differently.
-    state = jax.tree.map(lambda a: a + (cfg.learning_rate * 0).astype(a.dtype), opt.init(params))
+    # Every state leaf one value per config, except, where every config steps together,
+    # the step state (counters, Nadam's momentum product): one value for the whole chunk,
+    # so that bias corrections and the like, a pow or two each, are computed once per step
+    # and not once per config. The transformations spread those terms over the configs
+    # before using them (:func:`src.keras_optax._per_config`): XLA would otherwise rewrite
+    # the arithmetic between a shared value and per-config ones, rounded differently.
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, a: (
+            a
+            if shared_steps and is_step_state(path)
+            else a + (cfg.learning_rate * 0).astype(a.dtype)
+        ),
+        opt.init(params),
+    )
     start = jax.lax.optimization_barrier((params, state, tracker))
     carry, first_loss = run_epoch(start, jnp.zeros((), jnp.int32))
     carry = (*carry[:2], carry[2]._replace(initial_loss=carry[2].final_loss))
@@ -752,16 +801,18 @@ def simulate(
     kernel: str = "autodiff",
     constants: tuple[tuple[str, float], ...] = (),
     group: Group | None = None,
+    steps: Array | None = None,
 ) -> tuple[Summary, Array | None]:
     """Train every configuration of the chunk ``configs`` at once.
 
     Returns per-config :class:`Summary` arrays and, with ``history=True``, the per-epoch
     ``History`` losses of shape ``(configs, shapes.epochs)`` (nan past a config's epochs).
     With ``group`` (fixed batch order only) every config has the group's dataset and batch
-    size, and the chunk's batches are built once (see :class:`Group`).
+    size, and the chunk's batches are built once (see :class:`Group`). ``steps``: the batch
+    steps each epoch runs (see :func:`simulate_one`).
     """
     run = functools.partial(
         simulate_one, family=family, shapes=shapes, shuffle=shuffle, history=history,
         kernel=kernel, constants=constants,
     )  # fmt: skip
-    return jax.vmap(run, in_axes=(0, None, None, None))(configs, data, tol, group)
+    return jax.vmap(run, in_axes=(0, None, None, None, None))(configs, data, tol, group, steps)

@@ -67,6 +67,29 @@ def _count(state_count: Array, like: Array) -> tuple[Array, Array]:
     return count, count.astype(like.dtype)
 
 
+STEP_STATE = frozenset({"count", "u_product"})
+"""Names of the state fields that depend on the step count alone (and on hyperparameters):
+the step counters and Nadam's momentum product. Where every configuration steps together,
+the engine keeps them one value for the whole chunk (:func:`src.engine.shares_steps`)."""
+
+
+def _per_config(shared: optax.Updates, learning_rate: Scalar) -> optax.Updates:
+    """Step terms (values formed from the step count alone: bias corrections, schedules) as
+    one value per configuration, ``term + 0 lr``: the same numbers (``lr`` is finite).
+
+    Where the engine shares the step counter between configurations (one batch per epoch,
+    :func:`src.engine.shares_steps`), the powers ``beta^t`` and the like are computed once
+    per step for all of them, which is where their cost goes. But XLA rewrites arithmetic
+    between a value shared by every configuration and per-configuration values: it turns
+    ``x / broadcast(d)`` into ``x * broadcast(1 / d)`` and regroups products of two shared
+    or constant factors, and either rounds differently from the per-configuration
+    arithmetic. Spread over the configurations before they meet per-configuration values,
+    the terms go through exactly the operations they went through with per-configuration
+    counters (where the addition changes nothing).
+    """
+    return jax.tree.map(lambda term: term + learning_rate * 0, shared)
+
+
 def _first_leaf(tree: optax.Updates) -> Array:
     return jax.tree.leaves(tree)[0]
 
@@ -182,7 +205,10 @@ def keras_adam(
         count, t = _count(state.count, _first_leaf(grads))
         beta_1_power = keras_cast(beta_1, t.dtype) ** t
         beta_2_power = keras_cast(beta_2, t.dtype) ** t
-        alpha = learning_rate * jnp.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m_correction, v_correction = _per_config(
+            (1 - beta_1_power, jnp.sqrt(1 - beta_2_power)), learning_rate
+        )
+        alpha = learning_rate * v_correction / m_correction
 
         def leaf(g: Array, m: Array, v: Array, v_max: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
@@ -241,12 +267,12 @@ def keras_adamax(
     ) -> tuple[optax.Updates, AdamaxState]:
         del params
         count, t = _count(state.count, _first_leaf(grads))
-        beta_1_power = keras_cast(beta_1, t.dtype) ** t
+        m_correction = _per_config(1 - keras_cast(beta_1, t.dtype) ** t, learning_rate)
 
         def leaf(g: Array, m: Array, u: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
             u = jnp.maximum(beta_2 * u, jnp.abs(g))
-            return -((learning_rate * m) / ((1 - beta_1_power) * (u + epsilon))), m, u
+            return -((learning_rate * m) / (m_correction * (u + epsilon))), m, u
 
         steps, m, u = _leafwise(leaf, grads, state.m, state.u)
         return steps, AdamaxState(count, m, u)
@@ -300,15 +326,24 @@ def keras_nadam(
         decay = keras_cast(NADAM_DECAY, t.dtype)
         b1 = keras_cast(beta_1, t.dtype)
         b2 = keras_cast(beta_2, t.dtype)
-        u_t = b1 * (1.0 - 0.5 * decay**t)
         u_next = b1 * (1.0 - 0.5 * decay ** (t + 1))
-        u_product_next = u_product * u_next
+        # With a shared step count, u_product is a step term too (a STEP_STATE field).
+        u_t, u_next, m_correction, g_correction, v_correction = _per_config(
+            (
+                b1 * (1.0 - 0.5 * decay**t),
+                u_next,
+                1 - u_product * u_next,
+                1 - u_product,
+                1 - b2**t,
+            ),
+            learning_rate,
+        )
 
         def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
             m = m + (g - m) * (1 - b1)
             v = v + (jnp.square(g) - v) * (1 - b2)
-            m_hat = (u_next * m) / (1 - u_product_next) + ((1 - u_t) * g) / (1 - u_product)
-            v_hat = v / (1 - b2**t)
+            m_hat = (u_next * m) / m_correction + ((1 - u_t) * g) / g_correction
+            v_hat = v / v_correction
             return -((m_hat * learning_rate) / (jnp.sqrt(v_hat) + epsilon)), m, v
 
         steps, m, v = _leafwise(leaf, grads, state.m, state.v)
@@ -348,11 +383,14 @@ def keras_lamb(
         count, t = _count(state.count, _first_leaf(grads))
         beta_1_power = keras_cast(beta_1, t.dtype) ** t
         beta_2_power = keras_cast(beta_2, t.dtype) ** t
+        m_correction, v_correction = _per_config(
+            (1.0 - beta_1_power, 1.0 - beta_2_power), learning_rate
+        )
 
         def leaf(g: Array, m: Array, v: Array, var: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
-            upd = (m / (1.0 - beta_1_power)) / (jnp.sqrt(v / (1.0 - beta_2_power)) + epsilon)
+            upd = (m / m_correction) / (jnp.sqrt(v / v_correction) + epsilon)
             w_norm = jnp.sqrt(jnp.sum(jnp.square(var)))
             g_norm = jnp.sqrt(jnp.sum(jnp.square(upd)))
             ratio = jnp.where(w_norm > 0, jnp.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
@@ -487,10 +525,13 @@ def keras_adadelta(
 
 
 class FtrlState(NamedTuple):
-    """The accumulator ``n`` (starts at initial_accumulator_value) and the linear term ``z``."""
+    """The accumulator ``n`` (starts at initial_accumulator_value), the linear term ``z``
+    and ``n^p`` (``p = -learning_rate_power``), kept so that a step computes one power, not
+    two: the last step's ``n'^p`` is this step's ``n^p``, bit for bit."""
 
     accumulator: optax.Updates
     linear: optax.Updates
+    power: optax.Updates
 
 
 def keras_ftrl(
@@ -516,32 +557,41 @@ def keras_ftrl(
     accumulator starts at the cast ``initial_accumulator_value`` (Keras's ``Constant``
     initializer, :func:`keras_cast`); every other hyperparameter is used uncast.
     """
+    l1 = l1_regularization_strength
+    # Formed once, not every step: the same operations on the same values.
+    l2 = l2_regularization_strength + beta / (2.0 * learning_rate)
+
+    def power(acc: Array) -> Array:
+        return jnp.power(acc, -learning_rate_power)
 
     def init(params: optax.Params) -> FtrlState:
         acc = jax.tree.map(
             lambda p: jnp.full_like(p, keras_cast(initial_accumulator_value, p.dtype)), params
         )
-        return FtrlState(acc, _zeros(params))
+        # The barrier: a constant accumulator's power would be folded at compile time, by
+        # the host's libm, which rounds differently from the compiled kernel of the steps.
+        return FtrlState(
+            acc, _zeros(params), jax.tree.map(power, jax.lax.optimization_barrier(acc))
+        )
 
     def update(
         grads: optax.Updates, state: FtrlState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, FtrlState]:
         assert params is not None, "Ftrl's update needs the parameters"
-        l1 = l1_regularization_strength
-        l2 = l2_regularization_strength + beta / (2.0 * learning_rate)
 
-        def leaf(g: Array, acc: Array, z: Array, var: Array) -> tuple[Array, ...]:
+        def leaf(g: Array, acc: Array, z: Array, acc_power: Array, var: Array) -> tuple[Array, ...]:
             shrunk = g + (2 * l2_shrinkage_regularization_strength) * var
             new_acc = acc + jnp.square(g)
-            power_new = jnp.power(new_acc, -learning_rate_power)
-            z = z + (shrunk - ((power_new - jnp.power(acc, -learning_rate_power)) / learning_rate)
-                     * var)  # fmt: skip
+            power_new = power(new_acc)
+            z = z + (shrunk - ((power_new - acc_power) / learning_rate) * var)
             quadratic = power_new / learning_rate + 2 * l2
             new_var = (jnp.clip(z, -l1, l1) - z) / quadratic
-            return new_var - var, new_acc, z
+            return new_var - var, new_acc, z, power_new
 
-        steps, acc, z = _leafwise(leaf, grads, state.accumulator, state.linear, params)
-        return steps, FtrlState(acc, z)
+        steps, acc, z, powers = _leafwise(
+            leaf, grads, state.accumulator, state.linear, state.power, params
+        )
+        return steps, FtrlState(acc, z, powers)
 
     return optax.GradientTransformation(init, update)
 
@@ -633,7 +683,7 @@ def keras_adafactor(
         assert params is not None, "Adafactor's step size needs the parameters"
         count, t = _count(state.count, _first_leaf(grads))
         rho_t = jnp.minimum(learning_rate, 1 / jnp.sqrt(t))
-        beta_t = 1 - jnp.power(t, beta_2_decay)
+        beta_t = _per_config(1 - jnp.power(t, beta_2_decay), learning_rate)
 
         def leaf(g: Array, r: Array, c: Array, v: Array, var: Array) -> tuple[Array, ...]:
             alpha = jnp.maximum(keras_cast(epsilon_2, var.dtype), _rms(var)) * rho_t
@@ -672,7 +722,11 @@ def newton_schulz(x: Array, steps: Scalar, a: Scalar, b: Scalar, c: Scalar) -> A
         gram = x @ jnp.swapaxes(x, -1, -2)
         return a * x + (b * gram + (c * gram) @ gram) @ x
 
-    x = jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), iterate, x)
+    if isinstance(steps, jax.core.Tracer):  # one count per configuration: a loop
+        x = jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), iterate, x)
+    else:  # compiled in: unrolled, so that XLA fuses the iterations with the rest of the step
+        for _ in range(int(steps)):
+            x = iterate(jnp.zeros((), jnp.int32), x)
     return jnp.swapaxes(x, -1, -2) if tall else x
 
 
@@ -731,7 +785,10 @@ def keras_muon(
             lr = learning_rate * adam_lr_ratio
             beta_1_power = keras_cast(adam_beta_1, t.dtype) ** t
             beta_2_power = keras_cast(adam_beta_2, t.dtype) ** t
-            alpha = lr * jnp.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+            m_correction, v_correction = _per_config(
+                (1 - beta_1_power, jnp.sqrt(1 - beta_2_power)), learning_rate
+            )
+            alpha = lr * v_correction / m_correction
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
@@ -787,16 +844,17 @@ def keras_schedule_free_adamw(
     ) -> tuple[optax.Updates, ScheduleFreeState]:
         assert params is not None, "the schedule-free step needs the parameters"
         count, t = _count(state.count, _first_leaf(grads))
-        warm = jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0)
-        lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
-        weight = 1.0 / t
-
         b1, b2 = keras_cast(beta_1, t.dtype), keras_cast(beta_2, t.dtype)
         eps = keras_cast(epsilon, t.dtype)
+        warm, weight, v_correction = _per_config(
+            (jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0), 1.0 / t, 1 - b2**t),
+            learning_rate,
+        )
+        lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
 
         def leaf(g: Array, z: Array, v: Array, y: Array) -> tuple[Array, ...]:
             v = v + (jnp.square(g) - v) * (1 - b2)
-            denominator = jnp.sqrt(v / (1 - b2**t)) + eps
+            denominator = jnp.sqrt(v / v_correction) + eps
             z_new = z - (lr * g) / denominator
             x = (y - (1 - b1) * z_new) / b1  # sic: see the docstring
             x = (1 - weight) * x + weight * z_new

@@ -37,6 +37,7 @@ from src.schema import extra_dims, optimal_loss, problem_of
 
 if TYPE_CHECKING:
     from src.focus import Panel
+    from src.schema import SampledLosses
     from src.validation import ValidationRecord
 
 PALETTE = {
@@ -137,7 +138,14 @@ def pack_curves(histories: Sequence[np.ndarray], epochs: np.ndarray) -> str:
     once, in arrays (a map's page holds tens of thousands of them)."""
     if not len(histories):
         return ""
-    v = np.stack([np.asarray(h, np.float64)[epochs - 1] for h in histories])
+    return pack_sampled(np.stack([np.asarray(h, np.float64)[epochs - 1] for h in histories]))
+
+
+def pack_sampled(v: np.ndarray) -> str:
+    """:func:`pack_curves` of curves already sampled: ``v`` is ``(curves, epochs)``."""
+    if not len(v):
+        return ""
+    v = np.asarray(v, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(np.isfinite(v) & (v > 0), np.log10(np.abs(v)), np.nan)
     ok = np.isfinite(logs)
@@ -155,8 +163,15 @@ def pack_curves(histories: Sequence[np.ndarray], epochs: np.ndarray) -> str:
     return base64.b64encode(packed.tobytes()).decode()
 
 
-def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -> dict[str, object]:
-    """Everything the page's script draws, as JSON-ready lists (see the module docstring)."""
+def page_data(
+    ds: xr.Dataset,
+    focus: Panel | None = None,
+    curves: bool = True,
+    sampled: SampledLosses | None = None,
+) -> dict[str, object]:
+    """Everything the page's script draws, as JSON-ready lists (see the module docstring).
+    ``sampled``: the map's own losses at the curve epochs, if its run kept them (see
+    :func:`stored_curves`)."""
     k = _stride(ds)
     names = [str(o) for o in ds.optimizer.values]
     at = focus["index"] if focus is not None else None
@@ -221,7 +236,7 @@ def page_data(ds: xr.Dataset, focus: Panel | None = None, curves: bool = True) -
         }  # fmt: skip
         data["lr_slice"] = lr_slice(ds, focus)
     if curves:
-        data["curves"] = stored_curves(ds, lr_idx, n_idx, c)
+        data["curves"] = stored_curves(ds, lr_idx, n_idx, c, sampled)
     return data
 
 
@@ -231,14 +246,21 @@ def _first_draw(per_n: xr.DataArray) -> xr.DataArray:
 
 
 def stored_curves(
-    ds: xr.Dataset, lr_idx: Sequence[int], n_idx: Sequence[int], step: int
+    ds: xr.Dataset,
+    lr_idx: Sequence[int],
+    n_idx: Sequence[int],
+    step: int,
+    sampled: SampledLosses | None = None,
 ) -> dict[str, dict[str, object]]:
     """Per slice: the displayed cells' loss curves (every ``step``-th displayed row and
-    column), re-run by the engine exactly as the map ran them (same kernel, order, seed),
-    sampled at :func:`curve_epochs` and packed by :func:`pack_curves`, in (optimizer, N, lr)
-    order."""
-    from src.validation import engine_histories, picks_at
+    column), sampled at :func:`curve_epochs` and packed by :func:`pack_curves`, in
+    (optimizer, N, lr) order.
 
+    The curves are the map's own run's, from ``sampled``, where it holds every one of them;
+    otherwise (a run resumed from saved chunks, a map too large to keep them, a map read back
+    from its netCDF) the engine re-runs those configurations exactly as the map ran them
+    (same kernel, order, seed): the same History, bit for bit, only slower (a few more
+    compiled programs)."""
     dims = slice_dims(ds)
     indices, where = [], []
     for idx in itertools.product(*(range(ds.sizes[d]) for d in dims)):
@@ -248,6 +270,11 @@ def stored_curves(
                 for i in lr_idx[::step]:
                     indices.append({"optimizer": o, "lr": i, "n": j, **at})
                     where.append(",".join(map(str, idx)))
+    kept = _sampled_curves(ds, indices, where, sampled)
+    if kept is not None:
+        return kept
+    from src.validation import engine_histories, picks_at
+
     picks = picks_at(ds, indices, "curve")
     if not picks:
         return {}
@@ -257,6 +284,34 @@ def stored_curves(
         members = [h for h, w in zip(histories, where, strict=True) if w == key]
         epochs = curve_epochs(len(members[0]))
         out[key] = {"epochs": [int(e) for e in epochs], "data": pack_curves(members, epochs)}
+    return out
+
+
+def _sampled_curves(
+    ds: xr.Dataset,
+    indices: Sequence[Mapping[str, int]],
+    where: Sequence[str],
+    sampled: SampledLosses | None,
+) -> dict[str, dict[str, object]] | None:
+    """:func:`stored_curves` from the map's own sampled losses (``indices``: the cells'
+    positions, ``where``: each one's slice key); ``None`` unless they hold every cell."""
+    if sampled is None or not indices or len(sampled.recorded) != ds.status.size:
+        return None
+    dims = ds.status.dims
+    flat = np.ravel_multi_index(
+        tuple(np.array([at[d] for at in indices]) for d in dims), ds.status.shape
+    )
+    keys = np.array(where)
+    epochs_of = {
+        w: int(ds.epochs.values[at["epochs"]]) for at, w in zip(indices, where, strict=True)
+    }
+    out: dict[str, dict[str, object]] = {}
+    for key in dict.fromkeys(where):
+        epochs = curve_epochs(epochs_of[key])  # a slice has one epoch count: its History's
+        values = sampled.at(flat[keys == key], epochs)
+        if values is None:  # a cell the run did not compute (resumed): re-run them all
+            return None
+        out[key] = {"epochs": [int(e) for e in epochs], "data": pack_sampled(values)}
     return out
 
 

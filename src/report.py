@@ -517,8 +517,8 @@ def validation_figure(record: ValidationRecord) -> Figure:
 
 
 REPORT_STEPS = ("focus panel", "figures", "page", "summary")
-"""The steps of :func:`publish`, for its progress count (the page's step re-runs the
-displayed cells for their loss curves)."""
+"""The steps of :func:`publish`, for its progress count (the page's step takes the displayed
+cells' loss curves from the run, or re-runs those cells where it kept none)."""
 
 
 def publish(
@@ -541,8 +541,10 @@ def publish(
     join ``loss_curves.png``), none if ``None``. ``progress(1)`` is called as each of
     :data:`REPORT_STEPS` ends.
 
-    The figures are drawn in a worker thread while this one computes the page's data: the
-    page re-runs its cells in XLA, which releases the GIL, so matplotlib's drawing (pure
+    The page's stored loss curves are the run's own (``stats.sampled``) where it kept them;
+    otherwise (a resumed run, a map rendered from its netCDF, ``stats=None``) the page
+    re-runs its cells. The figures are drawn in a worker thread while this one computes the
+    page's data: a re-run is XLA, which releases the GIL, so matplotlib's drawing (pure
     Python, one thread) and the simulation overlap instead of adding up."""
     tick = progress or (lambda _: None)
     if not map_written:
@@ -560,7 +562,7 @@ def publish(
         checked_png = (
             drawing.submit(_validation_png, validation, out) if validation is not None else None
         )
-        data = page.page_data(ds, panel)
+        data = page.page_data(ds, panel, sampled=None if stats is None else stats.sampled)
         pngs = figures.result()
         tick(1)
         png = None if checked_png is None else checked_png.result()

@@ -43,6 +43,29 @@ def bytes_per_config(dtype: str) -> int:
     return 2 * (6 * np.dtype(dtype).itemsize + 2 * 4 + 1)
 
 
+SAMPLED_LOSS_BYTES = 64 << 20
+"""The most host memory the map's own sampled losses (:class:`src.schema.SampledLosses`, for
+the page's stored curves) may take: a million float32 configurations at 16 epochs. A larger
+map keeps none, and its page re-runs the cells it displays instead."""
+
+
+def sampled_epochs(sweep: Sweep) -> np.ndarray:
+    """The epochs at which the page samples a stored loss curve of any of the map's
+    configurations (:func:`src.page.curve_epochs` of each epoch count swept), sorted."""
+    from src.page import curve_epochs  # the page decides what it draws; imported late
+
+    return np.unique(np.concatenate([curve_epochs(e) for e in sweep.epochs]))
+
+
+def sampled_loss_bytes(sweep: Sweep) -> int:
+    """Host memory of the map's sampled losses (their values and the recorded flags); 0 where
+    none are kept (more than :data:`SAMPLED_LOSS_BYTES`). Asks nothing of JAX: the memory
+    check runs before its backend may start (``jax.distributed``, XLA flags)."""
+    k = len(sampled_epochs(sweep))
+    size = sweep.n_configs * (k * np.dtype(sweep.dtype).itemsize + 1)
+    return size if size <= SAMPLED_LOSS_BYTES else 0
+
+
 
 @dataclasses.dataclass(frozen=True)
 class RunStats:
@@ -51,7 +74,9 @@ class RunStats:
     ``curves_seconds`` the loss curves, ``boundary_seconds`` the measured-critical-lr search.
     ``report_started``: the :func:`time.perf_counter` at which the report began, set by the
     caller that writes it (``dataclasses.replace``); :func:`src.report.publish` counts
-    ``report_seconds`` from it (``None``: not known)."""
+    ``report_seconds`` from it (``None``: not known). ``sampled``: the map's own losses at
+    the page's curve epochs (:func:`sampled_loss_bytes`: ``None`` where none are kept), which
+    :func:`src.report.publish` hands to the page instead of re-running its cells."""
 
     n_configs: int
     config_epochs: int
@@ -64,6 +89,9 @@ class RunStats:
     curves_seconds: float = 0.0
     boundary_seconds: float = 0.0
     report_started: float | None = None
+    sampled: schema.SampledLosses | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def config_epochs_per_second(self) -> float:
@@ -83,11 +111,13 @@ def available_memory() -> int:
 
 
 def estimated_bytes(sweep: Sweep) -> int:
-    """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories."""
+    """Host memory the run needs: the map (:func:`bytes_per_config`), datasets, histories,
+    the map's sampled losses (:func:`sampled_loss_bytes`)."""
     curves = sweep.resolved_curves
     n_max = max([*sweep.n, *(c.n for c in curves)])
     return (
         sweep.n_configs * bytes_per_config(sweep.dtype)
+        + sampled_loss_bytes(sweep)
         + (len(sweep.n) + len(curves)) * n_max * 32
         + len(curves) * max(sweep.epochs) * 16
     )
@@ -193,8 +223,26 @@ def _run(
         for k in engine.Summary._fields
     }  # fmt: skip
     status = np.empty(sweep.shape, np.int8)
+    sampled = None
+    # A resumed run's saved chunks have no losses: its page re-runs its cells anyway, so the
+    # rest of the map need not keep any. Nor does a run of several processes, which would
+    # gather every chunk's whole history across them (the same in every process: each must
+    # run the same programs).
+    if (
+        sampled_loss_bytes(sweep)
+        and jax.process_count() == 1
+        and (work is None or not resumed_configs(sweep, work))
+    ):
+        epochs = sampled_epochs(sweep)
+        sampled = schema.SampledLosses(
+            epochs,
+            np.full((sweep.n_configs, len(epochs)), np.nan, sweep.dtype),
+            np.zeros(sweep.n_configs, bool),
+        )
     t0 = time.perf_counter()
-    simulated = _simulate_map(sweep, sim, shapes, table, rows, results, status, progress, work)
+    simulated = _simulate_map(
+        sweep, sim, shapes, table, rows, results, status, progress, work, sampled
+    )
     simulate_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -236,6 +284,7 @@ def _run(
         simulate_seconds=simulate_seconds,
         curves_seconds=curves_seconds,
         boundary_seconds=boundary_seconds,
+        sampled=sampled,
     )
     return ds, stats
 
@@ -250,12 +299,15 @@ def _simulate_map(
     status: np.ndarray,
     progress: Callable[[int], None] | None,
     work: WorkStore | None,
+    sampled: schema.SampledLosses | None = None,
 ) -> int:
     """Fill ``results`` and ``status`` (the map's arrays) chunk by chunk, family by family;
     returns how many configurations were simulated (not read from ``work``).
 
     Each finished chunk is classified and written into the map at once (and saved in
-    ``work``), so nothing but the map itself grows with the grid.
+    ``work``), so nothing but the map itself grows with the grid. With ``sampled``, the map
+    runs with its History losses and each chunk's, at ``sampled.epochs``, are kept there
+    (the rest of each chunk's history is dropped as soon as it is sampled).
     """
     scale = np.asarray(table.loss_scale, np.float64)[rows]  # (variant, N) -> mean(y^2)
     optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # (variant, N) -> L*
@@ -268,8 +320,9 @@ def _simulate_map(
             grid = GridConfigs.of(sweep, names)
             block = np.array([opt_index[n] for n in names])
             simulated += _simulate_family(
-                sweep, sim, shapes, (scale, optimal), f, grid, block, into, progress, work
-            )
+                sweep, sim, shapes, (scale, optimal), f, grid, block, into, progress, work,
+                sampled,
+            )  # fmt: skip
     finally:
         if work is not None:
             work.flush()  # what finished before an interruption is kept
@@ -287,16 +340,19 @@ def _simulate_family(
     into: dict[str, np.ndarray],
     progress: Callable[[int], None] | None,
     work: WorkStore | None,
+    sampled: schema.SampledLosses | None = None,
 ) -> int:
     """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
     optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat;
-    ``floors``: ``mean(y^2)`` and ``L*`` by problem variant and dataset size)."""
+    ``floors``: ``mean(y^2)`` and ``L*`` by problem variant and dataset size; ``sampled``:
+    where the chunks' sampled losses go, if anywhere)."""
     scale, optimal = floors
     repeats = grid.repeats(sweep)
     done = work.finished(f) if work is not None else None
     simulated = 0
 
-    def place(start: int, s: engine.Summary) -> None:
+    def place(start: int, s: engine.Summary) -> np.ndarray:
+        """Writes a chunk into the map; returns its flat positions ``(rows, repeats)``."""
         at, where = grid.positions(sweep, block, start, start + len(s.final_loss))
         values = {
             k: np.asarray(v, into[k].dtype) for k, v in zip(engine.Summary._fields, s, strict=True)
@@ -308,11 +364,15 @@ def _simulate_family(
         )  # fmt: skip
         for k, v in (*values.items(), ("status", code)):
             into[k][where] = v[:, None]
+        return where
 
-    def finished(start: int, s: engine.Summary) -> None:
+    def finished(start: int, s: engine.Summary, losses: np.ndarray | None) -> None:
         nonlocal simulated
         stop = start + len(s.final_loss)
-        place(start, s)
+        where = place(start, s)
+        if sampled is not None and losses is not None:
+            sampled.losses[where] = losses[:, sampled.epochs - 1][:, None, :]
+            sampled.recorded[where] = True
         simulated += stop - start
         if work is not None:
             work.add(f, start, s)
@@ -323,7 +383,10 @@ def _simulate_family(
     if work is not None:
         for start, s in work.load(f):
             place(start, s)
-    sim.run(grid.family, grid, shapes, each=finished, skip=None if done is None else done.covers)
+    sim.run(
+        grid.family, grid, shapes, history=sampled is not None, each=finished,
+        skip=None if done is None else done.covers,
+    )  # fmt: skip
     if work is not None:
         work.flush()
     return simulated

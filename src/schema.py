@@ -77,6 +77,32 @@ RESERVED_NAMES = frozenset(
 PROBLEM_PREFIX = "problem_"
 
 
+@dataclasses.dataclass(frozen=True)
+class SampledLosses:
+    """The map's own History losses at a few epochs, kept as its chunks finish so that the
+    page's stored loss curves need no re-run (:func:`src.page.stored_curves`). Not part of
+    the dataset: the netCDF holds summaries, and every config's curve would double it.
+
+    ``epochs`` (sorted, from 1) are the epochs sampled; ``losses`` ``(configs, k)`` in the
+    map's dtype, one row per configuration in the flat (C) order of the map's per-config
+    variables; ``recorded`` says which rows the run computed (a chunk read back by
+    ``--resume`` has none)."""
+
+    epochs: np.ndarray
+    losses: np.ndarray
+    recorded: np.ndarray
+
+    def at(self, flat: np.ndarray, epochs: np.ndarray) -> np.ndarray | None:
+        """Losses of the configurations at flat positions ``flat`` at ``epochs`` (each one of
+        :attr:`epochs`), float64 as the History a re-run returns; ``None`` unless every one
+        of them was recorded."""
+        flat = np.asarray(flat, np.int64)
+        columns = np.minimum(np.searchsorted(self.epochs, epochs), len(self.epochs) - 1)
+        if not self.recorded[flat].all() or not np.array_equal(self.epochs[columns], epochs):
+            return None
+        return self.losses[np.ix_(flat, columns)].astype(np.float64)
+
+
 def result_dtype(name: str, dtype: str) -> str:
     """Storage dtype of a :data:`SUMMARY_VARIABLES` entry in a map of ``dtype``."""
     return "int32" if name.endswith("_epoch") else dtype

@@ -23,6 +23,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,17 @@ def chunk_plan(
     return plan
 
 
+class Chunk(NamedTuple):
+    """What one engine call takes besides the data table: the configs, their
+    :class:`~src.engine.Group` if they form one, and ``steps``, the batch steps each epoch
+    runs: the most any config of the chunk needs (``ceil(n / batch_size)``), so that a chunk
+    of small datasets runs none of the padded steps its program's shapes hold."""
+
+    configs: engine.Configs
+    group: engine.Group | None
+    steps: jax.Array
+
+
 @dataclasses.dataclass
 class Simulator:
     """Runs configurations (:class:`~src.configs.ConfigSource`) against one :class:`DataTable`.
@@ -156,7 +168,7 @@ class Simulator:
         history: bool = False,
         progress: Callable[[int], None] | None = None,
         pad_to: int = 0,
-        each: Callable[[int, engine.Summary], None] | None = None,
+        each: Callable[[int, engine.Summary, np.ndarray | None], None] | None = None,
         skip: Callable[[int, int], bool] | None = None,
     ) -> tuple[engine.Summary | None, np.ndarray | None]:
         """Every config of ``flat``: per-config summaries and (``history``) History losses.
@@ -165,10 +177,11 @@ class Simulator:
         ``pad_to`` sizes chunks as if there were that many configs, so that calls with
         varying counts share one compiled program.
 
-        With ``each``, every chunk's summary goes to ``each(start, summary)`` (configs
-        ``start .. start + len``) as soon as it is computed and nothing is kept: the call
-        returns ``(None, None)``. ``skip(start, stop)`` true leaves that chunk out (it must
-        say the same in every process). ``shapes`` defaults to the smallest that hold
+        With ``each``, every chunk's summary and (``history``, else ``None``) History losses go
+        to ``each(start, summary, losses)`` (configs ``start .. start + len``) as soon as they
+        are computed and nothing is kept: the call returns ``(None, None)``.
+        ``skip(start, stop)`` true leaves that chunk out (it must say the same in every
+        process). ``shapes`` defaults to the smallest that hold
         every row (:meth:`~src.configs.ConfigSource.covering_shapes`).
         """
         shapes = shapes or flat.covering_shapes()
@@ -216,12 +229,13 @@ class Simulator:
             done = engine.Summary(*(np.asarray(a)[:keep] for a in summary))
             if done.final_w.shape[-1] == 1:  # one feature: one kernel value per config
                 done = done._replace(final_w=done.final_w[..., 0])
-            if each is not None:
-                each(start, done)
+            kept = np.asarray(losses)[:keep] if history else None
+            if each is not None:  # the caller keeps what it needs: nothing grows here
+                each(start, done, kept)
             else:
                 parts.append(done)
-            if history:
-                curves.append(np.asarray(losses)[:keep])
+                if kept is not None:
+                    curves.append(kept)
             if progress:
                 progress(keep)
 
@@ -233,10 +247,10 @@ class Simulator:
             if skip is not None and skip(start, stop):
                 continue
             width = group_size if grouped else size
-            configs, group = self.chunk(flat, start, width, shapes, constants, grouped)
+            configs, group, steps = self.chunk(flat, start, width, shapes, constants, grouped)
             compiled = program(configs, group)
             t0 = time.perf_counter()
-            outputs = compiled(configs, self._table, tol, group)
+            outputs = compiled(configs, self._table, tol, group, steps)
             self.compute_seconds += time.perf_counter() - t0
             if pending is not None:
                 finish(*pending)
@@ -268,13 +282,18 @@ class Simulator:
         )  # fmt: skip
         split, whole = PartitionSpec("configs"), PartitionSpec()
         per_device = jax.shard_map(
-            lambda c, data, t, g: simulate(c, data, t, group=g),
+            lambda c, data, t, g, k: simulate(c, data, t, group=g, steps=k),
             mesh=self._mesh,
-            in_specs=(split, whole, whole, whole),
+            in_specs=(split, whole, whole, whole, whole),
             out_specs=split,
             check_vma=False,  # the engine is written per device; nothing crosses devices
         )
-        return jax.jit(per_device).lower(configs, self._table, tol, group).compile()
+        steps = self._steps(shapes.n_batches)
+        return jax.jit(per_device).lower(configs, self._table, tol, group, steps).compile()
+
+    def _steps(self, steps: int) -> jax.Array:
+        """A chunk's batch steps per epoch, replicated: one value for every device."""
+        return jax.device_put(np.int32(steps), self._replicated)
 
     def chunk(
         self,
@@ -284,12 +303,13 @@ class Simulator:
         shapes: engine.Shapes,
         constants: tuple[tuple[str, float], ...],
         grouped: bool = False,
-    ) -> tuple[engine.Configs, engine.Group | None]:
+    ) -> Chunk:
         """One chunk on the devices, constants left out; with ``grouped`` (every config of
         the chunk has the first one's dataset and batch size) also its
         :class:`~src.engine.Group`, replicated. Batch moments are added for the moments
         kernel: the group's, or every config's."""
         c = flat.chunk(start, size, self.rows, self.dtype)
+        steps = self._steps(int(np.max(-(-np.asarray(c.n) // np.asarray(c.batch_size)))))
         fixed = dict(constants)
         c = c._replace(
             hyperparameters={k: v for k, v in c.hyperparameters.items() if k not in fixed}
@@ -302,13 +322,13 @@ class Simulator:
                 self.dtype, self._moments,
             )  # fmt: skip
         if not grouped:
-            return self._place(c._replace(moments=moments)), None
+            return Chunk(self._place(c._replace(moments=moments)), None, steps)
         group = engine.Group(
             data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
             moments=None if moments is None else jax.tree.map(lambda m: m[0], moments),
             seed=c.seed[0] if self.shuffle else None,
         )  # fmt: skip
-        return self._place(c), jax.device_put(group, self._replicated)
+        return Chunk(self._place(c), jax.device_put(group, self._replicated), steps)
 
     def _place(self, configs: engine.Configs) -> engine.Configs:
         """A chunk split along its config axis over the devices (of every process)."""

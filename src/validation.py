@@ -8,13 +8,19 @@ history of the same configuration. The picks are stratified and deterministic gi
 1. ``seed`` -- the sweep's first two curves when they lie on the grid (by default the seed's
    SGD at lr 0.01 with N = 20, which overflows, and N = 10, which converges);
 2. ``boundary`` -- both sides of each optimizer's stability boundary: for one cell (chosen at
-   random) the grid lr just below and the grid lr just above its measured ``critical_lr``;
+   random) the grid lr just below and the grid lr just above its measured ``critical_lr``; an
+   optimizer that neither overflows nor diverges anywhere on the grid (Adam and Adagrad in the
+   default map) has no such boundary, so its pair straddles a change of verdict between two
+   neighbouring grid lrs instead (converged | slow, for one cell chosen at random);
 3. ``seed`` again -- the sweep's other curves on the grid;
 4. ``random`` -- uniformly random configurations of the whole map.
 
 Keras runs in the map's dtype (``float64`` maps: ``keras.config.set_floatx``) and in its
-order: a shuffled map's picks are trained by ``fit(shuffle=True)`` without a seed, as a user's
-own call is, and :mod:`src.keras_reference` records the order each epoch fed the samples in.
+order: a shuffled map's picks are trained by ``fit(shuffle=True)`` with a fresh permutation
+every epoch, as a user's own unseeded call draws them, from a stream seeded per pick
+(:func:`keras_order_seed`: the check's seed and the pick's place in the map, so the record is
+the same whatever ``K``, the worker count or the worker a pick lands on), and
+:mod:`src.keras_reference` records the order each epoch fed the samples in.
 
 What is compared is what the map holds. For every configuration the record holds the map's
 own status and first non-finite epoch, and the status of the Keras ``History`` under the
@@ -40,7 +46,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple, TypedDict
 
@@ -61,11 +67,15 @@ from src.schema import (
     variant_at,
 )
 
-DEFAULT_COUNT = 2
-"""Configurations checked by default on every main-job run: the seed's two. Measured on the
-2-core machine at 500 epochs: ~30 s (2.7 s to import TensorFlow here, ~5 s to start the
-workers, ~22 s for two ``fit`` runs side by side: Keras spends ~27 ms per epoch alone and
-~43 ms with a second run beside it, as each one keeps both cores partly busy)."""
+DEFAULT_COUNT = 14
+"""Configurations checked by default on every main-job run: the seed's two, then both sides of
+the boundary of each of the default map's six optimizers (:func:`pick`). Each Keras run feeds
+``fit`` its input pipeline once (:func:`src.keras_reference.fit`): 2-3.6 ms per epoch against
+63-90 ms for ``fit(x, y)``'s new iterators every epoch, plus ~0.5 s per run, measured side by
+side in one worker on the busy 2-core machine. So fourteen 500-epoch runs on two workers take
+less time than the two of the former default: 69-72 s against 83-95 s for the whole check
+(``validate``'s ``seconds``, engine re-runs included, with the machine's load at ~10; most of
+what is left is starting the two workers, each importing TensorFlow)."""
 
 MIN_LOSS = 1e-2
 """Relative loss differences are taken only where both losses exceed this (tiny losses carry
@@ -143,6 +153,7 @@ class ConfigCheck(TypedDict, total=False):
     autodiff_max_rel_err: float
     autodiff_first_nonfinite_epoch: int
     keras_seconds: float
+    keras_order_seed: int
 
 
 class CurvePair(TypedDict):
@@ -295,8 +306,10 @@ def boundary_indices(
 ) -> list[dict[str, int]]:
     """For each optimizer, one cell chosen at random among those with a measured critical lr
     strictly inside the grid (and no stable grid lr above it): the grid lr just below the
-    critical lr, then the one just above. Cells with a side among ``taken`` are avoided while
-    others remain."""
+    critical lr, then the one just above. An optimizer that overflows and diverges nowhere on
+    the grid (no critical lr in any cell) gets a pair of neighbouring grid lrs whose verdicts
+    differ instead (:func:`_verdict_changes`), where there is one. Cells with a side among
+    ``taken`` are avoided while others remain."""
     cells = ds.critical_lr.transpose("optimizer", ...)
     flags = ds.non_monotone.transpose(*cells.dims).values.astype(bool)
     crit = cells.values.astype(np.float64)
@@ -309,7 +322,11 @@ def boundary_indices(
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(c) & ~flags[o] & (c > grid.min()) & (c <= grid.max())
         candidates = rng.permutation(np.flatnonzero(ok.ravel()))
-        pairs = (_sides(cells.dims[1:], c, flat, grid, order, o) for flat in candidates)
+        pairs: Iterable[list[dict[str, int]]] = (
+            (_sides(cells.dims[1:], c, flat, grid, order, o) for flat in candidates)
+            if np.isfinite(c).any()
+            else _verdict_changes(ds, o, order, rng)  # no stability boundary anywhere
+        )
         first = None
         for pair in pairs:
             first = first or pair
@@ -317,6 +334,24 @@ def boundary_indices(
                 first = pair
                 break
         out += first or []
+    return out
+
+
+def _verdict_changes(
+    ds: xr.Dataset, o: int, order: np.ndarray, rng: np.random.Generator
+) -> list[list[dict[str, int]]]:
+    """Optimizer ``o``'s pairs of neighbouring grid lrs (``order`` sorts the lr axis) whose
+    verdicts differ, the lower lr first, in a random order (one per cell and change)."""
+    status = ds.status.isel(optimizer=o).transpose("lr", ...)
+    dims = status.dims[1:]
+    ranked = status.values[order].reshape(len(order), -1)
+    steps, cells = np.nonzero(ranked[1:] != ranked[:-1])
+    out = []
+    for k in rng.permutation(len(steps)):
+        rest = np.unravel_index(int(cells[k]), status.shape[1:])
+        where = {str(d): int(i) for d, i in zip(dims, rest, strict=True)}
+        lower, upper = order[steps[k]], order[steps[k] + 1]
+        out.append([{"optimizer": o, "lr": int(i), **where} for i in (lower, upper)])
     return out
 
 
@@ -447,10 +482,20 @@ def engine_histories(
 _INT_COLUMNS = ("n", "batch_size", "seed", "epochs")
 
 
-def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
+def keras_order_seed(ds: xr.Dataset, p: Pick, seed: int = 0) -> int:
+    """The seed of pick ``p``'s Keras shuffling stream (< 2**31): a function of the check's
+    ``seed`` and of the pick's place in the map alone, so a configuration is trained in the
+    same orders whatever ``K``, the worker count or the worker that runs it."""
+    dims = ds.status.dims
+    flat = int(np.ravel_multi_index(tuple(p.index[d] for d in dims), ds.status.shape))
+    return int(np.random.SeedSequence([seed, flat]).generate_state(1)[0] >> 1)
+
+
+def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick], seed: int = 0) -> list[KerasJob]:
     """Arguments of :func:`src.keras_reference.fit` for each pick: the engine's initial
-    weights, the map's dtype and, for a shuffled map, ``fit(shuffle=True)`` unseeded (a fresh
-    order every epoch, as in a user's own call; the orders come back recorded)."""
+    weights, the map's dtype and, for a shuffled map, ``fit(shuffle=True)`` with a fresh
+    order every epoch (as in a user's own call) drawn from :func:`keras_order_seed`'s stream
+    (``reshuffle``); the orders come back recorded."""
     shuffle = bool(ds.attrs["shuffle"])
     jobs = []
     for p in picks:
@@ -461,7 +506,8 @@ def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick]) -> list[KerasJob]:
             optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(w0[0]) if len(w0) == 1 else w0,
             b0=0.0, batch_size=p.batch_size, epochs=p.epochs,
             hyperparameters=dict(p.hyperparameters), x_query=x_query,
-            shuffle=shuffle, seed=None, dtype=str(ds.attrs["dtype"]),
+            shuffle=shuffle, seed=keras_order_seed(ds, p, seed), reshuffle=True,
+            dtype=str(ds.attrs["dtype"]),
         ))  # fmt: skip
     return jobs
 
@@ -658,7 +704,7 @@ def validate(
     if skipped is not None:
         return skipped
     picks = pick(ds, count, seed)
-    jobs = keras_jobs(ds, picks)
+    jobs = keras_jobs(ds, picks, seed)
     workers = workers or max(1, min(len(picks), os.cpu_count() or 1))
     dtype, kernel = str(ds.attrs["dtype"]), str(ds.attrs["kernel"])
     shuffled = bool(ds.attrs["shuffle"])
@@ -695,6 +741,9 @@ def validate(
         )
         for i, (p, r) in enumerate(zip(picks, runs, strict=True))
     ]  # fmt: skip
+    if shuffled:  # fit(..., seed=keras_order_seed, reshuffle=True) trains it in the same orders
+        for config, p in zip(configs, picks, strict=True):
+            config["keras_order_seed"] = keras_order_seed(ds, p, seed)
     determined = [c for c in configs if not c.get("sensitive")]
     sensitive = [c for c in configs if c.get("sensitive")]
     finite = _finite_errors(determined)
