@@ -156,12 +156,14 @@ MIXED_BATCH_SIZES = (8, 32)
 
 def mixed_rate(family_name: str, lrs: int, epochs: int, kernel: str = "auto") -> float:
     """Config-epochs per second of one family on the mixed map: every optimizer of the
-    family x ``lrs`` learning rates x N = 1..256 x batch sizes 8 and 32."""
+    family x ``lrs`` learning rates x N = 1..256 x batch sizes 8 and 32, in the order the
+    main job walks its grid (:attr:`src.configs.GridConfigs.WALK`: batch size, N, optimizer,
+    learning rate)."""
     names = [n for n, o in opt.OPTIMIZERS.items() if o.family.name == family_name]
     ns = np.arange(1, MIXED_N + 1)
-    grid = np.meshgrid(np.arange(len(names)), log_grid(1e-4, 1.0, lrs), ns, MIXED_BATCH_SIZES,
+    grid = np.meshgrid(MIXED_BATCH_SIZES, ns, np.arange(len(names)), log_grid(1e-4, 1.0, lrs),
                        indexing="ij")  # fmt: skip
-    which, lr, n, bs = (g.ravel() for g in grid)
+    bs, n, which, lr = (g.ravel() for g in grid)
     family = opt.get(names[0]).family
     flat = FlatConfigs.of(
         [names[i] for i in which], family, learning_rate=lr, n=n, batch_size=bs,

@@ -196,9 +196,11 @@ class GridConfigs:
     for row it gives what :class:`FlatConfigs` of the same grid gives.
     """
 
-    WALK = (2, 3, 4, 0, 1, 5)
+    WALK = (3, 2, 4, 0, 1, 5)
     """The order rows walk the grid's first six axes in (after the data dimensions; the
-    swept hyperparameters follow)."""
+    swept hyperparameters follow): batch size outermost, then dataset size, so that a
+    chunk of consecutive rows holds configs with about as many batches per epoch, and runs
+    few padded steps (:class:`src.simulator.Chunk`)."""
 
     names: tuple[str, ...]
     family: opt.Family
