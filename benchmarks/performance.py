@@ -148,7 +148,7 @@ def main_job(args: Sequence[str], cache: Path) -> dict[str, float]:
         checked = Path(out) / "validation.json"
         check = json.loads(checked.read_text()) if checked.exists() else None
     figures = {"wall": wall, **{p: float(summary.get(f"{p}_seconds", math.nan)) for p in PHASES}}
-    if check is not None:
+    if check is not None and check.get("checked"):  # --validate 0 records 0 picks: "off"
         figures["keras_picks"] = float(check["checked"])
         figures["keras_seconds"] = float(check["seconds"])
     return figures
@@ -286,8 +286,9 @@ def report(m: dict[str, object]) -> str:
         f"## Mixed map: every optimizer, N = 1..{MIXED_N}, batch sizes {sizes}, "
         f"{MIXED_EPOCHS} epochs",
         "",
-        f"{MIXED_LRS} learning rates per optimizer; the default kernel (`auto`: moments). A "
-        "family runs all its optimizers in one program.",
+        f"{MIXED_LRS} learning rates per optimizer; the default kernel (`auto`: moments), a "
+        "fixed batch order. A family runs all its optimizers in one program; rows come in the "
+        "main job's walk order (batch size, N, optimizer, lr), in chunks of 2,048.",
         "",
         "| family | config-epochs/s | of SGD's |",
         "|---|---|---|",
