@@ -18,6 +18,7 @@ chunks of its own, run as one :class:`~src.engine.Group`; shorter runs share mix
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -223,8 +224,9 @@ class Simulator:
                    self.dtype, constants, group is not None, configs.order is not None)  # fmt: skip
             if key not in self._compiled:
                 t0 = time.perf_counter()
-                self._compiled[key] = self._program(
-                    family, shapes, history, constants, configs, tol, group
+                self._compiled[key] = shared_program(
+                    (key, self.kernel, self.devices, _avals(self._table)),
+                    lambda: self._program(family, shapes, history, constants, configs, tol, group),
                 )
                 self.compile_seconds += time.perf_counter() - t0
             return self._compiled[key]
@@ -343,6 +345,32 @@ class Simulator:
     def _place(self, configs: engine.Configs) -> engine.Configs:
         """A chunk split along its config axis over the devices (of every process)."""
         return jax.device_put(configs, self._split)
+
+
+PROGRAM_CACHE_SIZE = 64
+"""Compiled programs kept for the process (least recently used dropped first)."""
+
+_programs: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+
+
+def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
+    """The compiled program for ``key``, built once per process: a program takes its data
+    table as an argument, so simulators of equally shaped tables on the same devices (the
+    focus panel's raw and standardised data, a report's re-runs) share it instead of each
+    tracing, lowering and compiling its own."""
+    if key in _programs:
+        _programs.move_to_end(key)
+        return _programs[key]
+    program = _programs[key] = build()
+    if len(_programs) > PROGRAM_CACHE_SIZE:
+        _programs.popitem(last=False)
+    return program
+
+
+def _avals(tree: object) -> tuple:
+    """The structure, shapes and dtypes of ``tree``'s arrays: what a compiled program fixes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((a.shape, str(a.dtype)) for a in leaves)
 
 
 def batch_moments(
