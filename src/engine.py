@@ -184,6 +184,11 @@ class Group(NamedTuple):
     batch_size: Array
     moments: Moments | None = None
     seed: Array | None = None
+    order: Array | None = None
+    """Shuffled: every epoch's sample order, shape ``(epochs, n_max)``, as
+    :func:`epoch_orders` draws them from ``seed`` (drawn once, they are replayed by every
+    program that trains on this dataset size and seed, instead of each drawing them in its
+    own steps)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,6 +540,17 @@ def _epoch_order(key: Array, epoch: Array, n: Array, shapes: Shapes, shuffle: bo
     return jnp.argsort(jnp.where(index < n, u, 2.0)).astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames=("n_max", "epochs"))
+def epoch_orders(seed: Array, n: Array, *, n_max: int, epochs: int) -> Array:
+    """The sample orders of epochs ``0 .. epochs - 1`` of a shuffled run of seed ``seed`` on
+    ``n`` samples, shape ``(epochs, n_max)``: what :func:`simulate_one` draws epoch by epoch
+    (:func:`_epoch_order`), all at once."""
+    key = _keys(seed)[1]
+    shapes = Shapes(n_max=n_max, n_batches=1, batch_width=1, epochs=epochs)
+    numbers = jnp.arange(epochs, dtype=jnp.int32)
+    return jax.vmap(lambda e: _epoch_order(key, e, n, shapes, True))(numbers)
+
+
 def _event_key(number: Array, finite: Array, converged: Array) -> Array:
     """An epoch's key for the running minimum that tracks both events in one value: the
     epoch number if it converged, ``number - 2 NEVER`` if its loss is not finite (so the
@@ -670,7 +686,9 @@ def simulate_one(
     (the loop's trip count is then dynamic, the results the same bit for bit). ``rows``
     (from :func:`simulate` only) holds the batch moments in place of ``cfg.moments``.
     """
-    if group is not None and shuffle and (group.seed is None or cfg.order is not None):
+    if group is not None and shuffle and (
+        (group.seed is None and group.order is None) or cfg.order is not None
+    ):
         raise ValueError("a shuffled group draws its orders from the group's seed")
     if cfg.order is not None and not shuffle:
         raise ValueError("replayed sample orders need a shuffled program")
@@ -691,8 +709,10 @@ def simulate_one(
     shared_steps = shares_steps(shapes)
     per_slot = group is not None and slot_by_slot(shapes)
 
+    replayed = cfg.order if group is None or group.order is None else group.order
+
     def epoch_batches(epoch: Array) -> object:
-        order = None if cfg.order is None else cfg.order[epoch]
+        order = None if replayed is None else replayed[epoch]
         return batches_of_epoch(batching, data, shuffle_key, epoch, shapes, kernel, shuffle, order)
 
     fixed = None if shuffle else epoch_batches(jnp.zeros((), jnp.int32))
@@ -842,6 +862,11 @@ def simulate(
     size, and the chunk's batches are built once (see :class:`Group`). ``steps``: the batch
     steps each epoch runs (see :func:`simulate_one`).
     """
+    if group is not None and group.n.ndim == 1:
+        return _simulate_groups(
+            configs, data, tol, group, steps, family=family, shapes=shapes, shuffle=shuffle,
+            history=history, kernel=kernel, constants=constants,
+        )  # fmt: skip
     run = functools.partial(
         simulate_one, family=family, shapes=shapes, shuffle=shuffle, history=history,
         kernel=kernel, constants=constants,
@@ -858,3 +883,27 @@ def simulate(
     )
     run_rows = jax.vmap(run, in_axes=(0, None, None, None, None, BatchRows(None, 0)))
     return run_rows(configs._replace(moments=None), data, tol, group, steps, rows)
+
+
+def _simulate_groups(
+    configs: Configs,
+    data: DataTable,
+    tol: Array,
+    group: Group,
+    steps: Array | None,
+    **static: object,
+) -> tuple[Summary, Array | None]:
+    """:func:`simulate` of a chunk of several groups: ``group``'s fields have a leading
+    axis of ``groups``, and ``configs`` are group-major, an equal number per group. Each
+    group runs as a one-group chunk would (``vmap`` over the groups), so one call and one
+    loop over the epochs' steps serve them all: a group of a few hundred configs alone
+    spends most of each step on the step itself (2-core CPU, shuffled SGD, 256 configs of
+    one group: ~5x the time per config of 4096)."""
+    groups = group.n.shape[0]
+    split = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), configs)
+
+    def one(c: Configs, g: Group) -> tuple[Summary, Array | None]:
+        return simulate(c, data, tol, group=g, steps=steps, **static)
+
+    out = jax.vmap(one)(split, group)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)

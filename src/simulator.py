@@ -220,8 +220,9 @@ class Simulator:
         plan = chunk_plan(runs, size, speedup, group_size)
 
         def program(configs: engine.Configs, group: engine.Group | None) -> Callable:
+            groups = 0 if group is None else max(1, int(np.size(group.n)))
             key = (family, flat.argument_names, shapes, len(configs.n), history, self.shuffle,
-                   self.dtype, constants, group is not None, configs.order is not None)  # fmt: skip
+                   self.dtype, constants, groups, configs.order is not None)  # fmt: skip
             if key not in self._compiled:
                 t0 = time.perf_counter()
                 self._compiled[key] = shared_program(
@@ -234,39 +235,47 @@ class Simulator:
         parts: list[engine.Summary] = []
         curves: list[np.ndarray] = []
 
-        def finish(start: int, keep: int, outputs: tuple) -> None:
+        def finish(pieces: list[tuple[int, int, int]], outputs: tuple) -> None:
             t0 = time.perf_counter()
             summary, losses = _gather(jax.block_until_ready(outputs))
             self.compute_seconds += time.perf_counter() - t0
-            done = engine.Summary(*(np.asarray(a)[:keep] for a in summary))
-            if done.final_w.shape[-1] == 1:  # one feature: one kernel value per config
-                done = done._replace(final_w=done.final_w[..., 0])
-            kept = np.asarray(losses)[:keep] if history else None
-            if each is not None:  # the caller keeps what it needs: nothing grows here
-                each(start, done, kept)
-            else:
-                parts.append(done)
-                if kept is not None:
-                    curves.append(kept)
-            if progress:
-                progress(keep)
+            for start, keep, at in pieces:  # configs start .. start + keep, from row at
+                done = engine.Summary(*(np.asarray(a)[at : at + keep] for a in summary))
+                if done.final_w.shape[-1] == 1:  # one feature: one kernel value per config
+                    done = done._replace(final_w=done.final_w[..., 0])
+                kept = np.asarray(losses)[at : at + keep] if history else None
+                if each is not None:  # the caller keeps what it needs: nothing grows here
+                    each(start, done, kept)
+                else:
+                    parts.append(done)
+                    if kept is not None:
+                        curves.append(kept)
+                if progress:
+                    progress(keep)
 
         # JAX dispatches asynchronously: the next chunk is built on the host while the
         # devices compute this one.
-        pending: tuple[int, int, tuple] | None = None
-        for start, stop, grouped in plan:
-            keep = stop - start
-            if skip is not None and skip(start, stop):
-                continue
+        pending: tuple[list[tuple[int, int, int]], tuple] | None = None
+        calls, groups = self._calls(plan, size // group_size, skip)
+        for call in calls:
+            grouped = call[0][2]
             width = group_size if grouped else size
-            configs, group, steps = self.chunk(flat, start, width, shapes, constants, grouped)
+            pieces = [(start, stop - start, i * width) for i, (start, stop, _) in enumerate(call)]
+            if grouped and groups > 1:  # the last call's missing groups repeat its last one
+                starts = [start for start, _, _ in call]
+                starts += starts[-1:] * (groups - len(starts))
+                configs, group, steps = self.groups_chunk(flat, starts, width, shapes, constants)
+            else:
+                configs, group, steps = self.chunk(
+                    flat, call[0][0], width, shapes, constants, grouped
+                )
             compiled = program(configs, group)
             t0 = time.perf_counter()
             outputs = compiled(configs, self._table, tol, group, steps)
             self.compute_seconds += time.perf_counter() - t0
             if pending is not None:
                 finish(*pending)
-            pending = (start, keep, outputs)
+            pending = (pieces, outputs)
         if pending is not None:
             finish(*pending)
         if each is not None:
@@ -287,16 +296,18 @@ class Simulator:
         """The engine compiled for chunks like ``configs``: every device runs
         :func:`src.engine.simulate` on its own slice of the configs (``shard_map``), so a
         config computes the very program it would on one device, with nothing to
-        communicate; the data table, ``tol`` and ``group`` are replicated."""
+        communicate; the data table, ``tol`` and a ``group`` are replicated, several groups
+        split as their configs are."""
         simulate = functools.partial(
             engine.simulate, family=family, shapes=shapes, shuffle=self.shuffle,
             history=history, kernel=self.kernel, constants=constants,
         )  # fmt: skip
         split, whole = PartitionSpec("configs"), PartitionSpec()
+        several = group is not None and np.ndim(group.n) == 1  # each device: its own groups
         per_device = jax.shard_map(
             lambda c, data, t, g, k: simulate(c, data, t, group=g, steps=k),
             mesh=self._mesh,
-            in_specs=(split, whole, whole, whole, whole),
+            in_specs=(split, whole, whole, split if several else whole, whole),
             out_specs=split,
             check_vma=False,  # the engine is written per device; nothing crosses devices
         )
@@ -306,6 +317,48 @@ class Simulator:
     def _steps(self, steps: int) -> jax.Array:
         """A chunk's batch steps per epoch, replicated: one value for every device."""
         return jax.device_put(np.int32(steps), self._replicated)
+
+    def _calls(
+        self,
+        plan: list[tuple[int, int, bool]],
+        most: int,
+        skip: Callable[[int, int], bool] | None,
+    ) -> tuple[list[list[tuple[int, int, bool]]], int]:
+        """The engine calls of ``plan`` (less the chunks ``skip`` leaves out): a mixed chunk
+        is a call of its own, consecutive group chunks share calls of up to ``most`` groups
+        (:func:`src.engine.simulate` of several groups). Returns the calls and the groups
+        of every multi-group call: one count for the whole run (one compiled program), at
+        most the run's group chunks, a multiple of the device count (each device runs
+        whole groups)."""
+        kept = [c for c in plan if skip is None or not skip(c[0], c[1])]
+        groups = min(most, sum(grouped for _, _, grouped in kept))
+        if groups > 1:
+            groups = self._whole_devices(groups)
+        calls: list[list[tuple[int, int, bool]]] = []
+        for c in kept:
+            last = calls[-1] if calls else None
+            if c[2] and groups > 1 and last and last[-1][2] and len(last) < groups:
+                last.append(c)
+            else:
+                calls.append([c])
+        return calls, groups
+
+    def groups_chunk(
+        self,
+        flat: ConfigSource,
+        starts: list[int],
+        size: int,
+        shapes: engine.Shapes,
+        constants: tuple[tuple[str, float], ...],
+    ) -> Chunk:
+        """Several group chunks (``size`` configs from each of ``starts``) as one: the
+        configs one after the other, every :class:`~src.engine.Group` field stacked, both
+        split over the devices group by group; the steps are the most any group needs."""
+        parts = [self._host_chunk(flat, s, size, shapes, constants, True) for s in starts]
+        configs = jax.tree.map(lambda *a: np.concatenate(a), *(c for c, _, _ in parts))
+        group = jax.tree.map(lambda *a: np.stack(a), *(g for _, g, _ in parts))
+        steps = max(k for _, _, k in parts)
+        return Chunk(self._place(configs), self._place(group), self._steps(steps))
 
     def chunk(
         self,
@@ -320,8 +373,22 @@ class Simulator:
         the chunk has the first one's dataset and batch size) also its
         :class:`~src.engine.Group`, replicated. Batch moments are added for the moments
         kernel: the group's, or every config's."""
+        configs, group, steps = self._host_chunk(flat, start, size, shapes, constants, grouped)
+        placed = None if group is None else jax.device_put(group, self._replicated)
+        return Chunk(self._place(configs), placed, self._steps(steps))
+
+    def _host_chunk(
+        self,
+        flat: ConfigSource,
+        start: int,
+        size: int,
+        shapes: engine.Shapes,
+        constants: tuple[tuple[str, float], ...],
+        grouped: bool,
+    ) -> tuple[engine.Configs, engine.Group | None, int]:
+        """:meth:`chunk` as host arrays, with its batch steps per epoch."""
         c = flat.chunk(start, size, self.rows, self.dtype)
-        steps = self._steps(int(np.max(-(-np.asarray(c.n) // np.asarray(c.batch_size)))))
+        steps = int(np.max(-(-np.asarray(c.n) // np.asarray(c.batch_size))))
         fixed = dict(constants)
         c = c._replace(
             hyperparameters={k: v for k, v in c.hyperparameters.items() if k not in fixed}
@@ -334,17 +401,19 @@ class Simulator:
                 self.dtype, self._moments,
             )  # fmt: skip
         if not grouped:
-            return Chunk(self._place(c._replace(moments=moments)), None, steps)
+            return c._replace(moments=moments), None, steps
         group = engine.Group(
             data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
             moments=None if moments is None else jax.tree.map(lambda m: m[0], moments),
             seed=c.seed[0] if self.shuffle else None,
+            order=epoch_orders(int(c.seed[0]), int(c.n[0]), shapes) if self.shuffle else None,
         )  # fmt: skip
-        return Chunk(self._place(c), jax.device_put(group, self._replicated), steps)
+        return c, group, steps
 
-    def _place(self, configs: engine.Configs) -> engine.Configs:
-        """A chunk split along its config axis over the devices (of every process)."""
-        return jax.device_put(configs, self._split)
+    def _place(self, tree: object) -> object:
+        """A chunk (or its groups) split along the leading axis over the devices (of
+        every process)."""
+        return jax.device_put(tree, self._split)
 
 
 PROGRAM_CACHE_SIZE = 64
@@ -365,6 +434,33 @@ def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     if len(_programs) > PROGRAM_CACHE_SIZE:
         _programs.popitem(last=False)
     return program
+
+
+ORDER_CACHE_BYTES = 1 << 28
+"""Shuffled groups' sample orders kept for the process (least recently used dropped first)."""
+
+_orders: collections.OrderedDict[tuple[int, int, int, int], np.ndarray] = (
+    collections.OrderedDict()
+)
+
+
+def epoch_orders(seed: int, n: int, shapes: engine.Shapes) -> np.ndarray:
+    """Every epoch's sample order of a shuffled group (:func:`src.engine.epoch_orders`),
+    drawn once per process: the map's families, the boundary search's rounds and the
+    curves all train on the same dataset sizes and seeds, and drawing an order (two
+    threefry hashes per sample and a sort, every epoch) costs a one-group step loop about
+    as much as its training (2-core CPU, 256 configs of 64 samples: ~4 of ~8 ms)."""
+    key = (seed, n, shapes.n_max, shapes.epochs)
+    if key in _orders:
+        _orders.move_to_end(key)
+        return _orders[key]
+    drawn = np.asarray(
+        engine.epoch_orders(np.uint32(seed), np.int32(n), n_max=shapes.n_max, epochs=shapes.epochs)
+    )
+    _orders[key] = drawn
+    while sum(a.nbytes for a in _orders.values()) > ORDER_CACHE_BYTES and len(_orders) > 1:
+        _orders.popitem(last=False)
+    return drawn
 
 
 def _avals(tree: object) -> tuple:

@@ -128,3 +128,34 @@ def test_replayed_orders_reproduce_the_engines_own(kernel: str, simulate: Callab
     assert_same(shuffled, simulate(*args, kernel=kernel, shuffle=True, orders=own))
     other = simulate(*args, kernel=kernel, shuffle=True, orders=own[:, ::-1].copy())
     assert not same_bits(shuffled[1], other[1])
+
+
+@pytest.mark.parametrize("kernel", ["moments", "autodiff"])
+def test_several_groups_per_call_compute_what_one_group_per_call_does(kernel: str) -> None:
+    # Shuffled runs of one N, batch size and seed, 12 lrs each: with small chunks every
+    # call holds one group; with the default chunk, calls of several groups (one vmap over
+    # them), the last call's missing groups padded. Ragged epochs; N 5..24 gives groups of
+    # one to six batches in one call.
+    lrs = np.geomspace(1e-3, 0.6, 12)
+    ns, seeds = np.arange(5, 24), (0, 1)  # 76 groups: the last call of 16 holds 12
+    grid = np.meshgrid((4, 8), ns, seeds, lrs, indexing="ij")
+    bs, n, seed, lr = (g.ravel() for g in grid)
+    epochs = np.random.default_rng(0).integers(3, 12, len(n))
+    family = opt.get("adam").family
+    flat = FlatConfigs.of(["adam"] * len(n), family, learning_rate=lr, n=n, batch_size=bs,
+                          seed=seed, epochs=epochs)  # fmt: skip
+    table = data_table([Problem().dataset(int(k)) for k in ns], "float32")
+    rows = np.zeros(ns[-1] + 1, np.int64)
+    rows[ns] = np.arange(len(ns))
+
+    def run(chunk_size: int) -> tuple[tuple[engine.Summary, np.ndarray], set[int]]:
+        sim = Simulator(table, rows, "float32", 1e-4, shuffle=True, kernel=kernel,
+                        chunk_size=chunk_size)  # fmt: skip
+        summary, history = sim.run(family, flat, history=True)
+        return (summary, history), {k[-2] for k in sim._compiled}
+
+    one, groups_one = run(16)
+    several, groups_several = run(256)
+    assert groups_one == {1} and max(groups_several) > 1
+    assert_same(one, several)
+    assert len(np.unique(several[0].final_loss)) > len(lrs)  # the groups differ
