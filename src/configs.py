@@ -71,7 +71,9 @@ class FlatConfigs:
     """Per-config columns (host arrays) for optimizers of one family.
 
     ``columns`` holds :data:`COLUMNS` (and optionally ``variant``: which of the data table's
-    problem variants, e.g. noise draws, each config trains on; default the first);
+    problem variants, e.g. noise draws, each config trains on; default the first; and
+    ``run``, labels that end a run of configs sharing their batches where they change, so
+    that a caller can keep two equal runs apart);
     ``arguments`` the family's builder arguments
     (:meth:`~src.optimizers.Family.arguments`), one value per config. ``orders``, shape
     ``(configs, max epochs, max n)``, are sample orders to replay in a shuffled program
@@ -93,7 +95,7 @@ class FlatConfigs:
         config's optimizer unless ``overrides`` gives per-config values."""
         names = sorted(set(optimizers))
         which = np.searchsorted(names, np.asarray(optimizers))
-        cols = {k: np.asarray(columns[k]) for k in (*COLUMNS, "variant") if k in columns}
+        cols = {k: np.asarray(columns[k]) for k in (*COLUMNS, "variant", "run") if k in columns}
         return FlatConfigs(cols, family.arguments(hyperparameters(family, names, which, overrides)))
 
     def __len__(self) -> int:
@@ -115,7 +117,7 @@ class FlatConfigs:
         """Where runs of consecutive configs with one dataset size and batch size (and
         seed, ``by_seed``) start, and the end: ``[0, ..., len(self)]``. Replayed orders
         are per config: every config is then a run of its own."""
-        by = ("n", "batch_size", *(("seed",) if by_seed else ()), "variant")
+        by = ("n", "batch_size", *(("seed",) if by_seed else ()), "variant", "run")
         keys = [self.columns[k] for k in by if k in self.columns]
         if self.orders is not None:
             keys.append(np.arange(len(self)))

@@ -396,6 +396,9 @@ BOUNDARY_PIECE = (256, 4096)
 """Bounds of the configs per engine call of the boundary search: a power of two that holds a
 bisection round (fixed order: of all the family's cells; shuffled: of one group's), clipped to
 these. Every call of a family has that size: one compiled program for all of them."""
+ALL_BLOCKS = 1 << 40
+"""What a shuffled boundary round pads its configs to (:meth:`src.simulator.Simulator.run`'s
+``pad_to``): more than any round has, so that its chunks are full-size whatever its count."""
 THEORY_WINDOWS = 8
 """The most closed-form unstable windows per cell simulated as candidates."""
 
@@ -486,40 +489,58 @@ def _measured_boundary(
         assert phases is not None
         phases.start(name, sum(calls_of(c) for c in calls), "config")
 
+    def block(
+        name: str, pick: np.ndarray, ids: np.ndarray, lrs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One block's rows, ``(setting, data, lr)`` by ``piece[name]``: the cells, then one
+        row of each kind (so that no hyperparameter is a constant of one call only), padded
+        to the full width with the last cell's data: one compiled program for the search."""
+        k = kinds[name]
+        pad = max(0, piece[name] - len(pick) - len(k))
+        last = ids[pick[-1]]
+        setting = np.concatenate([ids[pick], k, np.full(pad, last)])  # optimizer, swept
+        data = np.concatenate([ids[pick], np.full(len(k) + pad, last)])  # n, bs, ...
+        lr = np.concatenate([lrs[pick], np.full(len(k) + pad, lrs[pick[-1]])])
+        return setting, data, lr
+
     def breaks_at(cells: np.ndarray, lrs: np.ndarray) -> np.ndarray:
         ids = searched[cells]
         out = np.empty(len(cells), bool)
         for name in dict.fromkeys(families[ids]):
             family = opt.get(name).family
-            for pick in blocks(name, np.flatnonzero(families[ids] == name), ids):
-                # Every call: the cells, then one row of each kind (so that no hyperparameter
-                # is a constant of one call only), padded to the full width with the last
-                # cell's data: one compiled program for the whole search.
-                k = kinds[name]
-                pad = max(0, piece[name] - len(pick) - len(k))
-                last = ids[pick[-1]]
-                setting = np.concatenate([ids[pick], k, np.full(pad, last)])  # optimizer, swept
-                data = np.concatenate([ids[pick], np.full(len(k) + pad, last)])  # n, bs, ...
-                lr = np.concatenate([lrs[pick], np.full(len(k) + pad, lrs[pick[-1]])])
+            picks = blocks(name, np.flatnonzero(families[ids] == name), ids)
+            # Shuffled, every block is one group: all go to the simulator at once, which runs
+            # several groups per call (their ``run`` labels keep equal groups apart).
+            for call in [picks] if sweep.shuffle else [[p] for p in picks]:
+                setting, data, lr = (
+                    np.concatenate(c)
+                    for c in zip(*(block(name, p, ids, lrs) for p in call), strict=True)
+                )
                 overrides = {
                     **sweep.overrides_for(family),
                     **{h: values[h][setting] for h in sweep.swept_for(family)},
                 }
                 flat = FlatConfigs.of(
-                    values["optimizer"][setting], family, overrides, learning_rate=lr,
-                    n=values["n"][data], batch_size=values["batch_size"][data],
-                    seed=values["seed"][data], epochs=values["epochs"][data],
-                    variant=values["variant"][data],
+                    values["optimizer"][setting], family, overrides,
+                    learning_rate=lr, n=values["n"][data],
+                    batch_size=values["batch_size"][data], seed=values["seed"][data],
+                    epochs=values["epochs"][data], variant=values["variant"][data],
+                    run=np.repeat(np.arange(len(call)), piece[name]),
                 )  # fmt: skip
-                summary, _ = sim.run(family, flat, shapes, pad_to=piece[name])
+                # Shuffled, chunks are sized as for a long run: every call then holds as
+                # many groups as a chunk does, however many blocks the round has.
+                pad_to = ALL_BLOCKS if sweep.shuffle else piece[name]
+                summary, _ = sim.run(family, flat, shapes, pad_to=pad_to)
                 at = rows[values["variant"][data], values["n"][data]]
                 st = outcome.classify(
                     summary.initial_loss, summary.final_loss, summary.first_nonfinite_epoch,
                     scale[at], sweep.tol, sweep.diverge_factor, optimal[at],
                 )  # fmt: skip
-                out[pick] = outcome.breaks(st)[: len(pick)]
+                broken = outcome.breaks(st).reshape(len(call), piece[name])
+                for pick, b in zip(call, broken, strict=True):
+                    out[pick] = b[: len(pick)]
                 if phases is not None:
-                    phases.advance(piece[name])
+                    phases.advance(piece[name] * len(call))
         return out
 
     grid_breaks = outcome.breaks(by_cell).reshape(-1, by_cell.shape[-1])[searched]

@@ -185,8 +185,9 @@ class Simulator:
         """Every config of ``flat``: per-config summaries and (``history``) History losses.
         ``final_w`` is one value per config for one feature, ``(configs, d)`` for several.
 
-        ``pad_to`` sizes chunks as if there were that many configs, so that calls with
-        varying counts share one compiled program.
+        ``pad_to`` sizes chunks as if there were that many configs, and calls of several
+        groups (shuffled) hold as many groups as they can, so that calls with varying counts
+        share one compiled program.
 
         With ``each``, every chunk's summary and (``history``, else ``None``) History losses go
         to ``each(start, summary, losses)`` (configs ``start .. start + len``) as soon as they
@@ -256,7 +257,7 @@ class Simulator:
         # JAX dispatches asynchronously: the next chunk is built on the host while the
         # devices compute this one.
         pending: tuple[list[tuple[int, int, int]], tuple] | None = None
-        calls, groups = self._calls(plan, size // group_size, skip)
+        calls, groups = self._calls(plan, size // group_size, skip, fixed=pad_to > 0)
         for call in calls:
             grouped = call[0][2]
             width = group_size if grouped else size
@@ -323,15 +324,17 @@ class Simulator:
         plan: list[tuple[int, int, bool]],
         most: int,
         skip: Callable[[int, int], bool] | None,
+        fixed: bool = False,
     ) -> tuple[list[list[tuple[int, int, bool]]], int]:
         """The engine calls of ``plan`` (less the chunks ``skip`` leaves out): a mixed chunk
         is a call of its own, consecutive group chunks share calls of up to ``most`` groups
         (:func:`src.engine.simulate` of several groups). Returns the calls and the groups
         of every multi-group call: one count for the whole run (one compiled program), at
-        most the run's group chunks, a multiple of the device count (each device runs
-        whole groups)."""
+        most the run's group chunks (``fixed``: ``most`` however many there are, so that
+        runs of any length share the program), a multiple of the device count (each device
+        runs whole groups)."""
         kept = [c for c in plan if skip is None or not skip(c[0], c[1])]
-        groups = min(most, sum(grouped for _, _, grouped in kept))
+        groups = most if fixed else min(most, sum(grouped for _, _, grouped in kept))
         if groups > 1:
             groups = self._whole_devices(groups)
         calls: list[list[tuple[int, int, bool]]] = []
