@@ -858,9 +858,10 @@ def simulate(
 
     Returns per-config :class:`Summary` arrays and, with ``history=True``, the per-epoch
     ``History`` losses of shape ``(configs, shapes.epochs)`` (nan past a config's epochs).
-    With ``group`` (fixed batch order only) every config has the group's dataset and batch
-    size, and the chunk's batches are built once (see :class:`Group`). ``steps``: the batch
-    steps each epoch runs (see :func:`simulate_one`).
+    With ``group`` every config has the group's dataset and batch size, and the chunk's
+    batches are built once (see :class:`Group`); a ``group`` whose fields have a leading axis
+    is several groups, the configs group-major (:func:`_simulate_groups`). ``steps``: the
+    batch steps each epoch runs (see :func:`simulate_one`).
     """
     if group is not None and group.n.ndim == 1:
         return _simulate_groups(
@@ -903,7 +904,9 @@ def _simulate_groups(
     split = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), configs)
 
     def one(c: Configs, g: Group) -> tuple[Summary, Array | None]:
-        return simulate(c, data, tol, group=g, steps=steps, **static)
+        # The traced function, not the jitted one: a jit inside the vmap would be traced
+        # and then batched, which doubles the tracing time of the program.
+        return simulate.__wrapped__(c, data, tol, group=g, steps=steps, **static)
 
     out = jax.vmap(one)(split, group)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)

@@ -265,7 +265,9 @@ def _run(
     curves_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    critical = _measured_boundary(sweep, status, sim, shapes, table, rows, phases)
+    critical = _measured_boundary(
+        sweep, status, sim, shapes, table, rows, phases, history=sampled is not None
+    )
     phases.finish()
     boundary_seconds = time.perf_counter() - t0
     ds = schema.to_dataset(
@@ -411,6 +413,7 @@ def _measured_boundary(
     table: DataTable,
     rows: np.ndarray,
     phases: _Phases | None = None,
+    history: bool = False,
 ) -> boundary.Boundary:
     """Critical lr of every cell (all dims but lr), refined and bisected with the engine
     (:func:`src.boundary.search`; the closed form's windows, where there is one, as
@@ -420,7 +423,8 @@ def _measured_boundary(
     Cells that differ only in a swept hyperparameter their optimizer does not have are the
     same run: only the first of them is searched and its result repeated. Every engine call
     of a family has the same size (:data:`BOUNDARY_PIECE`), so the whole search compiles one
-    program per family.
+    program per family. Shuffled, its calls are laid out as the map's (its groups' width,
+    and ``history`` as the map ran), so that they run the program the map compiled.
     """
     dims = sweep.dims
     cell_dims = tuple(d for d in dims if d != "lr")
@@ -456,6 +460,11 @@ def _measured_boundary(
         wanted = per_call * (boundary.SECTIONS - 1)  # a bisection round in one call
         piece[name] = min(hi_piece, max(lo_piece, 1 << (wanted - 1).bit_length()))
         family = opt.get(values["optimizer"][own[0]]).family
+        if sweep.shuffle:
+            names = [o for o in sweep.optimizer if opt.get(o).family.name == name]
+            grid = GridConfigs.of(sweep, names)
+            size = sim.chunk_size_for(shapes, len(grid))
+            piece[name] = sim.group_width(grid.runs(by_seed=True), size)
         swept = [values[h][own] for h in sweep.swept_for(family)]
         _, first = np.unique(np.stack([coords[0][own], *swept]), axis=1, return_index=True)
         kinds[name] = own[first]  # a cell of each optimizer and swept setting of the family
@@ -530,7 +539,9 @@ def _measured_boundary(
                 # Shuffled, chunks are sized as for a long run: every call then holds as
                 # many groups as a chunk does, however many blocks the round has.
                 pad_to = ALL_BLOCKS if sweep.shuffle else piece[name]
-                summary, _ = sim.run(family, flat, shapes, pad_to=pad_to)
+                summary = _summaries(
+                    sim, family, flat, shapes, history=history and sweep.shuffle, pad_to=pad_to
+                )
                 at = rows[values["variant"][data], values["n"][data]]
                 st = outcome.classify(
                     summary.initial_loss, summary.final_loss, summary.first_nonfinite_epoch,
@@ -565,6 +576,22 @@ def _measured_boundary(
             )
             a[i] = np.broadcast_to(a[i][first], a[i].shape)
     return result
+
+
+def _summaries(
+    sim: Simulator,
+    family: opt.Family,
+    flat: FlatConfigs,
+    shapes: engine.Shapes,
+    history: bool,
+    pad_to: int,
+) -> engine.Summary:
+    """``sim.run``'s summaries of ``flat``; with ``history`` (to run the program the map
+    compiled) each chunk's losses are dropped as soon as they come."""
+    parts: list[engine.Summary] = []
+    sim.run(family, flat, shapes, history=history, pad_to=pad_to,
+            each=lambda _, s, __: parts.append(s))  # fmt: skip
+    return engine.Summary(*map(np.concatenate, zip(*parts, strict=True)))
 
 
 def _theory_candidates(

@@ -166,6 +166,15 @@ class Simulator:
             size = max(1, min(count, CHUNK_ELEMENTS * len(self.devices) // per_config))
         return self._whole_devices(size)
 
+    def group_width(self, runs: np.ndarray, size: int) -> int:
+        """Configs per group in a shuffled run's chunks of ``size`` (``runs``: its runs'
+        boundaries, :meth:`~src.configs.ConfigSource.runs`): its longest run, rounded up to
+        a power of two, so that padding stays small."""
+        longest = int(np.max(np.diff(runs), initial=1))
+        return self._whole_devices(
+            min(size, max(MIN_SHUFFLED_GROUP, 1 << (longest - 1).bit_length()))
+        )
+
     def _whole_devices(self, size: int) -> int:
         """``size`` rounded up to a multiple of the device count."""
         return -(-size // len(self.devices)) * len(self.devices)
@@ -210,10 +219,7 @@ class Simulator:
             # Shuffled, a group draws each epoch's order and batches once instead of once
             # per config; its chunks are sized to the runs, so padding stays small.
             speedup = SHUFFLED_GROUP_SPEEDUP
-            longest = int(np.max(np.diff(runs), initial=1))
-            group_size = self._whole_devices(
-                min(size, max(MIN_SHUFFLED_GROUP, 1 << (longest - 1).bit_length()))
-            )
+            group_size = self.group_width(runs, size)
         elif self.kernel == "autodiff" and not engine.slot_by_slot(shapes):
             speedup = 1.0
         else:
