@@ -367,6 +367,11 @@ def write_figures(
     """Every PNG of the report, written to ``out``; returns name -> PNG bytes. ``extra``:
     labelled loss histories drawn dashed in ``loss_curves.png`` (see :func:`curves_figure`).
     The per-optimizer maps are one figure, laid out once and redrawn for each optimizer."""
+    return {**map_figures(ds, out), **curves_png(ds, out, extra)}
+
+
+def map_figures(ds: xr.Dataset, out: Path) -> dict[str, bytes]:
+    """The PNGs of :func:`write_figures` drawn from the map alone (all but the loss curves)."""
     ref = reference_slice(ds)
     optimizers = [str(o) for o in ds.optimizer.values]
     pngs = {"heatmaps.png": save_figure(overview_figure(ref, optimizers), out / "heatmaps.png")}
@@ -376,9 +381,15 @@ def write_figures(
             _redraw_heatmap(single, ref, name)
         file = f"heatmap_{name}.png"
         pngs[file] = save_figure(single, out / file)
-    pngs["loss_curves.png"] = save_figure(curves_figure(ds, extra), out / "loss_curves.png")
     pngs["critical_lr.png"] = save_figure(critical_lr_figure(ref), out / "critical_lr.png")
     return pngs
+
+
+def curves_png(
+    ds: xr.Dataset, out: Path, extra: Sequence[tuple[str, np.ndarray]] = ()
+) -> dict[str, bytes]:
+    """``loss_curves.png`` of :func:`write_figures`."""
+    return {"loss_curves.png": save_figure(curves_figure(ds, extra), out / "loss_curves.png")}
 
 
 REFERENCE_LINE = {"color": "black", "lw": 1, "alpha": 0.7}
@@ -543,9 +554,10 @@ def publish(
 
     The page's stored loss curves are the run's own (``stats.sampled``) where it kept them;
     otherwise (a resumed run, a map rendered from its netCDF, ``stats=None``) the page
-    re-runs its cells. The figures are drawn in a worker thread while this one computes the
-    page's data: a re-run is XLA, which releases the GIL, so matplotlib's drawing (pure
-    Python, one thread) and the simulation overlap instead of adding up."""
+    re-runs its cells. The figures are drawn in a worker thread while this one runs the
+    focus panel and computes the page's data: a simulation is XLA, which releases the GIL,
+    so matplotlib's drawing (pure Python, one thread) and the simulations overlap instead of
+    adding up."""
     tick = progress or (lambda _: None)
     if not map_written:
         store.write_netcdf(out / MAP_FILE, ds)
@@ -554,16 +566,18 @@ def publish(
     lines = findings.describe(found, optimizers)
     ns = [int(n) for n in ds.n.values]
     table = findings.stable_lr_table(found, optimizers, ns, grid_top=float(ds.lr.max()))
-    panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
-    tick(1)
-    # One worker: matplotlib is not thread-safe, so every figure is drawn by it alone.
+    # One worker: matplotlib is not thread-safe, so every figure is drawn by it alone,
+    # the map's first, while this thread runs the focus panel's simulations.
     with ThreadPoolExecutor(1, thread_name_prefix="figures") as drawing:
-        figures = drawing.submit(write_figures, ds, out, fix_curves)
+        maps = drawing.submit(map_figures, ds, out)
+        panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
+        tick(1)
+        curves = drawing.submit(curves_png, ds, out, fix_curves)
         checked_png = (
             drawing.submit(_validation_png, validation, out) if validation is not None else None
         )
         data = page.page_data(ds, panel, sampled=None if stats is None else stats.sampled)
-        pngs = figures.result()
+        pngs = {**maps.result(), **curves.result()}
         tick(1)
         png = None if checked_png is None else checked_png.result()
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
