@@ -159,3 +159,18 @@ def test_several_groups_per_call_compute_what_one_group_per_call_does(kernel: st
     assert groups_one == {1} and max(groups_several) > 1
     assert_same(one, several)
     assert len(np.unique(several[0].final_loss)) > len(lrs)  # the groups differ
+
+
+def test_epoch_orders_are_the_engines_own_draws() -> None:
+    # Drawn at once for a shuffled group, they are the orders its steps would draw epoch by
+    # epoch, and the simulator keeps one copy per seed, N and shapes.
+    from src import simulator
+
+    shapes = engine.Shapes(n_max=24, n_batches=3, batch_width=8, epochs=7)
+    key = engine._keys(5)[1]
+    own = np.stack([engine._epoch_order(key, np.int32(e), np.int32(19), shapes, True)
+                    for e in range(7)])  # fmt: skip
+    drawn = simulator.epoch_orders(5, 19, shapes)
+    assert drawn.shape == (7, 24) and np.array_equal(drawn, own)
+    assert sorted(drawn[0, :19]) == list(range(19)) and not np.array_equal(drawn[0], drawn[1])
+    assert simulator.epoch_orders(5, 19, shapes) is drawn
