@@ -21,9 +21,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import pickle
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -410,6 +415,12 @@ class Simulator:
                 self.dtype, self._moments,
             )  # fmt: skip
         if not grouped:
+            if self.shuffle and c.order is None and _replay_fits(len(c.n), shapes):
+                drawn = [
+                    epoch_orders(int(k), int(n), shapes)
+                    for k, n in zip(c.seed, c.n, strict=True)
+                ]
+                c = c._replace(order=np.stack(drawn))
             return c._replace(moments=moments), None, steps
         group = engine.Group(
             data_row=c.data_row[0], n=c.n[0], batch_size=c.batch_size[0],
@@ -435,14 +446,91 @@ def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     """The compiled program for ``key``, built once per process: a program takes its data
     table as an argument, so simulators of equally shaped tables on the same devices (the
     focus panel's raw and standardised data, a report's re-runs) share it instead of each
-    tracing, lowering and compiling its own."""
+    tracing, lowering and compiling its own. Where the run keeps a compilation cache (the
+    command line), the program is also kept on disk whole (:func:`_stored_program`)."""
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
-    program = _programs[key] = build()
+    program = _programs[key] = _stored_program(key, build)
     if len(_programs) > PROGRAM_CACHE_SIZE:
         _programs.popitem(last=False)
     return program
+
+
+def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
+    """``build()``, or the executable a former run built for ``key`` and stored.
+
+    JAX's compilation cache skips only XLA's compilation: every run still traces and lowers
+    each program, ~0.5 s apiece on the 2-core machine, most of a second run's compile time.
+    A whole executable (``jax.experimental.serialize_executable``) skips all three. It is
+    stored under a digest of ``key`` (program, kernel, devices, table shapes), the source of
+    this package, the JAX version and ``XLA_FLAGS`` (:func:`_program_file`), so an edit of
+    the engine or a new JAX builds afresh. Programs that cannot be serialised (a sort inside,
+    on the CPU backend) and runs over several processes are simply built."""
+    file = _program_file(key)
+    if file is None:
+        return build()
+    from jax.experimental import serialize_executable
+
+    devices = key[2]
+    if file.exists():
+        try:
+            payload, in_tree, out_tree = pickle.loads(file.read_bytes())
+            return serialize_executable.deserialize_and_load(
+                payload, in_tree, out_tree, execution_devices=list(devices)
+            )
+        except Exception:  # unreadable or stale: build it afresh
+            pass
+    program = build()
+    try:
+        stored = pickle.dumps(serialize_executable.serialize(program))
+    except Exception:  # not serialisable: kept in this process only
+        return program
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(stored)
+        os.replace(temporary, file)  # atomic: a concurrent run reads the old file or this one
+    except OSError:  # a full or read-only disk: the run goes on without storing it
+        temporary.unlink(missing_ok=True)
+    return program
+
+
+def _program_file(key: tuple) -> Path | None:
+    """Where the executable of ``key`` is stored: beside JAX's compilation cache, if this
+    process uses one and runs alone; ``None`` otherwise."""
+    folder = _program_store()
+    if folder is None or jax.process_count() > 1:
+        return None
+    stable = re.sub(r" at 0x[0-9a-f]+", "", repr(key))  # functions by name, not address
+    digest = hashlib.sha256(
+        "\n".join((_source_digest(), jax.__version__, os.environ.get("XLA_FLAGS", ""),
+                   str(jax.config.jax_enable_x64), stable)).encode()
+    ).hexdigest()  # fmt: skip
+    return folder / f"{digest}.pkl"
+
+
+def _program_store() -> Path | None:
+    """The folder of stored programs: ``<JAX's compilation cache>-programs``, if any."""
+    folder = jax.config.jax_compilation_cache_dir
+    return Path(f"{folder}-programs") if folder else None
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of this package's source: any edit makes every stored program stale."""
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
+REPLAYED_ORDER_BYTES = 1 << 24
+"""The most a mixed shuffled chunk's sample orders may take to be replayed (drawn once per
+seed and N, :func:`epoch_orders`) rather than drawn in its steps: the small chunks of the
+loss curves and the focus panel; a map's mixed chunks draw their own."""
+
+
+def _replay_fits(configs: int, shapes: engine.Shapes) -> bool:
+    return configs * shapes.epochs * shapes.n_max * 4 <= REPLAYED_ORDER_BYTES
 
 
 ORDER_CACHE_BYTES = 1 << 28
