@@ -447,7 +447,7 @@ def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     table as an argument, so simulators of equally shaped tables on the same devices (the
     focus panel's raw and standardised data, a report's re-runs) share it instead of each
     tracing, lowering and compiling its own. Where the run keeps a compilation cache (the
-    command line), the program is also kept on disk whole (:func:`_stored_program`)."""
+    command line), the program is also kept there whole (:func:`_stored_program`)."""
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
@@ -497,7 +497,7 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
 
 
 def _program_file(key: tuple) -> Path | None:
-    """Where the executable of ``key`` is stored: beside JAX's compilation cache, if this
+    """Where the executable of ``key`` is stored: with JAX's compilation cache, if this
     process uses one and runs alone; ``None`` otherwise."""
     folder = _program_store()
     if folder is None or jax.process_count() > 1:
@@ -511,9 +511,10 @@ def _program_file(key: tuple) -> Path | None:
 
 
 def _program_store() -> Path | None:
-    """The folder of stored programs: ``<JAX's compilation cache>-programs``, if any."""
+    """The folder of stored programs: ``programs`` in JAX's compilation cache, if any (JAX
+    looks at its own ``*-cache`` files only)."""
     folder = jax.config.jax_compilation_cache_dir
-    return Path(f"{folder}-programs") if folder else None
+    return Path(folder) / "programs" if folder else None
 
 
 @functools.cache

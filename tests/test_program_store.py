@@ -1,4 +1,4 @@
-"""Compiled programs kept whole on disk (beside JAX's compilation cache) are loaded by a later
+"""Compiled programs kept whole on disk (in JAX's compilation cache) are loaded by a later
 run instead of traced, lowered and compiled again, and compute the same bits."""
 
 from __future__ import annotations
@@ -74,11 +74,11 @@ def test_a_program_is_stored_under_its_source_and_key(program_store: Path) -> No
     assert simulator._program_file((*key[:2], ())) != first
 
 
-def test_programs_are_stored_beside_the_compilation_cache_only(tmp_path: Path) -> None:
+def test_programs_are_stored_in_the_compilation_cache_only(tmp_path: Path) -> None:
     before = jax.config.jax_compilation_cache_dir
     try:  # nothing compiles meanwhile: JAX's own cache never sees these folders
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
-        assert simulator._program_store() == tmp_path / "jax-programs"
+        assert simulator._program_store() == tmp_path / "jax" / "programs"
         jax.config.update("jax_compilation_cache_dir", None)
         assert simulator._program_store() is None
         assert simulator._program_file(("a program",)) is None  # no cache, nothing stored
