@@ -33,7 +33,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from src import engine
@@ -464,9 +466,9 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     each program, ~0.5 s apiece on the 2-core machine, most of a second run's compile time.
     A whole executable (``jax.experimental.serialize_executable``) skips all three. It is
     stored under a digest of ``key`` (program, kernel, devices, table shapes), the source of
-    this package, the JAX version and ``XLA_FLAGS`` (:func:`_program_file`), so an edit of
-    the engine or a new JAX builds afresh. Programs that cannot be serialised (a sort inside,
-    on the CPU backend) and runs over several processes are simply built."""
+    this package, the JAX, jaxlib and optax versions and ``XLA_FLAGS`` (:func:`_program_file`),
+    so an edit of the engine or a new JAX builds afresh. Programs that cannot be serialised
+    (a sort inside, on the CPU backend) and runs over several processes are simply built."""
     file = _program_file(key)
     if file is None:
         return build()
@@ -503,8 +505,9 @@ def _program_file(key: tuple) -> Path | None:
     if folder is None or jax.process_count() > 1:
         return None
     stable = re.sub(r" at 0x[0-9a-f]+", "", repr(key))  # functions by name, not address
+    versions = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}"
     digest = hashlib.sha256(
-        "\n".join((_source_digest(), jax.__version__, os.environ.get("XLA_FLAGS", ""),
+        "\n".join((_source_digest(), versions, os.environ.get("XLA_FLAGS", ""),
                    str(jax.config.jax_enable_x64), stable)).encode()
     ).hexdigest()  # fmt: skip
     return folder / f"{digest}.pkl"
