@@ -483,7 +483,17 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
             )
         except Exception:  # unreadable or stale: build it afresh
             pass
+    hits = _cache_hits()
     program = build()
+    if _cache_hits() > hits:
+        # Loaded from JAX's cache, the executable lacks code it needs to be serialised
+        # (measured: a stored copy failed with "Function ... not found"): compiled afresh.
+        before = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            program = build()
+        finally:
+            jax.config.update("jax_enable_compilation_cache", before)
     try:
         stored = pickle.dumps(serialize_executable.serialize(program))
     except Exception:  # not serialisable: kept in this process only
@@ -496,6 +506,24 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     except OSError:  # a full or read-only disk: the run goes on without storing it
         temporary.unlink(missing_ok=True)
     return program
+
+
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_hits = [0]
+
+
+def _cache_hits() -> int:
+    """How many programs JAX has loaded from its compilation cache in this process
+    (``jax.monitoring``'s event, counted from the first call on)."""
+    if not _hits[0]:
+        _hits[0] = 1  # counting from 1: registered once
+
+        def count(event: str, **_: object) -> None:
+            if event == _CACHE_HIT:
+                _hits[0] += 1
+
+        jax.monitoring.register_event_listener(count)
+    return _hits[0]
 
 
 def _program_file(key: tuple) -> Path | None:
