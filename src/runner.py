@@ -460,14 +460,14 @@ def _measured_boundary(
         wanted = per_call * (boundary.SECTIONS - 1)  # a bisection round in one call
         piece[name] = min(hi_piece, max(lo_piece, 1 << (wanted - 1).bit_length()))
         family = opt.get(values["optimizer"][own[0]]).family
-        if sweep.shuffle:
-            names = [o for o in sweep.optimizer if opt.get(o).family.name == name]
-            grid = GridConfigs.of(sweep, names)
-            size = sim.chunk_size_for(shapes, len(grid))
-            piece[name] = sim.group_width(grid.runs(by_seed=True), size)
         swept = [values[h][own] for h in sweep.swept_for(family)]
         _, first = np.unique(np.stack([coords[0][own], *swept]), axis=1, return_index=True)
         kinds[name] = own[first]  # a cell of each optimizer and swept setting of the family
+        if sweep.shuffle:  # the map's group width, if a block holds its kinds and a cell
+            names = [o for o in sweep.optimizer if opt.get(o).family.name == name]
+            grid = GridConfigs.of(sweep, names)
+            width = sim.group_width(grid.runs(by_seed=True), sim.chunk_size_for(shapes, len(grid)))
+            piece[name] = max(width, 1 << len(kinds[name]).bit_length())
 
     def blocks(name: str, which: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
         """``which`` (positions in a call whose configs are cells ``ids``, all of family

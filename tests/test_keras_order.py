@@ -146,7 +146,8 @@ def test_numpy_sgd_replay_with_the_recovered_orders_matches_keras(keras, seed) -
     run = keras_reference.fit("sgd", lr, x, y, W0, 0.0, bs, epochs, shuffle=True, seed=seed)
     assert run.orders is not None
     assert not np.array_equal(run.orders, _identity(n, epochs))
-    assert run.history[-1] > 1e-2  # float32 decides the losses (not near zero)
+    assert run.history[-1] > 1e-3  # float32 decides the losses (not near zero; unseeded
+    # orders are random: one run ended at 0.0098)
     lr32 = float(np.float32(lr))  # float32 Keras holds the lr in a float32 variable
     history, w, b = sgd_replay(x, y, W0, 0.0, lr32, bs, run.orders)
     np.testing.assert_allclose(run.history, history, rtol=1e-5)
