@@ -485,8 +485,12 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
             pass
     hits = _cache_hits()
     program = build()
+    try:
+        stored = pickle.dumps(serialize_executable.serialize(program))
+    except Exception:  # not serialisable: kept in this process only
+        return program
     if _cache_hits() > hits:
-        # Loaded from JAX's cache, the executable lacks code it needs to be serialised
+        # Loaded from JAX's cache, the executable serialises without code it needs
         # (measured: a stored copy failed with "Function ... not found"): compiled afresh.
         before = jax.config.jax_enable_compilation_cache
         jax.config.update("jax_enable_compilation_cache", False)
@@ -494,10 +498,7 @@ def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
             program = build()
         finally:
             jax.config.update("jax_enable_compilation_cache", before)
-    try:
         stored = pickle.dumps(serialize_executable.serialize(program))
-    except Exception:  # not serialisable: kept in this process only
-        return program
     temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
