@@ -21,21 +21,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
 import math
-import os
-import pickle
-import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from src import engine
@@ -453,107 +446,10 @@ def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
-    program = _programs[key] = _stored_program(key, build)
+    program = _programs[key] = build()
     if len(_programs) > PROGRAM_CACHE_SIZE:
         _programs.popitem(last=False)
     return program
-
-
-def _stored_program(key: tuple, build: Callable[[], Callable]) -> Callable:
-    """``build()``, or the executable a former run built for ``key`` and stored.
-
-    JAX's compilation cache skips only XLA's compilation: every run still traces and lowers
-    each program, ~0.5 s apiece on the 2-core machine, most of a second run's compile time.
-    A whole executable (``jax.experimental.serialize_executable``) skips all three. It is
-    stored under a digest of ``key`` (program, kernel, devices, table shapes), the source of
-    this package, the JAX, jaxlib and optax versions and ``XLA_FLAGS`` (:func:`_program_file`),
-    so an edit of the engine or a new JAX builds afresh. Programs that cannot be serialised
-    (a sort inside, on the CPU backend) and runs over several processes are simply built."""
-    file = _program_file(key)
-    if file is None:
-        return build()
-    from jax.experimental import serialize_executable
-
-    devices = key[2]
-    if file.exists():
-        try:
-            payload, in_tree, out_tree = pickle.loads(file.read_bytes())
-            return serialize_executable.deserialize_and_load(
-                payload, in_tree, out_tree, execution_devices=list(devices)
-            )
-        except Exception:  # unreadable or stale: build it afresh
-            pass
-    hits = _cache_hits()
-    program = build()
-    try:
-        stored = pickle.dumps(serialize_executable.serialize(program))
-    except Exception:  # not serialisable: kept in this process only
-        return program
-    if _cache_hits() > hits:
-        # Loaded from JAX's cache, the executable serialises without code it needs
-        # (measured: a stored copy failed with "Function ... not found"): compiled afresh.
-        before = jax.config.jax_enable_compilation_cache
-        jax.config.update("jax_enable_compilation_cache", False)
-        try:
-            program = build()
-        finally:
-            jax.config.update("jax_enable_compilation_cache", before)
-        stored = pickle.dumps(serialize_executable.serialize(program))
-    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(stored)
-        os.replace(temporary, file)  # atomic: a concurrent run reads the old file or this one
-    except OSError:  # a full or read-only disk: the run goes on without storing it
-        temporary.unlink(missing_ok=True)
-    return program
-
-
-_CACHE_HIT = "/jax/compilation_cache/cache_hits"
-_hits = [0]
-
-
-def _cache_hits() -> int:
-    """How many programs JAX has loaded from its compilation cache in this process
-    (``jax.monitoring``'s event, counted from the first call on)."""
-    if not _hits[0]:
-        _hits[0] = 1  # counting from 1: registered once
-
-        def count(event: str, **_: object) -> None:
-            if event == _CACHE_HIT:
-                _hits[0] += 1
-
-        jax.monitoring.register_event_listener(count)
-    return _hits[0]
-
-
-def _program_file(key: tuple) -> Path | None:
-    """Where the executable of ``key`` is stored: with JAX's compilation cache, if this
-    process uses one and runs alone; ``None`` otherwise."""
-    folder = _program_store()
-    if folder is None or jax.process_count() > 1:
-        return None
-    stable = re.sub(r" at 0x[0-9a-f]+", "", repr(key))  # functions by name, not address
-    versions = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}"
-    digest = hashlib.sha256(
-        "\n".join((_source_digest(), versions, os.environ.get("XLA_FLAGS", ""),
-                   str(jax.config.jax_enable_x64), stable)).encode()
-    ).hexdigest()  # fmt: skip
-    return folder / f"{digest}.pkl"
-
-
-def _program_store() -> Path | None:
-    """The folder of stored programs: ``programs`` in JAX's compilation cache, if any (JAX
-    looks at its own ``*-cache`` files only)."""
-    folder = jax.config.jax_compilation_cache_dir
-    return Path(folder) / "programs" if folder else None
-
-
-@functools.cache
-def _source_digest() -> str:
-    """A digest of this package's source: any edit makes every stored program stale."""
-    files = sorted(Path(__file__).parent.glob("*.py"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 REPLAYED_ORDER_BYTES = 1 << 24

@@ -31,9 +31,7 @@ multi-output fusion (``tests/test_xla_options.py``).
   compile against ~1 s of compute on a 2-core CPU). JAX can keep every compiled program on
   disk, keyed by the program, the JAX and XLA versions and ``XLA_FLAGS``, and load it instead
   of compiling it again: a second run compiles nothing. A cached program is the very
-  executable that was compiled, so results are the same bit for bit. The engine's programs
-  are also kept whole, in the cache's ``programs`` folder (:mod:`src.simulator`), so that a
-  second run does not even trace and lower them. The cache lives in
+  executable that was compiled, so results are the same bit for bit. The cache lives in
   ``$XDG_CACHE_HOME/stability_map/jax`` (default ``~/.cache/stability_map/jax``);
   ``STABILITY_MAP_CACHE`` names another folder, or turns it off with ``off``.
 """
