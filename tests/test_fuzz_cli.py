@@ -29,14 +29,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
 from src import optimizers
 from src.cli import main
 
 CASES = 300
-"""Command lines tried per run (the test checks that at least this many ran)."""
+"""Command lines tried per run, half in each file (each checks that its half ran)."""
 
 # ----------------------------------------------------------------------------- values
 
@@ -591,14 +591,23 @@ def _report(failures: list[Outcome], tmp: Path) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.slow  # hundreds of command lines, a few dozen of which run a tiny map
-def test_fuzz_command_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """Hypothesis-made command lines: each succeeds or exits 2 with one line, no traceback."""
+def fuzz(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    cases: int,
+    shard: int,
+    regressions: list[list[Token]],
+) -> None:
+    """``cases`` Hypothesis-made command lines (and ``regressions``), each of which must
+    succeed or exit 2 with one line, no traceback. ``shard`` seeds the draw: the property's
+    halves (this file's and ``test_fuzz_cli_more.py``'s) try different command lines, and
+    each run the same ones; two files, so that the two halves run on two workers."""
     done: list[Outcome] = []
     started = time.perf_counter()
 
+    @seed(shard)
     @settings(
-        max_examples=CASES,
+        max_examples=cases,
         deadline=None,
         derandomize=True,
         database=None,
@@ -619,7 +628,7 @@ def test_fuzz_command_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) ->
         finally:
             _cleanup(case)
 
-    for tokens in REGRESSIONS:
+    for tokens in regressions:
         one = example(tokens=tokens)(one)
     one()
     failures = [o for o in done if o.problem() is not None]
@@ -635,8 +644,14 @@ def test_fuzz_command_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) ->
             f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}); slowest "
             f"{slowest.seconds:.1f} s: {shlex.join(slowest.argv).replace(str(tmp_path), '$TMP')}"
         )
-    assert len(done) >= CASES, f"only {len(done)} fuzz cases ran"
+    assert len(done) >= cases, f"only {len(done)} fuzz cases ran"
     assert not failures, _report(failures, tmp_path)
+
+
+@pytest.mark.slow  # hundreds of command lines, a few dozen of which run a tiny map
+def test_fuzz_command_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The first half of the fuzz cases, and every regression."""
+    fuzz(tmp_path, capfd, CASES // 2, 0, REGRESSIONS)
 
 
 # ----------------------------------------------------------------------------- focused cases
