@@ -441,8 +441,7 @@ def shared_program(key: tuple, build: Callable[[], Callable]) -> Callable:
     """The compiled program for ``key``, built once per process: a program takes its data
     table as an argument, so simulators of equally shaped tables on the same devices (the
     focus panel's raw and standardised data, a report's re-runs) share it instead of each
-    tracing, lowering and compiling its own. Where the run keeps a compilation cache (the
-    command line), the program is also kept there whole (:func:`_stored_program`)."""
+    tracing, lowering and compiling its own."""
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
