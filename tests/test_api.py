@@ -18,6 +18,7 @@ def readme_example(name: str) -> str:
     return match[1]
 
 
+@pytest.mark.slow  # a whole map with its report
 def test_readme_api_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

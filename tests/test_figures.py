@@ -40,6 +40,7 @@ def _lines(fig) -> list[Line2D]:
     return list(fig.axes[0].get_lines())
 
 
+@pytest.mark.slow  # small_map: a whole map
 def test_critical_lr_figure_marks_the_seed_lr_and_the_batch_split(small_map) -> None:
     ref = reference_slice(small_map)
     fig = report.critical_lr_figure(ref)
@@ -53,6 +54,7 @@ def test_critical_lr_figure_marks_the_seed_lr_and_the_batch_split(small_map) -> 
     assert report.batch_splits(ref.sel(n=slice(1, BATCH))) == []  # one batch at every N
 
 
+@pytest.mark.slow  # small_map: a whole map
 def test_critical_lr_legend_names_only_optimizers_with_points(small_map) -> None:
     ref = reference_slice(small_map)
     drawn = [o for o in OPTIMIZERS if np.isfinite(ref.critical_lr.sel(optimizer=o)).any()]
@@ -63,6 +65,7 @@ def test_critical_lr_legend_names_only_optimizers_with_points(small_map) -> None
     assert not [label for label in labels if label.startswith("adam")]
 
 
+@pytest.mark.slow  # small_map: a whole map
 def test_curves_figure_clips_the_y_axis_and_marks_the_overflow(small_map) -> None:
     ds = small_map
     history = ds.loss_history.sel(curve=CURVES[0].label).values
@@ -85,6 +88,7 @@ def test_curves_figure_clips_the_y_axis_and_marks_the_overflow(small_map) -> Non
     assert labels.index(f"inf/nan from epoch {epoch}") == labels.index(CURVES[0].label) + 1
 
 
+@pytest.mark.slow  # small_map: a whole map
 def test_extra_curves_are_dashed_labelled_and_clipped_alike(small_map) -> None:
     ds = small_map
     epochs = np.arange(1, EPOCHS + 1)
@@ -123,6 +127,7 @@ def test_loss_axis_limits_rule() -> None:
     assert report.loss_axis_limits([]) is None
 
 
+@pytest.mark.slow  # small_map: a whole map
 def test_write_figures_passes_extra_to_the_curves(small_map, tmp_path, monkeypatch) -> None:
     seen = []
     drawn = report.curves_figure

@@ -70,6 +70,7 @@ def test_chunk_plan() -> None:
     assert all(not g for *_, g in mixed) and [a for a, *_ in mixed] == list(range(0, 90, 16))
 
 
+@pytest.mark.slow  # several maps
 def test_simulator_runs_long_runs_as_groups_with_the_same_results(simulate: Callable) -> None:
     ns, lrs = (3, 20, 33), np.geomspace(1e-4, 0.5, 40)
     n, lr = (g.ravel() for g in np.meshgrid(ns[:2], lrs, indexing="ij"))  # two runs of 40

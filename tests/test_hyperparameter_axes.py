@@ -43,6 +43,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # swept: a whole main job
 def test_a_swept_hyperparameter_is_a_dimension_that_survives_netcdf(swept: Path) -> None:
     ds = load(swept)  # netCDF round trip
     assert ds.status.dims == (*DIMS, "momentum")
@@ -60,6 +61,7 @@ def test_a_swept_hyperparameter_is_a_dimension_that_survives_netcdf(swept: Path)
     assert any("momentum=0 (first swept value)" in c for c in curves if c.startswith("sgd"))
 
 
+@pytest.mark.slow  # swept: a whole main job
 def test_a_swept_value_equals_the_optimizer_that_has_it_by_default(swept: Path) -> None:
     """sgd at momentum 0.9 is Keras's SGD(momentum=0.9), the map's ``momentum``; at 0, sgd."""
     ds = load(swept)
@@ -71,6 +73,7 @@ def test_a_swept_value_equals_the_optimizer_that_has_it_by_default(swept: Path) 
             np.testing.assert_array_equal(mine[var].values, theirs[var].values, err_msg=var)
 
 
+@pytest.mark.slow  # swept: a whole main job
 def test_the_measured_boundary_follows_the_closed_form_per_momentum(swept: Path) -> None:
     ds = load(swept)
     for mu in MOMENTA:
@@ -82,6 +85,7 @@ def test_the_measured_boundary_follows_the_closed_form_per_momentum(swept: Path)
             assert float(cell.critical_lr) == pytest.approx(closed, rel=5e-3), (mu, n)
 
 
+@pytest.mark.slow  # swept: a whole main job
 def test_an_optimizer_without_the_hyperparameter_is_broadcast(swept: Path) -> None:
     ds = load(swept)
     adam = ds.sel(optimizer="adam")
@@ -124,6 +128,7 @@ def test_the_page_selects_a_hyperparameter(swept: Path) -> None:
     assert not errors, errors
 
 
+@pytest.mark.slow  # two maps
 def test_fixed_optimizer_args_change_the_results() -> None:
     base = ["--optimizers", "sgd", "--lr", "0.01,0.03", "--n", "20", "--epochs", "100"]
     plain, _ = run(sweep_from_args(parse_main_args(base)))
@@ -138,6 +143,7 @@ def test_fixed_optimizer_args_change_the_results() -> None:
     assert "clipnorm=1" in str(clipped.curve.values[0])
 
 
+@pytest.mark.slow  # a whole map
 def test_progress_counts_broadcast_configs() -> None:
     seen: list[int] = []
     sweep = Sweep(optimizer=("sgd", "adam"), lr=(0.01,), n=(10,), epochs=(20,),

@@ -18,6 +18,7 @@ from src.spec import Sweep
 SMALL = dict(optimizer=("sgd", "adam"), lr=(1e-3, 0.01, 0.05), n=(3, 9, 20), epochs=(40,))
 
 
+@pytest.mark.slow  # three maps
 def test_noise_axes_leave_the_noise_free_map_as_it_was() -> None:
     """The noise-0 slice of a noisy map is the map without noise, bit for bit; noisy draws
     have L* > 0 and their own scale; the Hessian's numbers do not depend on the noise."""
@@ -58,6 +59,7 @@ def write_table(path: Path, rows: int = 60) -> tuple[np.ndarray, np.ndarray]:
     return np.round(x, 6), np.round(y, 6)
 
 
+@pytest.mark.slow  # a whole main job, report included
 def test_a_csv_in_the_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--data FILE --target COL``: every other numeric column is a feature (the text column
     is not); the map names them, holds a kernel weight per feature, and the report names the

@@ -12,6 +12,7 @@ from src.runner import run
 from src.spec import Sweep
 
 
+@pytest.mark.slow  # a whole map with curves and boundary
 @pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "fixed-order"])
 def test_every_phase_ticks_to_its_total(shuffle: bool) -> None:
     sweep = Sweep(

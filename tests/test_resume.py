@@ -87,6 +87,7 @@ def test_interrupted_run_resumed_gives_the_same_file(
     assert (whole / "sweep.toml").read_text() == (cut / "sweep.toml").read_text()
 
 
+@pytest.mark.slow  # whole main jobs
 def test_resume_of_another_sweep_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,6 +119,7 @@ def test_resume_needs_an_unfinished_run_to_overwrite_a_map(
     assert "no unfinished run to resume; pass --force" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # whole maps
 def test_chunkwise_map_equals_the_in_memory_one(tmp_path: Path) -> None:
     plain, plain_stats = run(SWEEP)
     saved, _ = run(SWEEP, work=WorkStore.open(tmp_path / "w", SWEEP))
@@ -131,6 +133,7 @@ def test_chunkwise_map_equals_the_in_memory_one(tmp_path: Path) -> None:
     assert plain_stats.config_epochs == (24 + 12) * 30  # adam once, not once per momentum
 
 
+@pytest.mark.slow  # whole main jobs
 def test_partly_resumed_progress_adds_up(tmp_path: Path) -> None:
     """Files that cover parts of chunks (another chunking): those chunks are simulated again,
     and the progress still adds up to the whole map (fixed order: its chunks are the chunk

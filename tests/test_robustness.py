@@ -38,6 +38,7 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # whole main jobs
 def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "map"
 
@@ -80,6 +81,7 @@ def test_a_real_full_tmpfs_is_one_line(tmp_path, capsys):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.slow  # whole main jobs
 @pytest.mark.parametrize("fault", ["write_netcdf", "write_text", "write_json"])
 def test_an_error_at_any_write_leaves_nothing_half_written(tmp_path, capsys, monkeypatch, fault):
     out = tmp_path / "map"
@@ -163,6 +165,7 @@ def test_a_failing_keras_check_keeps_the_map_and_report(tmp_path, capsys, monkey
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # a whole main job
 def test_one_configuration_is_counted_in_words(tmp_path, capsys):
     argv = ["--optimizers", "sgd", "--lr", "0.01", "--n", "5", "--epochs", "3", "--validate",
             "0", "--quiet", "--out", str(tmp_path / "one")]  # fmt: skip
@@ -172,6 +175,7 @@ def test_one_configuration_is_counted_in_words(tmp_path, capsys):
     assert ": 1 configuration in " in first and ": =" not in first
 
 
+@pytest.mark.slow  # whole main jobs
 @pytest.mark.parametrize(
     "argv",
     [

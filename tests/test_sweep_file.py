@@ -64,6 +64,7 @@ def test_a_noisy_table_reruns_from_its_sweep_file(tmp_path: Path) -> None:
         xr.testing.assert_identical(a.load(), b.load())
 
 
+@pytest.mark.slow  # whole main jobs
 def test_flags_override_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text('optimizers = ["sgd"]\nlr = [0.01]\nn = [10, 20]\nepochs = 30\n')
@@ -98,6 +99,7 @@ def test_bad_sweep_files_name_the_key(
     assert message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow  # whole main jobs
 def test_existing_outputs_need_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--optimizers", "sgd", "--lr", "0.01", "--n", "5", "--epochs", "5", "--quiet",
             "--validate", "0", "--out", str(tmp_path)]  # fmt: skip

@@ -69,6 +69,7 @@ def test_measured_critical_lr_equals_closed_form(boundary_map) -> None:
     assert rel.max() <= 0.005, f"{rel.max():.4f} at {worst}"
 
 
+@pytest.mark.slow  # a map of every adaptive optimizer
 def test_theory_critical_lr_absent_for_adaptive_optimizers() -> None:
     ds, _ = run(Sweep(optimizer=("adam", "sgd"), lr=log_grid(1e-3, 1.0, 13), n=(5,), epochs=(50,)))
     assert np.isnan(ds.theory_critical_lr.sel(optimizer="adam")).all()

@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return summary, line
 
 
+@pytest.mark.slow  # tiny_run: a whole main job
 def test_summary_has_every_timing(tiny_run: tuple[dict, str]) -> None:
     summary, _ = tiny_run
     for key in TIMINGS:
@@ -41,6 +42,7 @@ def test_summary_has_every_timing(tiny_run: tuple[dict, str]) -> None:
         assert math.isfinite(value) and value >= 0, (key, value)
 
 
+@pytest.mark.slow  # tiny_run: a whole main job
 def test_phases_fit_in_wall_time(tiny_run: tuple[dict, str]) -> None:
     """Every phase is measured inside wall_seconds: the report's seconds end where
     wall_seconds ends (page included, just before summary.json is written), so the phases
@@ -51,6 +53,7 @@ def test_phases_fit_in_wall_time(tiny_run: tuple[dict, str]) -> None:
     assert summary["simulate_seconds"] > 0 and summary["report_seconds"] > 0
 
 
+@pytest.mark.slow  # tiny_run: a whole main job
 def test_stdout_line_gives_the_phases(tiny_run: tuple[dict, str]) -> None:
     _, line = tiny_run
     for words in ("s simulating", "s boundary", "s report"):
