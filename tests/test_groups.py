@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from marks import quick_few
 from test_padding import same_bits
 
 from src import engine
@@ -16,10 +17,9 @@ from src.problem import Problem, data_table
 from src.simulator import Simulator, chunk_plan
 
 FAMILIES = sorted({o.family.name: name for name, o in opt.OPTIMIZERS.items()}.values())
-# The quick subset (-m "not slow") checks SGD and Adam; the full suite every family.
-BY_FAMILY = [
-    n if n in ("sgd", "adam") else pytest.param(n, marks=pytest.mark.slow) for n in FAMILIES
-]
+# One optimizer per family, its last (SGD's family: nesterov, Adam's: adamw). The quick
+# subset (-m "not slow") checks those two families; the full suite every family.
+BY_FAMILY = quick_few(FAMILIES, ("nesterov", "adamw"))
 LRS = [1e-4, 1e-3, 5e-3, 2e-2, 0.1, 0.6]  # converging to overflowing, for every family
 
 
@@ -39,13 +39,10 @@ def test_group_chunk_is_bit_identical_to_a_mixed_chunk(name: str, simulate: Call
     assert len({float(v) for v in runs[0][0].final_loss}) > 3  # the configs differ
 
 
-SLOW = pytest.mark.slow
-FULL_BATCH = [
-    ("sgd", "autodiff"),
-    pytest.param("adam", "autodiff", marks=SLOW),
-    ("sgd", "moments"),
-    pytest.param("nadam", "moments", marks=SLOW),
-]
+FULL_BATCH = quick_few(
+    [("sgd", "autodiff"), ("adam", "autodiff"), ("sgd", "moments"), ("nadam", "moments")],
+    [("sgd", "autodiff"), ("sgd", "moments")],
+)
 
 
 @pytest.mark.parametrize(("name", "kernel"), FULL_BATCH)
@@ -92,12 +89,10 @@ def test_simulator_runs_long_runs_as_groups_with_the_same_results(simulate: Call
         assert same_bits(getattr(grouped, field), want), field
 
 
-SHUFFLED = [
-    ("sgd", "moments"),
-    ("adam", "autodiff"),
-    pytest.param("sgd", "autodiff", marks=SLOW),
-    pytest.param("adam", "moments", marks=SLOW),
-]
+SHUFFLED = quick_few(
+    [("sgd", "moments"), ("adam", "autodiff"), ("sgd", "autodiff"), ("adam", "moments")],
+    [("sgd", "moments"), ("adam", "autodiff")],
+)
 
 
 @pytest.mark.parametrize(("name", "kernel"), SHUFFLED)
