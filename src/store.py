@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from src.errors import InputError
@@ -86,10 +87,12 @@ def write_netcdf(path: Path, ds: xr.Dataset) -> None:
 
     Variables of more than :data:`CHUNK_ELEMENTS` values are stored in chunks of at most that
     many (whole trailing dimensions first), and the chunk cache is kept small while writing:
-    the memory the write takes on top of ``ds`` stays a few MiB, whatever its size.
+    the memory the write takes on top of ``ds`` stays a few MiB, whatever its size. NaNs are
+    written as one canonical NaN (:func:`canonical_nans`).
     """
     import netCDF4
 
+    ds = canonical_nans(ds)
     encoding: dict[str, dict[str, object]] = {
         name: {"zlib": True, "complevel": 4}
         for name, var in ds.data_vars.items()
@@ -105,6 +108,25 @@ def write_netcdf(path: Path, ds: xr.Dataset) -> None:
             ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     finally:
         netCDF4.set_chunk_cache(*cache)
+
+
+def canonical_nans(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every NaN of its float variables the canonical quiet NaN.
+
+    A NaN's sign bit says nothing: which operand's NaN an instruction passes on (x86 passes
+    its first operand's; an invalid operation makes a negative one) depends on the order
+    XLA's code generator put the operands in, and two programs computing the same values
+    (a map run whole, and the same map resumed) can differ there. Written as they come, two
+    equal maps would then differ in their bytes.
+    """
+    out = ds.copy(deep=False)
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind == "f":
+            values = var.values
+            nan = np.isnan(values)
+            if nan.any():
+                out[name] = var.copy(data=np.where(nan, values.dtype.type(np.nan), values))
+    return out
 
 
 def _chunks(shape: tuple[int, ...], most: int) -> tuple[int, ...]:
