@@ -127,9 +127,10 @@ class FlatConfigs:
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Configs ``start .. start+size`` (repeating the last one to fill a short chunk), as
         host arrays: every process holds them alike and places them on the devices."""
-        idx: slice | np.ndarray = slice(start, start + size)
-        if start + size > len(self):
-            idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        return self.take(span(start, size, len(self)), rows, dtype)
+
+    def take(self, idx: np.ndarray, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """The configs at indices ``idx``, as :meth:`chunk` gives them."""
         c = self.columns
         orders = None if self.orders is None else np.asarray(self.orders[idx], np.int32)
         variant = c["variant"][idx] if "variant" in c else 0
@@ -145,6 +146,11 @@ class FlatConfigs:
             seed=np.asarray(c["seed"][idx], np.uint32),
             order=orders,
         )
+
+
+def span(start: int, size: int, count: int) -> np.ndarray:
+    """Indices ``start .. start+size`` of ``count`` rows, the last row repeated past the end."""
+    return np.minimum(np.arange(start, start + size), count - 1)
 
 
 def _table_rows(rows: np.ndarray) -> np.ndarray:
@@ -180,6 +186,10 @@ class ConfigSource(Protocol):
         """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as host
         arrays; ``rows[n]`` (or ``rows[variant, n]``) is the data-table row of dataset size
         ``n``."""
+        ...
+
+    def take(self, idx: np.ndarray, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """The rows at indices ``idx``, as :meth:`chunk` gives them."""
         ...
 
 
@@ -297,12 +307,15 @@ class GridConfigs:
     def chunk(self, start: int, size: int, rows: np.ndarray, dtype: str) -> engine.Configs:
         """Rows ``start .. start+size`` (the last one repeated to fill a short chunk), as
         :meth:`src.simulator.FlatConfigs.chunk` gives them."""
-        idx = np.minimum(np.arange(start, start + size), len(self) - 1)
+        return self.take(span(start, size, len(self)), rows, dtype)
+
+    def take(self, idx: np.ndarray, rows: np.ndarray, dtype: str) -> engine.Configs:
+        """The rows at indices ``idx``, as :meth:`FlatConfigs.take` gives them."""
         full = self._at(idx)
         which, *at = full
         columns = {k: a[i] for k, a, i in zip(COLUMNS, self.axes, at, strict=False)}
         columns["variant"] = self.variant(full)
-        return FlatConfigs(columns, self._arguments(which, at)).chunk(0, size, rows, dtype)
+        return FlatConfigs(columns, self._arguments(which, at)).chunk(0, len(idx), rows, dtype)
 
     def positions(
         self, sweep: Sweep, block: np.ndarray, start: int, stop: int

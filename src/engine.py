@@ -505,17 +505,40 @@ def is_step_state(path: tuple) -> bool:
     return bool(path) and getattr(path[-1], "name", None) in STEP_STATE
 
 
+def has_step_state(family: Family, argument_names: Sequence[str], d: int) -> bool:
+    """Whether the family's optimizer state, built with these arguments (any values), holds
+    step state (:func:`is_step_state`): only then do configurations gain by sharing it."""
+
+    def init() -> optax.OptState:
+        arguments = {k: jnp.zeros((), jnp.float32) for k in argument_names}
+        opt = family.transformation(jnp.float32(0), arguments, keras_shapes(d))
+        return opt.init(initial_params(0, jnp.float32, d))
+
+    leaves = jax.tree_util.tree_leaves_with_path(jax.eval_shape(init))
+    return any(is_step_state(path) for path, _ in leaves)
+
+
 def _select_state(
-    pred: Array, on_true: optax.OptState, on_false: optax.OptState, shared_steps: bool
+    pred: Array,
+    on_true: optax.OptState,
+    on_false: optax.OptState,
+    shared_steps: bool,
+    stepped: Array | None = None,
 ) -> optax.OptState:
     """:func:`_tree_select` of optimizer states, but with ``shared_steps``
-    (:func:`shares_steps`) the step state (:func:`is_step_state`) always takes the new
-    value: selected per config, it would become one value per config again."""
+    (:func:`shares_steps`, or a segment's :func:`simulate_one`) the step state
+    (:func:`is_step_state`) takes the new value where ``stepped``, one flag for all the
+    configs that share it (always, if ``None``): selected per config, it would become one
+    value per config again."""
     if not shared_steps:
         return _tree_select(pred, on_true, on_false)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, a, b: a if is_step_state(path) else jnp.where(pred, a, b), on_true, on_false
-    )
+
+    def select(path: tuple, a: Array, b: Array) -> Array:
+        if not is_step_state(path):
+            return jnp.where(pred, a, b)
+        return a if stepped is None else jnp.where(stepped, a, b)
+
+    return jax.tree_util.tree_map_with_path(select, on_true, on_false)
 
 
 def _batch_layout(order: Array, n: Array, batch_size: Array, shapes: Shapes) -> tuple[Array, Array]:
@@ -666,6 +689,7 @@ def simulate_one(
     group: Group | None = None,
     steps: Array | None = None,
     rows: BatchRows | None = None,
+    segment_steps: Array | None = None,
     *,
     family: Family,
     shapes: Shapes,
@@ -685,6 +709,10 @@ def simulate_one(
     masked no-ops, and a chunk of small datasets need not run the padding its shapes hold
     (the loop's trip count is then dynamic, the results the same bit for bit). ``rows``
     (from :func:`simulate` only) holds the batch moments in place of ``cfg.moments``.
+    ``segment_steps`` (unbatched) says that every config of the chunk takes exactly that
+    many batch steps per epoch (a segment, see :func:`simulate`; a ``group`` is one): they
+    then step together, and share their step state as a one-batch program does
+    (:func:`shares_steps`).
     """
     if group is not None and shuffle and (
         (group.seed is None and group.order is None) or cfg.order is not None
@@ -706,7 +734,9 @@ def simulate_one(
         return jnp.clip(cfg.n - i * cfg.batch_size, 0, cfg.batch_size).astype(dtype)
 
     one_batch = shapes.n_batches == 1
-    shared_steps = shares_steps(shapes)
+    if group is not None and segment_steps is None:  # a group is a segment too
+        segment_steps = -(-group.n // group.batch_size)
+    shared_steps = shares_steps(shapes) or segment_steps is not None
     per_slot = group is not None and slot_by_slot(shapes)
 
     replayed = cfg.order if group is None or group.order is None else group.order
@@ -742,7 +772,8 @@ def simulate_one(
                 batch = _config_row(rows.moments, i, rows.slot)
             new_params, new_state, loss = step(params, opt_state, batch, samples)
             params = _tree_select(active, new_params, params)
-            opt_state = _select_state(active, new_state, opt_state, shared_steps)
+            stepped = None if segment_steps is None else i < segment_steps
+            opt_state = _select_state(active, new_state, opt_state, shared_steps, stepped)
             total = jnp.where(active, total + loss * samples, total)
             return params, opt_state, total, jnp.where(active, loss, last)
 
@@ -859,6 +890,7 @@ def simulate(
     constants: tuple[tuple[str, float], ...] = (),
     group: Group | None = None,
     steps: Array | None = None,
+    segments: Array | None = None,
 ) -> tuple[Summary, Array | None]:
     """Train every configuration of the chunk ``configs`` at once.
 
@@ -868,19 +900,43 @@ def simulate(
     batches are built once (see :class:`Group`); a ``group`` whose fields have a leading axis
     is several groups, the configs group-major (:func:`_simulate_groups`). ``steps``: the
     batch steps each epoch runs (see :func:`simulate_one`).
+
+    ``segments``, shape ``(segments,)``, cuts the chunk into that many segments of equal
+    length (the configs segment-major), every config of segment ``s`` taking exactly
+    ``segments[s]`` batch steps per epoch: each segment then keeps one step state (step
+    counters, Nadam's momentum product) for all its configs, and computes the terms that
+    depend on it alone (bias corrections and the like, a ``pow`` or two each) once per
+    step, not once per config, with the same bits (:func:`_simulate_segments`).
     """
-    if group is not None and group.n.ndim == 1:
-        return _simulate_groups(
-            configs, data, tol, group, steps, family=family, shapes=shapes, shuffle=shuffle,
-            history=history, kernel=kernel, constants=constants,
-        )  # fmt: skip
-    run = functools.partial(
-        simulate_one, family=family, shapes=shapes, shuffle=shuffle, history=history,
-        kernel=kernel, constants=constants,
+    static = dict(
+        family=family, shapes=shapes, shuffle=shuffle, history=history, kernel=kernel,
+        constants=constants,
     )  # fmt: skip
-    vmapped = jax.vmap(run, in_axes=(0, None, None, None, None))
+    if segments is not None:
+        if group is not None:
+            raise ValueError("a chunk is cut into groups or into segments, not both")
+        return _simulate_segments(configs, data, tol, segments, steps, **static)
+    if group is not None and group.n.ndim == 1:
+        return _simulate_groups(configs, data, tol, group, steps, **static)
+    return _simulate_chunk(configs, data, tol, group, steps, None, **static)
+
+
+def _simulate_chunk(
+    configs: Configs,
+    data: DataTable,
+    tol: Array,
+    group: Group | None,
+    steps: Array | None,
+    segment_steps: Array | None,
+    **static: object,
+) -> tuple[Summary, Array | None]:
+    """:func:`simulate` of one chunk (one group, one segment or neither): ``vmap`` of
+    :func:`simulate_one` over its configs."""
+    shapes: Shapes = static["shapes"]  # type: ignore[assignment]
+    run = functools.partial(simulate_one, **static)
+    vmapped = jax.vmap(run, in_axes=(0, None, None, None, None, None, None))
     if configs.moments is None or shapes.n_batches == 1:
-        return vmapped(configs, data, tol, group, steps)
+        return vmapped(configs, data, tol, group, steps, None, segment_steps)
     # Several batches: each step reads its batch's moments for the whole chunk as one
     # contiguous row (batch-major), not as one strided element per config; the transposed
     # copy is made once per call (mixed map, 2-core CPU: a minibatch step ~2x faster).
@@ -888,8 +944,8 @@ def simulate(
         jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), configs.moments),
         jnp.arange(configs.n.shape[0], dtype=jnp.int32),
     )
-    run_rows = jax.vmap(run, in_axes=(0, None, None, None, None, BatchRows(None, 0)))
-    return run_rows(configs._replace(moments=None), data, tol, group, steps, rows)
+    run_rows = jax.vmap(run, in_axes=(0, None, None, None, None, BatchRows(None, 0), None))
+    return run_rows(configs._replace(moments=None), data, tol, group, steps, rows, segment_steps)
 
 
 def _simulate_groups(
@@ -910,9 +966,34 @@ def _simulate_groups(
     split = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), configs)
 
     def one(c: Configs, g: Group) -> tuple[Summary, Array | None]:
-        # The traced function, not the jitted one: a jit inside the vmap would be traced
+        # The traced function, not a jitted one: a jit inside the vmap would be traced
         # and then batched, which doubles the tracing time of the program.
-        return simulate.__wrapped__(c, data, tol, group=g, steps=steps, **static)
+        return _simulate_chunk(c, data, tol, g, steps, None, **static)
 
     out = jax.vmap(one)(split, group)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
+
+
+def _simulate_segments(
+    configs: Configs,
+    data: DataTable,
+    tol: Array,
+    segments: Array,
+    steps: Array | None,
+    **static: object,
+) -> tuple[Summary, Array | None]:
+    """:func:`simulate` of a chunk cut into segments (``segments``: each one's batch steps
+    per epoch; ``configs`` segment-major, an equal number per segment): ``vmap`` over the
+    segments of the chunk's own program, each segment's batch count unbatched within it.
+
+    A config's step count is then the segment's: with several batches per epoch and
+    per-config counters, Adam's step on a 2-core CPU cost ~3x SGD's, most of it the
+    per-config ``beta^t``; sharing it, about as much (mixed map, 2,048 configs per call)."""
+    count = segments.shape[0]
+    split = jax.tree.map(lambda a: a.reshape(count, -1, *a.shape[1:]), configs)
+
+    def one(c: Configs, k: Array) -> tuple[Summary, Array | None]:
+        return _simulate_chunk(c, data, tol, None, steps, k, **static)
+
+    out = jax.vmap(one)(split, segments)
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)

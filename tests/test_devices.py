@@ -23,7 +23,13 @@ MAP = ["--optimizers", "sgd,adam", "--lr", "1e-3:1:7", "--n", "1:12", "--batch-s
 GROUPS = ["--optimizers", "sgd,adam", "--lr", "1e-3:1:40", "--n", "1:5", "--batch-size", "4,32",
           "--epochs", "30", "--seeds", "0,1", "--kernel", "autodiff", "--chunk-size", "64",
           "--validate", "0", "--quiet"]  # fmt: skip
-MAPS = pytest.mark.parametrize("grid", [MAP, GROUPS], ids=["shuffled", "groups"])
+# Fixed batches, the moments kernel, chunks of 64: calls of segments (each device its own).
+SEGMENTS = ["--optimizers", "adam,nadam", "--lr", "1e-3:1:16", "--n", "1:24", "--batch-size",
+            "4,16", "--epochs", "30", "--no-shuffle", "--kernel", "moments", "--chunk-size", "64",
+            "--validate", "0", "--quiet"]  # fmt: skip
+MAPS = pytest.mark.parametrize(
+    "grid", [MAP, GROUPS, SEGMENTS], ids=["shuffled", "groups", "segments"]
+)
 
 
 def _env(devices: int) -> dict[str, str]:

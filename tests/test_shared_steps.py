@@ -44,14 +44,15 @@ def run(
     overrides: dict[str, list[float]] | None = None,
 ) -> tuple[engine.Summary, np.ndarray]:
     """The configs of :data:`N`, :data:`LR`, :data:`EPOCHS`, full batch (32), in one chunk
-    whose shapes hold ``n_batches`` batch rows (1: shared steps; 2: per-config counters)."""
+    whose shapes hold ``n_batches`` batch rows (1: shared steps; 2: per-config counters, in
+    a plain mixed chunk, not in segments)."""
     family = opt.get(name).family
     count = len(N)
     shapes = engine.Shapes(n_max=max(N), n_batches=n_batches, batch_width=32,
                            epochs=max(EPOCHS))  # fmt: skip
     with jax.enable_x64(dtype == "float64"):
         table, rows = Problem().table(tuple(sorted(set(N))), dtype)
-        sim = Simulator(table, rows, dtype, 1e-4, kernel=kernel, groups=False)
+        sim = Simulator(table, rows, dtype, 1e-4, kernel=kernel, groups=False, segments=False)
         flat = FlatConfigs.of(
             [name] * count, family,
             {k: np.asarray(v, np.float64) for k, v in (overrides or {}).items()},
