@@ -125,9 +125,10 @@ def segment_plan(runs: np.ndarray, batches: np.ndarray, size: int) -> SegmentPla
     the longest power-of-two length (at most ``size``) for which padding the blocks' last
     segments adds at most :data:`SEGMENT_PADDING` of the configs. Ordered by their batches,
     the segments of one call need about as many steps (a call runs the most any of them
-    needs; the others' extra steps are masked), and every segment shares its step state
-    (:func:`src.engine.simulate`): on the mixed map, Adam's minibatch steps cost about what
-    SGD's do, and no call runs many padded steps.
+    needs; the others' extra steps are masked: ~12% of the steps on the mixed map, as many
+    as consecutive chunks of its walk order run), and every segment shares its step state
+    (:func:`src.engine.simulate`): on the mixed map, Adam's minibatch steps then cost about
+    what SGD's do.
     """
     runs, batches = np.asarray(runs, np.int64), np.asarray(batches, np.int64)
     first = np.concatenate([[0], np.flatnonzero(batches[1:] != batches[:-1]) + 1])
