@@ -34,10 +34,16 @@ multi-output fusion (``tests/test_xla_options.py``).
   executable that was compiled, so results are the same bit for bit. The cache lives in
   ``$XDG_CACHE_HOME/stability_map/jax`` (default ``~/.cache/stability_map/jax``);
   ``STABILITY_MAP_CACHE`` names another folder, or turns it off with ``off``.
+  Its ``traced/`` folder (:func:`program_store`) keeps the engine's programs as traced, before
+  compilation (:mod:`jax.export`): JAX's cache is keyed by the compiled program, so finding
+  it takes tracing the engine first, which would otherwise be most of a second run's
+  remaining compile time.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -111,8 +117,40 @@ def use_compilation_cache() -> Path | None:
     folder = compilation_cache_dir()
     if folder is None:
         return None
+    global _program_store
+    _program_store = folder / "traced"
+    _program_store.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # Every program, however quick to compile: a run compiles dozens of small ones.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+_program_store: Path | None = None
+
+
+def program_store() -> Path | None:
+    """Where traced programs are kept (serialised by :mod:`jax.export`), beside the compiled
+    ones: ``traced/`` in the cache folder once :func:`use_compilation_cache` turned it on,
+    else ``None``. Tracing the engine (Python running every optimizer's step under ``vmap``
+    and ``shard_map``) is most of what a second run still spends on its programs."""
+    return _program_store
+
+
+def digest(ident: str) -> str:
+    """A file name for the program ``ident`` describes, in this version of the code: the
+    package's source and the JAX version are part of it, so an edit traces anew."""
+    return hashlib.sha256(f"{_code_version()}\n{ident}".encode()).hexdigest()[:40]
+
+
+@functools.cache
+def _code_version() -> str:
+    import jax
+    import jaxlib
+
+    h = hashlib.sha256(f"{jax.__version__} {jaxlib.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
