@@ -143,3 +143,24 @@ def test_write_figures_passes_extra_to_the_curves(small_map, tmp_path, monkeypat
     report.write_figures(small_map.isel(optimizer=[0]), tmp_path / "plain")
     assert [[label for label, _ in e] for e in seen] == [["standardise x"], []]
     assert (tmp_path / "loss_curves.png").read_bytes() == pngs["loss_curves.png"]
+
+
+def test_log_tick_labels_are_plain_text_with_the_same_ticks(small_map, tmp_path) -> None:
+    """Saved figures label log axes without mathtext (:class:`src.report.PlainTicks`): the
+    ticks matplotlib would label, with the same numbers in superscript digits."""
+    ref = reference_slice(small_map)
+    plain = report.heatmap_figure(ref, "sgd")
+    mathtext = report.heatmap_figure(ref, "sgd")
+    report.save_figure(plain, tmp_path / "h.png")
+    mathtext.canvas.draw()
+    ax, reference = plain.axes[0], mathtext.axes[0]
+    got = [t.get_text() for t in ax.get_xticklabels()]
+    want = [t.get_text() for t in reference.get_xticklabels()]
+    assert len(got) == len(want) >= 4
+    assert all("$" in w for w in want if w) and not any("$" in g for g in got)
+    assert [report.plain_label(w) for w in want] == got
+    assert "10\u207b\u00b3" in got  # 1e-3
+    assert report.plain_label("$\\mathdefault{2\\times10^{-3}}$") == "2\u00d710\u207b\u00b3"
+    assert report.plain_label("N = 20") == "N = 20"
+    colour_bar = [t.get_text() for a in plain.axes[1:] for t in a.get_yticklabels()]
+    assert colour_bar and not any("$" in t for t in colour_bar)
