@@ -449,6 +449,13 @@ def _refine(
     return lr, r
 
 
+BISECT_POINTS = 15
+"""Interior points :func:`_bisect` samples per round (geometrically spaced): each call of
+``rho`` then narrows an interval 16-fold instead of 2-fold, for the same cost (``rho`` is
+vectorised over lrs, and its calls' fixed cost is most of theirs): 6 rounds from a 0.2%
+scan step to 1e-9 instead of 21."""
+
+
 def _bisect(
     rho: Callable[[np.ndarray], np.ndarray],
     stable: np.ndarray,
@@ -458,16 +465,23 @@ def _bisect(
     unstable_out: bool = True,
 ) -> np.ndarray:
     """Each pair's stable/unstable transition, to ``rtol`` relative, all pairs at once: the
-    unstable end (``unstable_out``) or the stable one."""
+    unstable end (``unstable_out``) or the stable one. Every round samples
+    :data:`BISECT_POINTS` lrs between each pair's ends and keeps the first change from the
+    stable end's state to the unstable end's (whichever end is lower)."""
     s, u = np.array(stable, np.float64), np.array(unstable, np.float64)
+    fractions = np.arange(1, BISECT_POINTS + 1) / (BISECT_POINTS + 1)
     while True:
         todo = np.flatnonzero(np.abs(np.log(u / s)) > rtol)
         if not todo.size:
             return u if unstable_out else s
-        mid = np.sqrt(s[todo] * u[todo])
-        b = _unstable(np.asarray(rho(mid), np.float64))
-        u[todo] = np.where(b, mid, u[todo])
-        s[todo] = np.where(b, s[todo], mid)
+        a, b = s[todo, None], u[todo, None]
+        points = a * (b / a) ** fractions  # from the stable end towards the unstable one
+        flipped = _unstable(np.asarray(rho(points.ravel()), np.float64)).reshape(points.shape)
+        first = np.where(flipped.any(axis=1), flipped.argmax(axis=1), BISECT_POINTS)
+        rows = np.arange(len(todo))
+        ends = np.concatenate([a, points, b], axis=1)  # ends[:, k + 1] is points[:, k]
+        s[todo] = ends[rows, first]
+        u[todo] = ends[rows, first + 1]
 
 
 def unstable_windows(

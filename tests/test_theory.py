@@ -249,3 +249,21 @@ def test_critical_lr_is_the_first_window(
     # A brute-force scan, 100 times finer than the theory's, finds nothing unstable below.
     lr = np.geomspace(theory.gd_critical_lr(x, dyn) * theory.SCAN_RANGE[0], crit, 200_000)[:-1]
     assert theory.spectral_radius(x, bs, lr, dyn).max() <= 1 + theory.NEUTRAL
+
+
+def test_bisect_narrows_each_pair_16_fold_per_call_to_the_transition() -> None:
+    calls = []
+
+    def rho(lr: np.ndarray) -> np.ndarray:
+        calls.append(len(lr))
+        up = np.where(lr > 0.3, 2.0, 0.5)  # unstable above 0.3
+        return np.where(lr < 1e-3, 2.0, up)  # ... and below 1e-3
+
+    # Pairs given either way round: (stable, unstable) ends, below or above each other.
+    found = theory._bisect(rho, np.array([0.1, 0.002]), np.array([1.0, 1e-4]), 1e-9)
+    rounds = len(calls)  # ln-widths 2.3 and 3.0 down to 1e-9: 8 rounds; halving takes 32
+    assert rounds <= 8 and all(c == 2 * theory.BISECT_POINTS for c in calls)
+    np.testing.assert_allclose(found, [0.3, 1e-3], rtol=1e-9)
+    assert rho(found).min() > 1  # the unstable ends
+    stable = theory._bisect(rho, np.array([0.1]), np.array([1.0]), 1e-9, unstable_out=False)
+    assert stable[0] <= 0.3 and stable[0] == pytest.approx(0.3, rel=1e-9)
