@@ -19,6 +19,9 @@ from src.problem import Problem
 from src.simulator import Simulator
 
 xla_options.configure()  # the main job's rounding, before JAX starts its backend
+# As the command line does: the suite's processes (two workers, the main jobs they start)
+# compile many identical small programs, each then traced and compiled once.
+xla_options.use_compilation_cache()
 
 Simulate = Callable[..., tuple[engine.Summary, np.ndarray]]
 
