@@ -142,11 +142,10 @@ def _draw_cells(ax: Axes, ref: xr.Dataset, optimizer: str) -> None:
 
 def _colour_bar(fig: Figure, ax: Axes | np.ndarray, **kwargs: object) -> None:
     cmap, norm = loss_colour_key()
-    fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap), ax=ax,
-        label="final loss / mean(y²): converged (blue) below the tolerance, slow above",
-        **kwargs,
-    )  # fmt: skip
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, **kwargs)
+    # Two short lines: on one, the words ran past both ends of the bar and were cut off.
+    bar.set_label("final loss / mean(y²)\nconverged (blue) below the tolerance, slow above",
+                  fontsize=8)  # fmt: skip
 
 
 def _fixed_order_only(cell: xr.Dataset) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.lines import Line2D
 
 from src import report
@@ -164,3 +165,19 @@ def test_log_tick_labels_are_plain_text_with_the_same_ticks(small_map, tmp_path)
     assert report.plain_label("N = 20") == "N = 20"
     colour_bar = [t.get_text() for a in plain.axes[1:] for t in a.get_yticklabels()]
     assert colour_bar and not any("$" in t for t in colour_bar)
+
+
+def test_the_colour_bar_label_fits_in_the_figure(small_map, tmp_path) -> None:
+    """The colour key's words are inside the saved picture, not cut off at its edges."""
+    ref = reference_slice(small_map)
+    for name, fig in (("one", report.heatmap_figure(ref, "sgd")),
+                      ("all", report.overview_figure(ref, OPTIMIZERS))):  # fmt: skip
+        report.save_figure(fig, tmp_path / f"{name}.png")
+        canvas = FigureCanvasAgg(fig)  # as saved: laid out once, at the saved resolution
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        page = fig.bbox
+        label = fig.axes[-1].yaxis.label
+        assert "mean(y²)" in label.get_text()
+        box = label.get_window_extent(renderer)
+        assert page.y0 <= box.y0 and box.y1 <= page.y1 and box.x1 <= page.x1, (name, box, page)
