@@ -3,8 +3,9 @@
 :func:`run` checks that the grid fits in memory, feeds every optimizer family's block of
 the grid (:class:`~src.configs.GridConfigs`) through one :class:`~src.simulator.Simulator`
 chunk by chunk (classifying each chunk into the map as it finishes, and saving it for
-``--resume``), trains the few :class:`~src.spec.Curve` configurations with their whole
-history, bisects every cell's critical learning rate with the engine
+``--resume``), keeps the whole history of the few :class:`~src.spec.Curve` configurations
+(read off the map's own run where they are cells of it, :class:`CurveCapture`; trained
+apart otherwise), bisects every cell's critical learning rate with the engine
 (:func:`src.boundary.search`), evaluates the closed forms on the grid (:mod:`src.theory`),
 and lays it all out with :func:`src.schema.to_dataset`.
 """
@@ -16,7 +17,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from src.configs import FlatConfigs, GridConfigs
 from src.errors import InputError
 from src.problem import DataTable
 from src.simulator import Simulator
-from src.spec import Sweep, families
+from src.spec import Curve, Sweep, families
 
 if TYPE_CHECKING:
     from src.resume import WorkStore
@@ -245,18 +246,25 @@ def _run(
     theory_thread = ThreadPoolExecutor(1, thread_name_prefix="theory")
     closed = [theory_thread.submit(theory_critical_lr, sweep, fixed) for fixed in (False, True)]
     theory_thread.shutdown(wait=False)
+    histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
+    # A curve that is a cell of the map is read off the map's own run where that keeps its
+    # losses: the same program's numbers, and no program of its own to compile.
+    captured = CurveCapture(sweep, curves, histories) if sampled is not None else None
     t0 = time.perf_counter()
     simulated = _simulate_map(
-        sweep, sim, shapes, table, rows, results, status, progress, work, sampled
+        sweep, sim, shapes, table, rows, results, status, progress, work, sampled, captured
     )
     simulate_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    histories = np.full((len(curves), max(sweep.epochs)), np.nan, sweep.dtype)
-    curve_families = families([c.optimizer for c in curves])
+    rest = [c for i, c in enumerate(curves) if captured is None or i not in captured.done]
+    curve_families = families([c.optimizer for c in rest])
     phases.start("loss curves", len(curve_families), "family")
     for names in curve_families.values():
-        members = [i for i, c in enumerate(curves) if c.optimizer in names]
+        members = [
+            i for i, c in enumerate(curves)
+            if c.optimizer in names and (captured is None or i not in captured.done)
+        ]  # fmt: skip
         chosen = [curves[i] for i in members]
         family = opt.get(names[0]).family
         flat = FlatConfigs.of(
@@ -297,6 +305,46 @@ def _run(
     return ds, stats
 
 
+class CurveCapture:
+    """The loss curves that are cells of the map, picked out of the map's chunks as they
+    finish (:func:`_simulate_map` with its histories): the map's own program computed them,
+    so a separate run would only repeat its numbers (bit for bit: padding and chunking change
+    none), after compiling a program of its own.
+
+    A curve is a cell when its optimizer, lr, N, batch size and seed are on the map's axes;
+    it trains for the longest epoch count, on the first point of any data axes, with the
+    first value of each swept hyperparameter (:meth:`src.spec.Sweep.curve_settings`)."""
+
+    def __init__(self, sweep: Sweep, curves: Sequence[Curve], histories: np.ndarray) -> None:
+        self.histories = histories
+        self.done: set[int] = set()
+        self._cells: dict[int, list[int]] = {}
+        strides = np.cumprod((1, *sweep.shape[:0:-1]))[::-1]
+        top = sweep.epochs.index(max(sweep.epochs))
+        for i, c in enumerate(curves):
+            at = [_index(sweep.optimizer, c.optimizer), _index(sweep.lr, c.lr),
+                  _index(sweep.n, c.n), _index(sweep.batch_size, c.batch_size),
+                  _index(sweep.seed, c.seed), top]  # fmt: skip
+            if None not in at:  # the data and hyperparameter axes: their first points
+                cell = int(np.dot(at, strides[: len(at)]))
+                self._cells.setdefault(cell, []).append(i)
+
+    def take(self, where: np.ndarray, losses: np.ndarray) -> None:
+        """From a finished chunk: its flat map positions ``(rows, repeats)`` and histories."""
+        if not self._cells:
+            return
+        hit = np.isin(where, list(self._cells))
+        for row, k in zip(*np.nonzero(hit), strict=True):
+            for i in self._cells[int(where[row, k])]:
+                self.histories[i] = losses[row, : self.histories.shape[1]]
+                self.done.add(i)
+
+
+def _index(axis: Sequence[object], value: object) -> int | None:
+    found = [i for i, v in enumerate(axis) if v == value]
+    return found[0] if found else None
+
+
 def _simulate_map(
     sweep: Sweep,
     sim: Simulator,
@@ -308,6 +356,7 @@ def _simulate_map(
     progress: Callable[[int], None] | None,
     work: WorkStore | None,
     sampled: schema.SampledLosses | None = None,
+    captured: CurveCapture | None = None,
 ) -> int:
     """Fill ``results`` and ``status`` (the map's arrays) chunk by chunk, family by family;
     returns how many configurations were simulated (not read from ``work``).
@@ -315,7 +364,8 @@ def _simulate_map(
     Each finished chunk is classified and written into the map at once (and saved in
     ``work``), so nothing but the map itself grows with the grid. With ``sampled``, the map
     runs with its History losses and each chunk's, at ``sampled.epochs``, are kept there
-    (the rest of each chunk's history is dropped as soon as it is sampled).
+    (the rest of each chunk's history is dropped as soon as it is sampled), except the whole
+    histories of the loss curves that ``captured`` looks for.
     """
     scale = np.asarray(table.loss_scale, np.float64)[rows]  # (variant, N) -> mean(y^2)
     optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # (variant, N) -> L*
@@ -329,7 +379,7 @@ def _simulate_map(
             block = np.array([opt_index[n] for n in names])
             simulated += _simulate_family(
                 sweep, sim, shapes, (scale, optimal), f, grid, block, into, progress, work,
-                sampled,
+                sampled, captured,
             )  # fmt: skip
     finally:
         if work is not None:
@@ -349,6 +399,7 @@ def _simulate_family(
     progress: Callable[[int], None] | None,
     work: WorkStore | None,
     sampled: schema.SampledLosses | None = None,
+    captured: CurveCapture | None = None,
 ) -> int:
     """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
     optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat;
@@ -381,6 +432,8 @@ def _simulate_family(
         if sampled is not None and losses is not None:
             sampled.losses[where] = losses[:, sampled.epochs - 1][:, None, :]
             sampled.recorded[where] = True
+            if captured is not None:
+                captured.take(where, losses)
         simulated += stop - start
         if work is not None:
             work.add(f, start, s)

@@ -1,6 +1,7 @@
 """The page's stored loss curves come from the map's own run (its History losses sampled as
 each chunk finishes) and are exactly what re-running the displayed cells gives; keeping them
-changes nothing in the map; a run that kept none (resumed, too large) re-runs its cells."""
+changes nothing in the map; a run that kept none (resumed, too large) re-runs its cells. The
+loss curves that are cells of the map are its own histories too, identical to a re-run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import xarray as xr
 
 from src import page, runner, store
-from src.spec import Sweep
+from src.spec import Curve, Sweep
 
 pytestmark = pytest.mark.slow  # four compiled map runs
 
@@ -18,16 +19,28 @@ pytestmark = pytest.mark.slow  # four compiled map runs
 SMALL = dict(
     optimizer=("sgd", "adam"), lr=(1e-3, 0.03, 0.3, 1.0), n=(3, 12, 20), batch_size=(4, 32),
     seed=(0, 1), epochs=(40, 60), hyperparameters={"momentum": (0.0, 0.5)}, chunk_size=8,
-    curves=(),
+    # Two cells of the map (adam's repeated along momentum), and one that is not (lr, N).
+    curves=(Curve("sgd", 0.03, 12, 4, seed=1), Curve("adam", 0.3, 20), Curve("sgd", 0.05, 7, 4)),
 )  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["shuffled", "fixed-order"])
 def both(request: pytest.FixtureRequest) -> tuple[xr.Dataset, runner.RunStats, xr.Dataset]:
-    """The small map run as the main job runs it (keeping its sampled losses) and run the
-    old way (none kept, every chunk without its history)."""
+    """The small map run as the main job runs it (keeping its sampled losses, its cells'
+    curves taken from its own run) and run the old way (none kept, every chunk without its
+    history, every curve run apart)."""
     sweep = Sweep(**SMALL, shuffle=request.param)
-    ds, stats = runner.run(sweep)
+    taken: list[set[int]] = []
+    with pytest.MonkeyPatch.context() as m:
+        init = runner.CurveCapture.__init__
+
+        def spy(self: runner.CurveCapture, *args: object) -> None:
+            init(self, *args)
+            taken.append(self.done)
+
+        m.setattr(runner.CurveCapture, "__init__", spy)
+        ds, stats = runner.run(sweep)
+    assert taken == [{0, 1}]  # the cells' curves, not the third
     with pytest.MonkeyPatch.context() as m:
         m.setattr(runner, "SAMPLED_LOSS_BYTES", 0)
         old, old_stats = runner.run(sweep)

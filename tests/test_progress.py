@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import xarray as xr
 
 from src import boundary
 from src.runner import run
-from src.spec import Sweep
+from src.spec import Curve, Sweep
 
 
 @pytest.mark.slow  # a whole map with curves and boundary
-@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "fixed-order"])
-def test_every_phase_ticks_to_its_total(shuffle: bool) -> None:
+@pytest.mark.parametrize(
+    ("shuffle", "curves"),
+    [(True, None), (False, None), (True, (Curve("momentum", 0.02, 20, 8),))],
+    ids=["shuffled", "fixed-order", "a curve off the grid"],
+)
+def test_every_phase_ticks_to_its_total(shuffle: bool, curves: tuple[Curve, ...] | None) -> None:
     sweep = Sweep(
+        curves=curves,
         optimizer=("sgd", "momentum"),  # one family: one program to compile per phase
         lr=(0.001, 0.003, 0.01, 0.03),
         n=tuple(range(1, 41)),
@@ -37,8 +43,14 @@ def test_every_phase_ticks_to_its_total(shuffle: bool) -> None:
 
     assert sum(map_ticks) == sweep.n_configs
     names = [name for name, _, _ in started]
-    assert names == ["loss curves", boundary.REFINING, boundary.BISECTING]
-    assert started[0][1:] == (1, "family")  # the seed's SGD curves, N = 20 and N = 10
+    # The seed's SGD curves (lr 0.01, N = 20 and N = 10) are cells of this map: they come
+    # from its own run, and no loss-curve phase runs; a curve off the grid runs in one.
+    if curves is None:
+        assert names == [boundary.REFINING, boundary.BISECTING]
+    else:
+        assert names == ["loss curves", boundary.REFINING, boundary.BISECTING]
+        assert started[0][1:] == (1, "family")
+    assert not np.isnan(ds.loss_history.values).all(axis=1).any()
     for (name, total, _), done in zip(started, ticks, strict=True):
         assert total > 0, name
         assert all(k > 0 for k in done), (name, done)
