@@ -562,9 +562,10 @@ def keras_ftrl(
     # Formed once, not every step: the same operations on the same values.
     l2 = l2_regularization_strength + beta / (2.0 * learning_rate)
 
-    # Keras's default power, n^0.5, as the square root: XLA's CPU pow is exp(0.5 log n), which
-    # made FTRL's step ~2x slower than with sqrt, and both round to the same float32 bits (in
-    # TensorFlow and in XLA, for every n >= 0: tests/test_optimizers.py). Only a power known
+    # Keras's default power, n^0.5, as the correctly rounded square root: XLA's CPU pow is
+    # exp(0.5 log n), ~2x slower, and 1 ulp off for 0.064% of float32 accumulators; Keras's
+    # own (TensorFlow's pow, fit not compiling with XLA) is 1 ulp off for 26.6%, so neither
+    # form is Keras's bits (tools/sqrt_power.py, docs/keras-fidelity.md). Only a power known
     # when tracing can be told apart; one that differs per configuration stays a pow.
     square_root = isinstance(learning_rate_power, float | np.floating) and float(
         learning_rate_power

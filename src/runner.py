@@ -257,14 +257,11 @@ def _run(
     simulate_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rest = [c for i, c in enumerate(curves) if captured is None or i not in captured.done]
-    curve_families = families([c.optimizer for c in rest])
+    pending = [i for i in range(len(curves)) if captured is None or i not in captured.done]
+    curve_families = families([curves[i].optimizer for i in pending])
     phases.start("loss curves", len(curve_families), "family")
     for names in curve_families.values():
-        members = [
-            i for i, c in enumerate(curves)
-            if c.optimizer in names and (captured is None or i not in captured.done)
-        ]  # fmt: skip
+        members = [i for i in pending if curves[i].optimizer in names]
         chosen = [curves[i] for i in members]
         family = opt.get(names[0]).family
         flat = FlatConfigs.of(

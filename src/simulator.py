@@ -595,8 +595,11 @@ def _compile(jitted: Callable, args: tuple, ident: str) -> Callable:
     exported = _stored(path)
     if exported is None:
         exported = jax.export.export(jitted)(*args)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(exported.serialize())
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(exported.serialize())
+        except OSError:  # a full or read-only cache costs the next run a trace, not this run
+            pass
     return jax.jit(exported.call).lower(*args).compile()
 
 

@@ -35,8 +35,8 @@ multi-output fusion (``tests/test_xla_options.py``).
   ``$XDG_CACHE_HOME/stability_map/jax`` (default ``~/.cache/stability_map/jax``);
   ``STABILITY_MAP_CACHE`` names another folder, or turns it off with ``off``.
   Its ``traced/`` folder (:func:`program_store`) keeps the engine's programs as traced, before
-  compilation (:mod:`jax.export`): JAX's cache is keyed by the compiled program, so finding
-  it takes tracing the engine first, which would otherwise be most of a second run's
+  compilation (:mod:`jax.export`): JAX's cache is keyed by the lowered program, so finding
+  an entry takes tracing the engine first, which would otherwise be most of a second run's
   remaining compile time.
 """
 

@@ -116,3 +116,17 @@ def test_the_command_line_cache_holds_the_store(
     assert xla_options.use_compilation_cache() == tmp_path / "cache"
     assert xla_options.program_store() == tmp_path / "cache" / "traced"
     assert (tmp_path / "cache" / "traced").is_dir()
+
+
+def test_a_store_that_cannot_be_written_costs_a_trace_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "removed"  # as a cache folder deleted, or a full disk, mid-run
+    monkeypatch.setattr(xla_options, "_program_store", gone)
+    monkeypatch.setattr(simulator, "_programs", collections.OrderedDict())
+    with monkeypatch.context() as m:
+        m.setattr(xla_options, "_program_store", None)
+        m.setattr(simulator, "_programs", collections.OrderedDict())
+        traced_in_place = run("adam", False)
+    assert_same_bits(run("adam", False), traced_in_place)
+    assert not gone.exists()
