@@ -250,9 +250,13 @@ def _run(
     # A curve that is a cell of the map is read off the map's own run where that keeps its
     # losses: the same program's numbers, and no program of its own to compile.
     captured = CurveCapture(sweep, curves, histories) if sampled is not None else None
+    history = map_history(sweep, sampled, captured)
+    if history is not True:
+        captured = None
     t0 = time.perf_counter()
     simulated = _simulate_map(
-        sweep, sim, shapes, table, rows, results, status, progress, work, sampled, captured
+        sweep, sim, shapes, table, rows, results, status, progress, work, sampled, captured,
+        history,
     )
     simulate_seconds = time.perf_counter() - t0
 
@@ -276,9 +280,7 @@ def _run(
     curves_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    critical = _measured_boundary(
-        sweep, status, sim, shapes, table, rows, phases, history=sampled is not None
-    )
+    critical = _measured_boundary(sweep, status, sim, shapes, table, rows, phases, history)
     phases.finish()
     boundary_seconds = time.perf_counter() - t0
     ds = schema.to_dataset(
@@ -300,6 +302,28 @@ def _run(
         sampled=sampled,
     )
     return ds, stats
+
+
+WHOLE_HISTORY_EPOCHS = 1 << 26
+"""The most config-epochs of History losses a map computes to read its loss curves off its
+own run (:class:`CurveCapture`): about 10 s of one curve program's compilation on the 2-core
+CPU is worth that much history (the default map's is ~1e7); a larger map keeps only the
+sampled epochs' losses as it trains (:data:`src.engine.History`) and its curves run apart."""
+
+
+def map_history(
+    sweep: Sweep, sampled: schema.SampledLosses | None, captured: CurveCapture | None
+) -> engine.History:
+    """What the map's engine runs return of each config's losses: none without ``sampled``;
+    every epoch's where a loss curve is read off the map (``captured``) and that costs at
+    most :data:`WHOLE_HISTORY_EPOCHS`; else just those of ``sampled.epochs``."""
+    if sampled is None:
+        return False
+    if captured is not None and captured.wanted and (
+        sweep.n_configs * max(sweep.epochs) <= WHOLE_HISTORY_EPOCHS
+    ):
+        return True
+    return tuple(int(e) for e in sampled.epochs)
 
 
 class CurveCapture:
@@ -325,6 +349,11 @@ class CurveCapture:
             if None not in at:  # the data and hyperparameter axes: their first points
                 cell = int(np.dot(at, strides[: len(at)]))
                 self._cells.setdefault(cell, []).append(i)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether any curve is a cell of the map."""
+        return bool(self._cells)
 
     def take(self, where: np.ndarray, losses: np.ndarray) -> None:
         """From a finished chunk: its flat map positions ``(rows, repeats)`` and histories."""
@@ -354,15 +383,16 @@ def _simulate_map(
     work: WorkStore | None,
     sampled: schema.SampledLosses | None = None,
     captured: CurveCapture | None = None,
+    history: engine.History = False,
 ) -> int:
     """Fill ``results`` and ``status`` (the map's arrays) chunk by chunk, family by family;
     returns how many configurations were simulated (not read from ``work``).
 
     Each finished chunk is classified and written into the map at once (and saved in
     ``work``), so nothing but the map itself grows with the grid. With ``sampled``, the map
-    runs with its History losses and each chunk's, at ``sampled.epochs``, are kept there
-    (the rest of each chunk's history is dropped as soon as it is sampled), except the whole
-    histories of the loss curves that ``captured`` looks for.
+    runs with its History losses (``history``, :func:`map_history`) and each chunk's, at
+    ``sampled.epochs``, are kept there (a whole history is dropped as soon as it is
+    sampled), except the whole histories of the loss curves that ``captured`` looks for.
     """
     scale = np.asarray(table.loss_scale, np.float64)[rows]  # (variant, N) -> mean(y^2)
     optimal = np.asarray(table.optimal_loss, np.float64)[rows]  # (variant, N) -> L*
@@ -376,7 +406,7 @@ def _simulate_map(
             block = np.array([opt_index[n] for n in names])
             simulated += _simulate_family(
                 sweep, sim, shapes, (scale, optimal), f, grid, block, into, progress, work,
-                sampled, captured,
+                sampled, captured, history,
             )  # fmt: skip
     finally:
         if work is not None:
@@ -397,6 +427,7 @@ def _simulate_family(
     work: WorkStore | None,
     sampled: schema.SampledLosses | None = None,
     captured: CurveCapture | None = None,
+    history: engine.History = False,
 ) -> int:
     """One family's part of :func:`_simulate_map` (``f``: its index, ``block``: its
     optimizers' indices on the map's optimizer axis; ``into``: the map's arrays, flat;
@@ -427,7 +458,8 @@ def _simulate_family(
         stop = start + len(s.final_loss)
         where = place(start, s)
         if sampled is not None and losses is not None:
-            sampled.losses[where] = losses[:, sampled.epochs - 1][:, None, :]
+            picked = losses if isinstance(history, tuple) else losses[:, sampled.epochs - 1]
+            sampled.losses[where] = picked[:, None, :]
             sampled.recorded[where] = True
             if captured is not None:
                 captured.take(where, losses)
@@ -442,7 +474,7 @@ def _simulate_family(
         for start, s in work.load(f):
             place(start, s)
     sim.run(
-        grid.family, grid, shapes, history=sampled is not None, each=finished,
+        grid.family, grid, shapes, history=history, each=finished,
         skip=None if done is None else done.covers,
     )  # fmt: skip
     if work is not None:
@@ -469,7 +501,7 @@ def _measured_boundary(
     table: DataTable,
     rows: np.ndarray,
     phases: _Phases | None = None,
-    history: bool = False,
+    history: engine.History = False,
 ) -> boundary.Boundary:
     """Critical lr of every cell (all dims but lr), refined and bisected with the engine
     (:func:`src.boundary.search`; the closed form's windows, where there is one, as
@@ -596,7 +628,7 @@ def _measured_boundary(
                 # many groups as a chunk does, however many blocks the round has.
                 pad_to = ALL_BLOCKS if sweep.shuffle else piece[name]
                 summary = _summaries(
-                    sim, family, flat, shapes, history=history and sweep.shuffle, pad_to=pad_to
+                    sim, family, flat, shapes, history=history if sweep.shuffle else False, pad_to=pad_to
                 )
                 at = rows[values["variant"][data], values["n"][data]]
                 st = outcome.classify(
@@ -639,7 +671,7 @@ def _summaries(
     family: opt.Family,
     flat: FlatConfigs,
     shapes: engine.Shapes,
-    history: bool,
+    history: engine.History,
     pad_to: int,
 ) -> engine.Summary:
     """``sim.run``'s summaries of ``flat``; with ``history`` (to run the program the map

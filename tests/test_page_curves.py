@@ -1,7 +1,8 @@
 """The page's stored loss curves come from the map's own run (its History losses sampled as
-each chunk finishes) and are exactly what re-running the displayed cells gives; keeping them
-changes nothing in the map; a run that kept none (resumed, too large) re-runs its cells. The
-loss curves that are cells of the map are its own histories too, identical to a re-run."""
+each chunk finishes, or kept at those epochs by the engine itself for a large map) and are
+exactly what re-running the displayed cells gives; keeping them changes nothing in the map; a
+run that kept none (resumed, too large) re-runs its cells. The loss curves that are cells of
+the map are its own histories too, identical to a re-run."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ SMALL = dict(
 def both(request: pytest.FixtureRequest) -> tuple[xr.Dataset, runner.RunStats, xr.Dataset]:
     """The small map run as the main job runs it (keeping its sampled losses, its cells'
     curves taken from its own run) and run the old way (none kept, every chunk without its
-    history, every curve run apart)."""
+    history, every curve run apart); run as a large map (losses kept at the sampled epochs
+    only), it has the old map and the same sampled losses."""
     sweep = Sweep(**SMALL, shuffle=request.param)
     taken: list[set[int]] = []
     with pytest.MonkeyPatch.context() as m:
@@ -45,6 +47,13 @@ def both(request: pytest.FixtureRequest) -> tuple[xr.Dataset, runner.RunStats, x
         m.setattr(runner, "SAMPLED_LOSS_BYTES", 0)
         old, old_stats = runner.run(sweep)
     assert old_stats.sampled is None
+    # As a large map runs: only the sampled epochs' losses kept in the engine, curves apart.
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runner, "WHOLE_HISTORY_EPOCHS", 0)
+        few, few_stats = runner.run(sweep)
+    assert few_stats.sampled is not None and few_stats.sampled.recorded.all()
+    xr.testing.assert_identical(few, old)
+    np.testing.assert_array_equal(few_stats.sampled.losses, stats.sampled.losses)
     return ds, stats, old
 
 
