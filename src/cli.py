@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -681,20 +682,24 @@ def _map_into(
     work = resume.WorkStore.open(out / PARTIAL, sweep, resume=args.resume)
     ds, stats = _run_with_progress(sweep, quiet=args.quiet, work=work)
     store.write_netcdf(out / report.MAP_FILE, ds)  # the map first: the Keras check is a guest
-    checked = _validate_with_progress(ds, checks, quiet=args.quiet)
     from tqdm import tqdm
 
-    with tqdm(
-        total=len(report.REPORT_STEPS), unit="step", file=sys.stderr,
-        desc="writing the report", dynamic_ncols=True, disable=args.quiet,
-    ) as bar:  # fmt: skip
-        # The report's seconds count from here, as wall_seconds counts from `started`;
-        # publish closes both (see report.summary_record).
-        stats = dataclasses.replace(stats, report_started=time.perf_counter())
-        summary, lines = report.publish(
-            ds, stats, sweep.problem, out, started, validation=checked, map_written=True,
-            focus=args.focus, progress=bar.update,
-        )  # fmt: skip
+    # The check's process mostly waits for its Keras workers: the report's figures, focus
+    # panel and page data are made meanwhile, in a thread.
+    with ThreadPoolExecutor(1, thread_name_prefix="report") as drafting:
+        drafted = drafting.submit(report.draft, ds, stats, out, args.focus) if checks else None
+        checked = _validate_with_progress(ds, checks, quiet=args.quiet)
+        with tqdm(
+            total=len(report.REPORT_STEPS), unit="step", file=sys.stderr,
+            desc="writing the report", dynamic_ncols=True, disable=args.quiet,
+        ) as bar:  # fmt: skip
+            # The report's seconds count from here, as wall_seconds counts from `started`;
+            # publish closes both (see report.summary_record).
+            stats = dataclasses.replace(stats, report_started=time.perf_counter())
+            summary, lines = report.publish(
+                ds, stats, sweep.problem, out, started, validation=checked, map_written=True,
+                focus=args.focus, progress=bar.update, drafted=drafted,
+            )  # fmt: skip
     store.write_text(out / "sweep.toml", sweep_file.resolved(sweep, report.versions()))
     store.complete(out)
     work.discard()  # every file is written: the saved chunks have served

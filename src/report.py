@@ -16,9 +16,9 @@ import platform
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -32,7 +32,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import Formatter, LogFormatter
 
 from src import findings, outcome, page, store
-from src.focus import SEED_FOCUS, Focus
+from src.focus import SEED_FOCUS, Focus, Panel
 from src.focus import panel as focus_panel
 from src.problem import Problem
 from src.runner import RunStats
@@ -584,6 +584,48 @@ REPORT_STEPS = ("focus panel", "figures", "page", "summary")
 cells' loss curves from the run, or re-runs those cells where it kept none)."""
 
 
+class Draft(NamedTuple):
+    """What a report needs of the map alone (:func:`draft`): the figures' PNGs (by file
+    name, already written), the focus panel and the page's data."""
+
+    pngs: dict[str, bytes]
+    panel: Panel | None
+    data: dict[str, object]
+
+
+def draft(
+    ds: xr.Dataset,
+    stats: RunStats | None,
+    out: Path,
+    focus: Focus | None = SEED_FOCUS,
+    progress: Callable[[int], None] | None = None,
+) -> Draft:
+    """Every figure of the report but the Keras check's, the focus panel (``focus``: the
+    configuration the page opens on, none if ``None``; its fixes' loss curves join
+    ``loss_curves.png``) and the page's data; ``progress(1)`` as each of the first two
+    :data:`REPORT_STEPS` ends.
+
+    The page's stored loss curves are the run's own (``stats.sampled``) where it kept them;
+    otherwise (a resumed run, a map rendered from its netCDF, ``stats=None``) the page
+    re-runs its cells. The figures are drawn in a worker thread while this one runs the
+    focus panel and computes the page's data: a simulation is XLA, which releases the GIL,
+    so matplotlib's drawing (pure Python, one thread) and the simulations overlap instead of
+    adding up. The main job drafts its report while its Keras check runs (:func:`publish`'s
+    ``drafted``), the check's own time mostly spent waiting for its worker processes."""
+    tick = progress or (lambda _: None)
+    # One worker: matplotlib is not thread-safe, so every figure is drawn by it alone,
+    # the map's first, while this thread runs the focus panel's simulations.
+    with ThreadPoolExecutor(1, thread_name_prefix="figures") as drawing:
+        maps = drawing.submit(map_figures, ds, out)
+        panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
+        tick(1)
+        curves = drawing.submit(curves_png, ds, out, fix_curves)
+        data = page.page_data(ds, panel, sampled=None if stats is None else stats.sampled)
+        pngs = {**maps.result(), **curves.result()}
+        tick(1)
+    return Draft(pngs, panel, data)
+
+
 def publish(
     ds: xr.Dataset,
     stats: RunStats | None,
@@ -594,22 +636,16 @@ def publish(
     map_written: bool = False,
     focus: Focus | None = SEED_FOCUS,
     progress: Callable[[int], None] | None = None,
+    drafted: Future[Draft] | None = None,
 ) -> tuple[dict[str, object], list[str]]:
     """Write every output of a run into ``out``; returns the summary and its text lines.
 
     ``validation`` (a :func:`src.validation.validate` record) adds ``validation.json``, the
     overlaid Keras/JAX curves (``validation_curves.png``) and a section of the page.
     ``map_written``: :data:`MAP_FILE` is already there (the main job writes it first).
-    ``focus``: the configuration the page opens on (:mod:`src.focus`; its fixes' loss curves
-    join ``loss_curves.png``), none if ``None``. ``progress(1)`` is called as each of
-    :data:`REPORT_STEPS` ends.
-
-    The page's stored loss curves are the run's own (``stats.sampled``) where it kept them;
-    otherwise (a resumed run, a map rendered from its netCDF, ``stats=None``) the page
-    re-runs its cells. The figures are drawn in a worker thread while this one runs the
-    focus panel and computes the page's data: a simulation is XLA, which releases the GIL,
-    so matplotlib's drawing (pure Python, one thread) and the simulations overlap instead of
-    adding up."""
+    ``focus``: the configuration the page opens on (see :func:`draft`). ``drafted``: the
+    :func:`draft` of this map for ``focus``, under way elsewhere (else it is made here).
+    ``progress(1)`` is called as each of :data:`REPORT_STEPS` ends."""
     tick = progress or (lambda _: None)
     if not map_written:
         store.write_netcdf(out / MAP_FILE, ds)
@@ -618,20 +654,13 @@ def publish(
     lines = findings.describe(found, optimizers)
     ns = [int(n) for n in ds.n.values]
     table = findings.stable_lr_table(found, optimizers, ns, grid_top=float(ds.lr.max()))
-    # One worker: matplotlib is not thread-safe, so every figure is drawn by it alone,
-    # the map's first, while this thread runs the focus panel's simulations.
-    with ThreadPoolExecutor(1, thread_name_prefix="figures") as drawing:
-        maps = drawing.submit(map_figures, ds, out)
-        panel, fix_curves = (None, []) if focus is None else focus_panel(ds, focus)
-        tick(1)
-        curves = drawing.submit(curves_png, ds, out, fix_curves)
-        checked_png = (
-            drawing.submit(_validation_png, validation, out) if validation is not None else None
-        )
-        data = page.page_data(ds, panel, sampled=None if stats is None else stats.sampled)
-        pngs = {**maps.result(), **curves.result()}
-        tick(1)
-        png = None if checked_png is None else checked_png.result()
+    if drafted is None:
+        pngs, panel, data = draft(ds, stats, out, focus, tick)
+    else:
+        pngs, panel, data = drafted.result()
+        tick(2)
+    # The drawing above is done: matplotlib draws in one thread at a time.
+    png = None if validation is None else _validation_png(validation, out)
     summary = summary_record(ds, stats, found, time.perf_counter() - started)
     if panel is not None:
         summary["focus"] = {k: v for k, v in panel.items() if k != "diagnosis"}

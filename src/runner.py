@@ -628,7 +628,7 @@ def _measured_boundary(
                 # many groups as a chunk does, however many blocks the round has.
                 pad_to = ALL_BLOCKS if sweep.shuffle else piece[name]
                 summary = _summaries(
-                    sim, family, flat, shapes, history=history if sweep.shuffle else False, pad_to=pad_to
+                    sim, family, flat, shapes, history if sweep.shuffle else False, pad_to
                 )
                 at = rows[values["variant"][data], values["n"][data]]
                 st = outcome.classify(

@@ -181,3 +181,29 @@ def test_the_colour_bar_label_fits_in_the_figure(small_map, tmp_path) -> None:
         assert "mean(y²)" in label.get_text()
         box = label.get_window_extent(renderer)
         assert page.y0 <= box.y0 and box.y1 <= page.y1 and box.x1 <= page.x1, (name, box, page)
+
+
+@pytest.mark.slow  # small_map: a whole map, and its report twice
+def test_a_report_drafted_elsewhere_is_the_report_made_in_place(small_map, tmp_path) -> None:
+    """The main job drafts its report in a thread while the Keras check runs; what it writes
+    is what publish writes on its own (the page apart from its timings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from src.problem import Problem
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    report.publish(small_map, None, Problem(), here, 0.0)
+    with ThreadPoolExecutor(1) as pool:
+        drafted = pool.submit(report.draft, small_map, None, there)
+        steps: list[int] = []
+        report.publish(small_map, None, Problem(), there, 0.0, drafted=drafted,
+                       progress=steps.append)  # fmt: skip
+    assert sum(steps) == len(report.REPORT_STEPS)
+    files = sorted(p.name for p in here.iterdir())
+    assert files == sorted(p.name for p in there.iterdir()) and "heatmaps.png" in files
+    for name in files:
+        if name.endswith((".png", ".nc")):
+            assert (here / name).read_bytes() == (there / name).read_bytes(), name
+    assert (here / "index.html").read_text() == (there / "index.html").read_text()

@@ -68,12 +68,13 @@ def test_history_slots() -> None:
 def test_a_map_keeps_whole_histories_only_where_a_curve_needs_them_and_they_are_small() -> None:
     sweep = Sweep(optimizer=("sgd",), lr=(0.01, 0.1), n=(5, 10), epochs=(50,),
                   curves=(Curve("sgd", 0.01, 10),))  # fmt: skip
-    sampled = schema.SampledLosses(runner.sampled_epochs(sweep), np.zeros((4, 1)), np.zeros(4, bool))
+    epochs = runner.sampled_epochs(sweep)
+    sampled = schema.SampledLosses(epochs, np.zeros((4, len(epochs))), np.zeros(4, bool))
     captured = runner.CurveCapture(sweep, sweep.resolved_curves, np.zeros((1, 50)))
     assert captured.wanted
     assert runner.map_history(sweep, None, captured) is False
     assert runner.map_history(sweep, sampled, captured) is True
-    epochs = tuple(int(e) for e in runner.sampled_epochs(sweep))
+    epochs = tuple(int(e) for e in epochs)
     off_grid = dataclasses.replace(sweep, curves=(Curve("sgd", 0.05, 10),))
     elsewhere = runner.CurveCapture(off_grid, off_grid.resolved_curves, np.zeros((1, 50)))
     assert not elsewhere.wanted
