@@ -222,8 +222,8 @@ History = bool | tuple[int, ...]
 shape ``(configs, epochs)``), or those of the epochs (from 1, ascending) of a tuple (shape
 ``(configs, len(epochs))``). A tuple's losses are kept in the config's state as it trains,
 one slot per chosen epoch: a map of a million configs and 500 epochs would otherwise write
-(and copy out) 2 GB of losses to keep 16 of them per config (2-core CPU, full-batch SGD: 3x
-the run's time). The values are those of ``True``'s columns, bit for bit."""
+(and copy out) 2 GB of losses to keep 16 of them per config (2-core CPU, full-batch SGD:
+~6x the run's time). The values are those of ``True``'s columns, bit for bit."""
 
 
 class Summary(NamedTuple):
@@ -653,8 +653,8 @@ def keep_loss(sampled: Array, slot: Array, loss: Array) -> Array:
     The slot is the epoch loop's, the same for every config of a chunk: under ``vmap`` the
     ``cond`` stays a branch, and an epoch that keeps nothing touches nothing. A select or
     a scatter on every epoch would stream every config's slots through memory each epoch
-    (2-core CPU, 2^20 full-batch SGD configs, 16 slots: 4-5x the run's time; with the
-    branch, 1.3x)."""
+    (2-core CPU, 2^20 full-batch SGD configs, 16 slots: ~5x the run's time; with the
+    branch, 1.0-1.35x)."""
     return jax.lax.cond(
         slot < sampled.shape[-1], lambda s, v: s.at[slot].set(v), lambda s, _: s, sampled, loss
     )
