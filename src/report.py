@@ -24,12 +24,13 @@ import numpy as np
 import xarray as xr
 from matplotlib import patheffects
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import Formatter, LogFormatter
+from matplotlib.ticker import Formatter, LogFormatter, NullLocator
 
 from src import findings, outcome, page, store
 from src.focus import SEED_FOCUS, Focus, Panel
@@ -406,11 +407,34 @@ def _plain_tick_labels(ax: Axes) -> None:
 
 def _fix_layout(fig: Figure) -> None:
     """Run ``fig``'s layout engine (constrained layout) now, at the resolution it is saved at,
-    and keep the positions it found: a later save draws without laying out again."""
+    and keep the positions it found: a later save draws without laying out again.
+
+    Only tick labels take room in a layout (tick lines do not), so minor ticks that carry no
+    label are left out of it (:func:`_unlabelled_minor_axes`): the same positions, without
+    making and measuring every minor tick of every log axis twice (half of the maps' time)."""
     engine = fig.get_layout_engine()
-    if engine is not None:
-        engine.execute(fig)
-        fig.set_layout_engine(None)
+    if engine is None:
+        return
+    quiet = _unlabelled_minor_axes(fig)
+    locators = [axis.get_minor_locator() for axis in quiet]
+    for axis in quiet:
+        axis.set_minor_locator(NullLocator())
+    engine.execute(fig)
+    for axis, locator in zip(quiet, locators, strict=True):
+        axis.set_minor_locator(locator)
+    fig.set_layout_engine(None)
+
+
+def _unlabelled_minor_axes(fig: Figure) -> list[Axis]:
+    """The axes of ``fig`` whose minor ticks, at the current limits, have no label."""
+    quiet = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_minor_formatter()
+            formatter.set_locs(locs := axis.get_minorticklocs())
+            if not any(formatter.format_ticks(locs)):
+                quiet.append(axis)
+    return quiet
 
 
 def write_figures(

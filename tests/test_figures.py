@@ -207,3 +207,38 @@ def test_a_report_drafted_elsewhere_is_the_report_made_in_place(small_map, tmp_p
         if name.endswith((".png", ".nc")):
             assert (here / name).read_bytes() == (there / name).read_bytes(), name
     assert (here / "index.html").read_text() == (there / "index.html").read_text()
+
+
+def _laid_out(short_range: bool, skip_minor: bool) -> list[list[float]]:
+    """Axes positions of a constrained figure with log axes (one of them spanning less than
+    a decade where asked: its minor ticks are labelled) after :func:`report._fix_layout`,
+    or after the plain layout engine."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), dpi=report.DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    axes[0].loglog([1e-4, 1.0], [1.0, 1e3])
+    axes[1].semilogx([2.0, 7.0] if short_range else [1e-3, 10.0], [0.0, 100.0])
+    for ax in axes:
+        ax.set_ylabel("a label")
+    fig.colorbar(report.ScalarMappable(*reversed(report.loss_colour_key())), ax=axes)
+    if skip_minor:
+        report._fix_layout(fig)
+    else:
+        fig.get_layout_engine().execute(fig)
+    return [list(ax.get_position().bounds) for ax in fig.axes]
+
+
+@pytest.mark.parametrize("short_range", [False, True])
+def test_the_layout_without_unlabelled_minor_ticks_is_the_same(short_range: bool) -> None:
+    """Minor ticks are left out of the layout only where they carry no label; the positions
+    are those of the full layout."""
+    from matplotlib.figure import Figure
+
+    assert _laid_out(short_range, True) == _laid_out(short_range, False)
+    fig = Figure()
+    ax = fig.subplots()
+    ax.semilogx([2.0, 7.0], [0.0, 1.0])
+    assert ax.xaxis not in report._unlabelled_minor_axes(fig)  # 3, 4, 5 ... are labelled
+    ax.set_xlim(1e-4, 1.0)
+    assert ax.xaxis in report._unlabelled_minor_axes(fig)
