@@ -533,7 +533,8 @@ def summary_record(
     search); :func:`publish` adds ``report_seconds`` (from ``stats.report_started``; ``None``
     when the caller did not set it) and brings ``wall_seconds`` up to date, page included,
     just before it writes ``summary.json``. Every phase lies inside ``wall_seconds`` (the
-    Keras check, between the map and the report, is in none of them)."""
+    Keras check, between the map and the report, is in none of them; where the main job
+    drafts the report during the check, ``report_seconds`` is what is left after it)."""
     run = {} if stats is None else {
         "devices": list(stats.devices),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # how the programs were compiled
