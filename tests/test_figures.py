@@ -8,12 +8,16 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from src import report
+from src.problem import Problem
 from src.runner import run
 from src.schema import reference_slice
 from src.spec import SEED_LR, Curve, Sweep, log_grid
@@ -187,10 +191,6 @@ def test_the_colour_bar_label_fits_in_the_figure(small_map, tmp_path) -> None:
 def test_a_report_drafted_elsewhere_is_the_report_made_in_place(small_map, tmp_path) -> None:
     """The main job drafts its report in a thread while the Keras check runs; what it writes
     is what publish writes on its own (the page apart from its timings)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from src.problem import Problem
-
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
@@ -213,8 +213,6 @@ def _laid_out(short_range: bool, skip_minor: bool) -> list[list[float]]:
     """Axes positions of a constrained figure with log axes (one of them spanning less than
     a decade where asked: its minor ticks are labelled) after :func:`report._fix_layout`,
     or after the plain layout engine."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 3), dpi=report.DPI, layout="constrained")
     axes = fig.subplots(1, 2)
     axes[0].loglog([1e-4, 1.0], [1.0, 1e3])
@@ -233,8 +231,6 @@ def _laid_out(short_range: bool, skip_minor: bool) -> list[list[float]]:
 def test_the_layout_without_unlabelled_minor_ticks_is_the_same(short_range: bool) -> None:
     """Minor ticks are left out of the layout only where they carry no label; the positions
     are those of the full layout."""
-    from matplotlib.figure import Figure
-
     assert _laid_out(short_range, True) == _laid_out(short_range, False)
     fig = Figure()
     ax = fig.subplots()
