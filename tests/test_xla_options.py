@@ -22,10 +22,32 @@ MOMENTS_MAP = ["--optimizers", "sgd,adam,rmsprop,lion", "--lr", "1e-3:1:9", "--n
 
 
 def test_cpu_flags_cap_the_instruction_set_on_x86_only() -> None:
-    assert xla_options.cpu_flags("", "x86_64") == "--xla_cpu_max_isa=AVX"
-    assert xla_options.cpu_flags("--a", "AMD64") == "--a --xla_cpu_max_isa=AVX"
-    assert xla_options.cpu_flags("--xla_cpu_max_isa=SSE4_2", "x86_64") == "--xla_cpu_max_isa=SSE4_2"
-    assert xla_options.cpu_flags("--a", "aarch64") == "--a"
+    own = "--xla_backend_extra_options=mine"  # the user's backend options: ours left out
+    assert xla_options.cpu_flags(own, "x86_64") == f"{own} --xla_cpu_max_isa=AVX"
+    assert xla_options.cpu_flags(f"--a {own}", "AMD64") == f"--a {own} --xla_cpu_max_isa=AVX"
+    capped = f"--xla_cpu_max_isa=SSE4_2 {own}"
+    assert xla_options.cpu_flags(capped, "x86_64") == capped
+    assert xla_options.cpu_flags(f"--a {own}", "aarch64") == f"--a {own}"
+
+
+def test_cpu_flags_give_a_device_per_core_unless_the_user_set_a_count() -> None:
+    own = "--xla_backend_extra_options=mine"
+    count = "--xla_force_host_platform_device_count"
+    assert xla_options.cpu_flags(own, "aarch64", cores=4) == f"{own} {count}=4"
+    assert xla_options.cpu_flags(own, "aarch64", cores=1) == own
+    assert xla_options.cpu_flags(f"{count}=1 {own}", "aarch64", cores=4) == f"{count}=1 {own}"
+    assert xla_options.usable_cores({"JAX_NUM_CPU_DEVICES": "3"}) == 1
+    assert xla_options.usable_cores({}) >= 1
+
+
+def test_small_loops_join_the_backend_options_only_where_the_user_gave_none() -> None:
+    flags = xla_options.cpu_flags("--a", "aarch64")
+    assert flags == f"--a --xla_backend_extra_options={xla_options.SMALL_LOOPS}"
+    assert xla_options.backend_options(flags) == [xla_options.SMALL_LOOPS]
+    assert xla_options.backend_options("--a") is None
+    both = xla_options.with_backend_options(flags, ["x", "y"])
+    assert both == "--a --xla_backend_extra_options=x,y"
+    assert xla_options.backend_options(both) == ["x", "y"]
 
 
 def test_multi_output_fusion_is_refused_once_the_backend_runs() -> None:
@@ -48,14 +70,17 @@ def _main_job(out: Path, xla_flags: str) -> dict:
 
 
 @pytest.mark.slow  # two main jobs in subprocesses, one on 4 devices
-def test_multi_output_fusion_changes_no_bit(tmp_path: Path) -> None:
-    """The main job with multi-output fusion on 4 devices, and without it (backend options
-    given, so the job leaves them alone) on 1: the same map."""
+def test_multi_output_fusion_and_small_loops_change_no_bit(tmp_path: Path) -> None:
+    """The main job with multi-output fusion and small loops compiled whole on 4 devices, and
+    without either (backend options given, so the job leaves them alone) on 1: the same map."""
     fused, plain = tmp_path / "fused", tmp_path / "plain"
     on = _main_job(fused, "--xla_force_host_platform_device_count=4")
-    off = _main_job(plain, "--xla_backend_extra_options=xla_cpu_unused_option")
-    assert xla_options.MULTI_OUTPUT_FUSION in on["xla_flags"].split()
-    assert "multi_output" not in off["xla_flags"]
+    off = _main_job(plain, "--xla_force_host_platform_device_count=1 "
+                           "--xla_backend_extra_options=xla_cpu_unused_option")  # fmt: skip
+    assert xla_options.backend_options(on["xla_flags"]) == [
+        xla_options.SMALL_LOOPS, xla_options.MULTI_OUTPUT_FUSION
+    ]  # fmt: skip
+    assert xla_options.backend_options(off["xla_flags"]) == ["xla_cpu_unused_option"]
     assert len(on["devices"]) == 4 and len(off["devices"]) == 1
     with (
         xr.open_dataset(fused / "stability_map.nc") as a,
