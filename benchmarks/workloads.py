@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -31,10 +32,14 @@ BATCH_SIZE = 32
 
 
 def seed_workload(
-    optimizer: str, configs: int, epochs: int, kernel: str = "auto"
+    optimizer: str,
+    configs: int,
+    epochs: int,
+    kernel: str = "auto",
+    devices: Sequence[jax.Device] = (),
 ) -> tuple[Simulator, opt.Family, FlatConfigs]:
     """``configs`` configurations: N = 1..32 x lr grid, ``epochs`` each, seed 0 (for each N
-    its learning rates, as a sweep walks its grid)."""
+    its learning rates, as a sweep walks its grid), on ``devices`` (default: all)."""
     ns = np.arange(1, N_MAX + 1)
     lrs = np.array(log_grid(1e-5, 1.0, math.ceil(configs / len(ns))))
     n, lr = (g.ravel()[:configs] for g in np.meshgrid(ns, lrs, indexing="ij"))
@@ -46,7 +51,8 @@ def seed_workload(
     )  # fmt: skip
     rows = np.arange(N_MAX + 1) - 1
     table = data_table([Problem().dataset(int(k)) for k in ns], "float32")
-    return Simulator(table, rows, "float32", 1e-4, kernel=kernel), family, flat
+    sim = Simulator(table, rows, "float32", 1e-4, kernel=kernel, devices=tuple(devices))
+    return sim, family, flat
 
 
 def sweep_rate(optimizer: str, configs: int, epochs: int, kernel: str = "auto") -> float:
@@ -78,7 +84,8 @@ class PerConfigLoop:
     """The same configurations, one jitted call per configuration (no vmap)."""
 
     def __init__(self, optimizer: str, configs: int, epochs: int, kernel: str = "auto") -> None:
-        sim, family, flat = seed_workload(optimizer, configs, epochs, kernel)
+        # One config per call: on one device.
+        sim, family, flat = seed_workload(optimizer, configs, epochs, kernel, jax.devices()[:1])
         self.table, self.tol = sim.table, np.float32(1e-4)
         shapes = engine.Shapes.covering(flat.columns["n"], [BATCH_SIZE], [epochs])
         constants = tuple(sorted(flat.constant_arguments().items()))

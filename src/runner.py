@@ -556,8 +556,7 @@ def _measured_boundary(
         if sweep.shuffle:  # the map's group width, if a block holds its kinds and a cell
             names = [o for o in sweep.optimizer if opt.get(o).family.name == name]
             grid = GridConfigs.of(sweep, names)
-            size = sim.chunk_size_for(shapes, len(grid))
-            width = sim.group_width(grid.runs(by_seed=True), size, shapes)
+            width = sim.group_width(grid.runs(by_seed=True), sim.chunk_size_for(shapes, len(grid)))
             piece[name] = max(width, 1 << len(kinds[name]).bit_length())
 
     def blocks(name: str, which: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:

@@ -47,10 +47,13 @@ CHUNK_ELEMENTS = 1 << 17
 Small enough for the working set to stay in cache (4096 full-batch configs of width 32 ran
 ~25% faster than 32768 on the 2-core machine), large enough to amortise the call."""
 
-MOMENT_ELEMENTS = 1 << 18
+MOMENT_ELEMENTS = 1 << 15
 """Default chunk of the moments kernel with a fixed batch order and one batch: configs per
-call (262,144 full-batch SGD configs ran ~10% faster than 131,072 on the 2-core machine;
-the per-config working set is a dozen floats)."""
+call (per device). Each device (one per core, :mod:`src.xla_options`) runs its share as one
+compiled function whose working set, a dozen floats per config, stays in the core's cache:
+on the 2-core machine the seed workload (2^20 SGD configs, 100 epochs) ran 6.7-7.5e8
+config-epochs/s with 16,384 to 65,536 per device, 6.0e8 with 8,192. Chunks of 262,144 on one
+device, their loops split over both cores by XLA, had run 4.4-5.3e8."""
 
 MINIBATCH_CONFIGS = 1 << 11
 """Default chunk of the moments kernel with a fixed order and several batches: configs per
@@ -150,21 +153,6 @@ def segment_plan(runs: np.ndarray, batches: np.ndarray, size: int) -> SegmentPla
     return SegmentPlan(length, sorted(segments, key=lambda segment: segment[2]))
 
 
-class Placement(NamedTuple):
-    """The devices an engine call runs on: its chunk split along the config axis over
-    ``mesh`` (``split``), the data table and what every config shares replicated."""
-
-    devices: tuple[jax.Device, ...]
-    mesh: Mesh
-    split: NamedSharding
-    replicated: NamedSharding
-    table: DataTable
-
-    def whole(self, size: int) -> int:
-        """``size`` rounded up to a multiple of the device count."""
-        return -(-size // len(self.devices)) * len(self.devices)
-
-
 class Chunk(NamedTuple):
     """What one engine call takes besides the data table: the configs, their
     :class:`~src.engine.Group` if they form one, and ``steps``, the batch steps each epoch
@@ -207,9 +195,6 @@ class Simulator:
     devices: tuple[jax.Device, ...] = ()
     _compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
     _moments: MomentsCache = dataclasses.field(default_factory=dict)
-    _placements: dict[tuple[jax.Device, ...], Placement] = dataclasses.field(
-        default_factory=dict
-    )
 
     def __post_init__(self) -> None:
         self.kernel = engine.resolve_kernel(self.kernel)
@@ -217,38 +202,11 @@ class Simulator:
         # what the report re-runs afterwards (explain, stored curves, the Keras check's engine
         # side) runs in the writing process alone, the others having finished.
         self.devices = self.devices or tuple(jax.local_devices())
-
-    def devices_for(self, shapes: engine.Shapes) -> tuple[jax.Device, ...]:
-        """The devices a run of ``shapes`` is split over: every one of :attr:`devices`,
-        except where they are CPU devices of this process (one per core, see
-        :mod:`src.xla_options`) and the run is the moments kernel's with one fixed batch:
-        then the first alone.
-
-        XLA's CPU backend spreads a large elementwise loop over the cores by itself, and a
-        one-batch chunk (:data:`MOMENT_ELEMENTS` configs) is one: split over both devices of
-        the 2-core machine it ran ~20% slower than whole on one (seed workload, SGD: 4.3e8
-        against 5.3e8 config-epochs/s). A minibatch chunk (:data:`MINIBATCH_CONFIGS`), a
-        shuffled or an autodiff one is too small for that, and runs its loop of small steps
-        on one core unless split (mixed map, SGD family: 2.6e7 over two devices against
-        1.6e7 on one). The results are the same bit for bit either way."""
-        whole = self.kernel == "moments" and not self.shuffle and shapes.n_batches == 1
-        here = jax.process_index()
-        cpus = all(d.platform == "cpu" and d.process_index == here for d in self.devices)
-        return self.devices[:1] if whole and cpus else self.devices
-
-    def placement(self, shapes: engine.Shapes) -> Placement:
-        """Where a run of ``shapes`` computes (:meth:`devices_for`), its data table placed
-        there once."""
-        devices = self.devices_for(shapes)
-        if devices not in self._placements:
-            mesh = Mesh(np.array(devices), ("configs",))
-            replicated = NamedSharding(mesh, PartitionSpec())
-            with jax.enable_x64(self.dtype == "float64"):  # float64 tables stay float64
-                table = jax.device_put(_host(self.table), replicated)
-            self._placements[devices] = Placement(
-                devices, mesh, NamedSharding(mesh, PartitionSpec("configs")), replicated, table
-            )
-        return self._placements[devices]
+        self._mesh = Mesh(np.array(self.devices), ("configs",))
+        self._split = NamedSharding(self._mesh, PartitionSpec("configs"))
+        self._replicated = NamedSharding(self._mesh, PartitionSpec())
+        with jax.enable_x64(self.dtype == "float64"):  # float64 tables stay float64
+            self._table = jax.device_put(_host(self.table), self._replicated)
 
     @property
     def programs(self) -> int:
@@ -256,27 +214,29 @@ class Simulator:
 
     def chunk_size_for(self, shapes: engine.Shapes, count: int) -> int:
         """Configs per engine call: a multiple of the device count (the last chunk is padded)."""
-        at = self.placement(shapes)
-        devices = len(at.devices)
         if self.chunk_size:
             size = min(self.chunk_size, count)
         elif self.kernel == "moments" and not self.shuffle and shapes.n_batches == 1:
-            size = max(1, min(count, MOMENT_ELEMENTS * devices))
+            size = max(1, min(count, MOMENT_ELEMENTS * len(self.devices)))
         elif self.kernel == "moments" and not self.shuffle:
-            size = max(1, min(count, MINIBATCH_CONFIGS * devices))
+            size = max(1, min(count, MINIBATCH_CONFIGS * len(self.devices)))
         else:
             per_config = shapes.n_batches * shapes.batch_width
-            size = max(1, min(count, CHUNK_ELEMENTS * devices // per_config))
-        return at.whole(size)
+            size = max(1, min(count, CHUNK_ELEMENTS * len(self.devices) // per_config))
+        return self._whole_devices(size)
 
-    def group_width(self, runs: np.ndarray, size: int, shapes: engine.Shapes) -> int:
+    def group_width(self, runs: np.ndarray, size: int) -> int:
         """Configs per group in a shuffled run's chunks of ``size`` (``runs``: its runs'
         boundaries, :meth:`~src.configs.ConfigSource.runs`): its longest run, rounded up to
         a power of two, so that padding stays small."""
         longest = int(np.max(np.diff(runs), initial=1))
-        return self.placement(shapes).whole(
+        return self._whole_devices(
             min(size, max(MIN_SHUFFLED_GROUP, 1 << (longest - 1).bit_length()))
         )
+
+    def _whole_devices(self, size: int) -> int:
+        """``size`` rounded up to a multiple of the device count."""
+        return -(-size // len(self.devices)) * len(self.devices)
 
     def run(
         self,
@@ -305,9 +265,8 @@ class Simulator:
         every row (:meth:`~src.configs.ConfigSource.covering_shapes`).
         """
         shapes = shapes or flat.covering_shapes()
-        at = self.placement(shapes)
         size = self.chunk_size_for(shapes, max(len(flat), pad_to))
-        tol = jax.device_put(jnp.asarray(self.tol, self.dtype), at.replicated)
+        tol = jax.device_put(jnp.asarray(self.tol, self.dtype), self._replicated)
         constants = tuple(sorted(flat.constant_arguments().items()))
         runs = flat.runs(by_seed=self.shuffle)
         group_size = size
@@ -319,7 +278,7 @@ class Simulator:
             # Shuffled, a group draws each epoch's order and batches once instead of once
             # per config; its chunks are sized to the runs, so padding stays small.
             speedup = SHUFFLED_GROUP_SPEEDUP
-            group_size = self.group_width(runs, size, shapes)
+            group_size = self.group_width(runs, size)
         elif self.kernel == "autodiff" and not engine.slot_by_slot(shapes):
             speedup = 1.0
         else:
@@ -339,7 +298,7 @@ class Simulator:
             if key not in self._compiled:
                 t0 = time.perf_counter()
                 self._compiled[key] = shared_program(
-                    (key, self.kernel, at.devices, _avals(at.table)),
+                    (key, self.kernel, self.devices, _avals(self._table)),
                     lambda: self._program(family, shapes, history, constants, chunk, tol),
                 )
                 self.compile_seconds += time.perf_counter() - t0
@@ -375,7 +334,7 @@ class Simulator:
         for pieces, chunk in calls:
             compiled = program(chunk)
             t0 = time.perf_counter()
-            outputs = compiled(chunk.configs, at.table, tol, chunk.group, chunk.steps,
+            outputs = compiled(chunk.configs, self._table, tol, chunk.group, chunk.steps,
                                chunk.segments)  # fmt: skip
             self.compute_seconds += time.perf_counter() - t0
             if pending is not None:
@@ -404,7 +363,7 @@ class Simulator:
         """The calls of a :func:`chunk_plan`: each one's pieces ``(start, configs, row)``
         (configs ``start ..`` are the call's rows from ``row``) and its chunk, built as the
         calls are made."""
-        calls, groups = self._calls(plan, size // group_size, skip, self.placement(shapes), fixed)
+        calls, groups = self._calls(plan, size // group_size, skip, fixed=fixed)
         for call in calls:
             grouped = call[0][2]
             width = group_size if grouped else size
@@ -430,18 +389,17 @@ class Simulator:
         firsts = flat.take(runs[:-1], self.rows, self.dtype)
         batches = -(-np.asarray(firsts.n) // np.asarray(firsts.batch_size))
         length, segments = segment_plan(runs, batches, 1 << (size - 1).bit_length())
-        at = self.placement(shapes)
-        per_call = at.whole((1 << (size - 1).bit_length()) // length)
+        per_call = self._whole_devices((1 << (size - 1).bit_length()) // length)
         kept = [c for c in segments if skip is None or not skip(c[0], c[1])]
-        for first in range(0, len(kept), per_call):
-            call = kept[first : first + per_call]
+        for at in range(0, len(kept), per_call):
+            call = kept[at : at + per_call]
             pieces = [(start, stop - start, i * length) for i, (start, stop, _) in enumerate(call)]
             call += call[-1:] * (per_call - len(call))
             index = np.concatenate([span(start, length, stop) for start, stop, _ in call])
             configs, _, steps = self._host_chunk(flat, index, shapes, constants, False)
             counts = np.asarray([k for _, _, k in call], np.int32)
-            yield pieces, Chunk(jax.device_put(configs, at.split), None, _steps(steps, at),
-                                jax.device_put(counts, at.split))  # fmt: skip
+            yield pieces, Chunk(self._place(configs), None, self._steps(steps),
+                                self._place(counts))  # fmt: skip
 
     def _program(
         self,
@@ -464,26 +422,28 @@ class Simulator:
         )  # fmt: skip
         split, whole = PartitionSpec("configs"), PartitionSpec()
         several = group is not None and np.ndim(group.n) == 1  # each device: its own groups
-        at = self.placement(shapes)
         per_device = jax.shard_map(
             lambda c, data, t, g, k, s: simulate(c, data, t, group=g, steps=k, segments=s),
-            mesh=at.mesh,
+            mesh=self._mesh,
             in_specs=(split, whole, whole, split if several else whole, whole, split),
             out_specs=split,
             check_vma=False,  # the engine is written per device; nothing crosses devices
         )
-        args = (configs, at.table, tol, group, _steps(shapes.n_batches, at), chunk.segments)
+        args = (configs, self._table, tol, group, self._steps(shapes.n_batches), chunk.segments)
         # Everything that fixes the traced program, in stable terms (names, numbers, shapes).
         ident = (family.name, shapes, history, constants, self.shuffle, self.kernel, self.dtype,
-                 tuple(f"{d.platform}:{d.id}" for d in at.devices), _avals(args))  # fmt: skip
+                 tuple(f"{d.platform}:{d.id}" for d in self.devices), _avals(args))  # fmt: skip
         return _compile(jax.jit(per_device), args, repr(ident))
+
+    def _steps(self, steps: int) -> jax.Array:
+        """A chunk's batch steps per epoch, replicated: one value for every device."""
+        return jax.device_put(np.int32(steps), self._replicated)
 
     def _calls(
         self,
         plan: list[tuple[int, int, bool]],
         most: int,
         skip: Callable[[int, int], bool] | None,
-        at: Placement,
         fixed: bool = False,
     ) -> tuple[list[list[tuple[int, int, bool]]], int]:
         """The engine calls of ``plan`` (less the chunks ``skip`` leaves out): a mixed chunk
@@ -496,7 +456,7 @@ class Simulator:
         kept = [c for c in plan if skip is None or not skip(c[0], c[1])]
         groups = most if fixed else min(most, sum(grouped for _, _, grouped in kept))
         if groups > 1:
-            groups = at.whole(groups)
+            groups = self._whole_devices(groups)
         calls: list[list[tuple[int, int, bool]]] = []
         for c in kept:
             last = calls[-1] if calls else None
@@ -524,9 +484,7 @@ class Simulator:
         configs = jax.tree.map(lambda *a: np.concatenate(a), *(c for c, _, _ in parts))
         group = jax.tree.map(lambda *a: np.stack(a), *(g for _, g, _ in parts))
         steps = max(k for _, _, k in parts)
-        at = self.placement(shapes)
-        return Chunk(jax.device_put(configs, at.split), jax.device_put(group, at.split),
-                     _steps(steps, at))  # fmt: skip
+        return Chunk(self._place(configs), self._place(group), self._steps(steps))
 
     def chunk(
         self,
@@ -543,9 +501,8 @@ class Simulator:
         kernel: the group's, or every config's."""
         index = span(start, size, len(flat))
         configs, group, steps = self._host_chunk(flat, index, shapes, constants, grouped)
-        at = self.placement(shapes)
-        placed = None if group is None else jax.device_put(group, at.replicated)
-        return Chunk(jax.device_put(configs, at.split), placed, _steps(steps, at))
+        placed = None if group is None else jax.device_put(group, self._replicated)
+        return Chunk(self._place(configs), placed, self._steps(steps))
 
     def _host_chunk(
         self,
@@ -586,10 +543,10 @@ class Simulator:
         )  # fmt: skip
         return c, group, steps
 
-
-def _steps(steps: int, at: Placement) -> jax.Array:
-    """A chunk's batch steps per epoch, replicated: one value for every device."""
-    return jax.device_put(np.int32(steps), at.replicated)
+    def _place(self, tree: object) -> object:
+        """A chunk (or its groups) split along the leading axis over the devices (of
+        every process)."""
+        return jax.device_put(tree, self._split)
 
 
 PROGRAM_CACHE_SIZE = 64

@@ -73,8 +73,8 @@ from pathlib import Path
 
 BACKEND_OPTIONS = "--xla_backend_extra_options="
 MULTI_OUTPUT_FUSION = "xla_cpu_use_multi_output_fusion"
-SMALL_LOOPS = f"xla_cpu_small_while_loop_byte_threshold={16 << 20}"
-"""Loops whose buffers take less than 16 MiB are compiled into one function each."""
+SMALL_LOOPS = f"xla_cpu_small_while_loop_byte_threshold={1 << 40}"
+"""Every loop (those whose buffers take less than 1 TiB) is compiled into one function."""
 DEVICE_COUNT = "xla_force_host_platform_device_count"
 
 
