@@ -14,29 +14,23 @@ and so should a Python user who wants the command line's rounding::
   differently from Keras (TensorFlow's kernels round every product). Capping the instruction
   set at AVX, which has no FMA, rounds every product, so results are bit-identical however a
   config is padded (x86-64 only; measured cost ~13%).
-* **One CPU device per core.** XLA runs one program's loops on one core, unless a loop is
-  large enough for it to split over its threads. The engine's minibatch programs are many
-  small steps on chunks of a few thousand configurations, so on a single CPU device they used
-  one core of two. JAX's CPU backend is therefore given as many devices as the process may
-  use cores, and the simulator splits those chunks over them (:mod:`src.simulator`; the
-  one-batch chunks, large enough for XLA's own threads, stay on one device). The mixed map
-  (SGD family) went from 1.6e7 to 2.6e7 config-epochs/s on the 2-core machine. Each
-  configuration computes the same bits on any number of devices (``tests/test_devices.py``).
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (or ``JAX_NUM_CPU_DEVICES``) given by
-  the user is kept: ``K = 1`` runs everything on one device.
-* **Small loops compiled whole** (:data:`SMALL_LOOPS`). XLA's CPU runtime runs a loop as a
-  sequence of compiled kernels, dispatched one by one on every trip, except a loop whose
-  buffers are small (1 kB by default): that one is compiled into a single function. A
-  minibatch chunk's epoch and batch loops take a few microseconds of arithmetic per trip,
-  about as much as their dispatch. The limit is raised to 16 MiB: a chunk of a few thousand
-  configurations (each device's share of a minibatch, shuffled or autodiff call) then runs
-  its loops as one function each, while the one-batch chunks of the moments kernel
-  (:data:`~src.simulator.MOMENT_ELEMENTS` configs, larger than the limit) stay as they were,
-  their elementwise loops split over the cores by XLA. Mixed map on the 2-core machine: SGD's
-  family 2.5e7 -> 3.4e7 config-epochs/s, Adafactor's 1.3e7 -> 2.1e7; bit-identical maps
-  (moments and autodiff kernels, fixed and shuffled orders).
-  Backend options the user gives in ``XLA_FLAGS`` (``--xla_backend_extra_options``) are kept
-  as they are, this one then left out.
+* **One CPU device per core, every loop compiled whole.** XLA's CPU runtime runs a loop as a
+  sequence of compiled kernels, dispatched one by one on every trip, and splits a large
+  elementwise kernel over its threads. The engine's loops are many small steps (a minibatch
+  step of a few thousand configurations is a few microseconds of arithmetic, about as much as
+  its dispatch), so a program used one core of two and spent much of it dispatching. XLA
+  compiles a loop into one function instead where its buffers are small
+  (``xla_cpu_small_while_loop_byte_threshold``, 1 kB by default); :data:`SMALL_LOOPS` lifts
+  that limit for every loop, and JAX's CPU backend gets one device per core the process may
+  use (``xla_force_host_platform_device_count``), over which the simulator splits every chunk
+  (:mod:`src.simulator`, chunks sized so that a device's share stays in its core's cache).
+  On the 2-core machine: the seed workload (2^20 SGD configs, 500 epochs) went from 6.1e8
+  to 1.2e9 config-epochs/s, the mixed map's SGD family from 1.1-1.6e7 to 3.4e7, the autodiff
+  kernel's seed workload from 1.3e8 to 2.4e8 (``python -m benchmarks.performance``). Each
+  configuration computes the same bits on any number of devices (``tests/test_devices.py``),
+  and with loops compiled whole or not (``tests/test_xla_options.py``). A user's own
+  ``--xla_force_host_platform_device_count=K`` (or ``JAX_NUM_CPU_DEVICES``) is kept (``K = 1``:
+  one core), and so are backend options given in ``XLA_FLAGS`` (this one then left out).
 * **Multi-output fusion** (:func:`use_multi_output_fusion`, opt-in). By default XLA's CPU
   fusion gives every value an epoch carries (weights, optimizer state, loss, events) a loop
   of its own, each recomputing the step's shared arithmetic. With multi-output fusion, work
