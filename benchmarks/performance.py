@@ -304,7 +304,8 @@ def report(m: dict[str, object]) -> str:
         "",
         f"{MIXED_LRS} learning rates per optimizer; the default kernel (`auto`: moments), a "
         "fixed batch order. A family runs all its optimizers in one program; rows come in the "
-        "main job's walk order (batch size, N, optimizer, lr), in calls of 2,048: consecutive "
+        "main job's walk order (batch size, N, optimizer, lr), in calls of 1,024 per device "
+        "(`simulator.MINIBATCH_CONFIGS`): consecutive "
         "chunks, or, for families with step counters, segments of configurations with equal "
         "batch counts (docs/design.md, Segments).",
         "",

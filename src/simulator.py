@@ -55,13 +55,14 @@ on the 2-core machine the seed workload (2^20 SGD configs, 100 epochs) ran 6.7-7
 config-epochs/s with 16,384 to 65,536 per device, 6.0e8 with 8,192. Chunks of 262,144 on one
 device, their loops split over both cores by XLA, had run 4.4-5.3e8."""
 
-MINIBATCH_CONFIGS = 1 << 11
+MINIBATCH_CONFIGS = 1 << 10
 """Default chunk of the moments kernel with a fixed order and several batches: configs per
 call (per device). Its rows walk the grid batch size first, then dataset size
 (:attr:`src.configs.GridConfigs.WALK`), so a chunk this small holds configs with about as
-many batches, and runs few padded steps. On one core of the 2-core machine the mixed map
-(SGD family, 300 epochs) ran 1.47e7 config-epochs/s with 2048, 1.37e7 with 1024 and 4096,
-and 0.77-0.96e7 with 8192."""
+many batches, and runs few padded steps. On the 2-core machine (a device per core, loops
+compiled whole) the mixed map (500 epochs) ran the SGD family at 3.4-3.7e7 config-epochs/s
+with 1024 per device, 3.2-3.3e7 with 2048 and 2.3e7 with 4096; Nadam's at 2.1e7, 1.8e7 and
+1.1e7."""
 
 MomentsCache = dict[tuple[int, int, int, str], engine.Moments]
 """Batch moments by (data row, batch size, batches, dtype)."""
@@ -188,8 +189,8 @@ class Simulator:
     """Whether the moments kernel with a fixed order and several batches per epoch runs
     :func:`segment_plan`'s calls, for families whose state holds step counters
     (:func:`src.engine.has_step_state`; unless ``groups`` is ``True``, or ``pad_to`` is
-    given). The others gain nothing by them: ordered by batch count, calls of 2,048 configs
-    run as many padded steps as consecutive chunks do (mixed map: ~12%)."""
+    given). The others gain nothing by them: ordered by batch count, calls of 1,024 configs
+    per device run as many padded steps as consecutive chunks do (mixed map: ~12%)."""
     compile_seconds: float = 0.0
     compute_seconds: float = 0.0
     devices: tuple[jax.Device, ...] = ()
