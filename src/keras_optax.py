@@ -339,9 +339,10 @@ def keras_nadam(
         b2 = keras_cast(beta_2, t.dtype)
         u_next = b1 * (1.0 - 0.5 * decay ** (t + 1))
         # With a shared step count, u_product is a step term too (a STEP_STATE field).
-        u_t, u_next, m_correction, g_correction, v_correction = _per_config(
+        # 1 - u_t rather than u_t: one subtraction per step, not one per configuration.
+        g_weight, u_next, m_correction, g_correction, v_correction = _per_config(
             (
-                b1 * (1.0 - 0.5 * decay**t),
+                1 - b1 * (1.0 - 0.5 * decay**t),
                 u_next,
                 1 - u_product * u_next,
                 1 - u_product,
@@ -353,7 +354,7 @@ def keras_nadam(
         def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
             m = m + (g - m) * (1 - b1)
             v = v + (jnp.square(g) - v) * (1 - b2)
-            m_hat = (u_next * m) / m_correction + ((1 - u_t) * g) / g_correction
+            m_hat = (u_next * m) / m_correction + (g_weight * g) / g_correction
             v_hat = v / v_correction
             return -((m_hat * learning_rate) / (jnp.sqrt(v_hat) + epsilon)), m, v
 
