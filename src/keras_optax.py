@@ -88,11 +88,11 @@ def _per_config(shared: optax.Updates, learning_rate: Scalar) -> optax.Updates:
     the terms go through exactly the operations they went through with per-configuration
     counters (where the addition changes nothing).
 
-    Several terms are spread as one stacked row per configuration, then taken apart: XLA's
-    CPU compiler fused them otherwise into one loop with an output per term, which, with
-    multi-output fusion and the engine's loops compiled whole (:mod:`src.xla_options`), it
-    ran element by element: Nadam's five terms cost its one-batch step 3x (seed workload,
-    2-core CPU: 0.2 of SGD's rate against 0.65 stacked).
+    Several terms are spread as one stacked row per configuration, then taken apart. Spread
+    one by one, XLA's CPU compiler fused them into one loop with an output per term, which,
+    with multi-output fusion and the engine's loops compiled whole (:mod:`src.xla_options`),
+    slowed Nadam's one-batch step (five terms) about 3x (seed workload, 2-core CPU: 0.2 of
+    SGD's rate against 0.5-0.65 stacked).
     """
     leaves, tree = jax.tree.flatten(shared)
     if len(leaves) < 2 or any(jnp.ndim(a) or a.dtype != leaves[0].dtype for a in leaves):
