@@ -27,7 +27,8 @@ and so should a Python user who wants the command line's rounding::
   On the 2-core machine: the seed workload (2^20 SGD configs, 500 epochs) went from 6.1e8
   to 1.2e9 config-epochs/s, the mixed map's SGD family from 1.1-1.6e7 to 3.3-3.9e7, the autodiff
   kernel's seed workload from 1.3e8 to 2.4e8 (``python -m benchmarks.performance``). Each
-  configuration computes the same bits on any number of devices (``tests/test_devices.py``),
+  configuration computes the same bits on any number of devices (``tests/test_devices.py``;
+  one known exception, shuffled maps of several features, is described in docs/design.md),
   and with loops compiled whole or not (``tests/test_xla_options.py``). A user's own
   ``--xla_force_host_platform_device_count=K`` (or ``JAX_NUM_CPU_DEVICES``) is kept (``K = 1``:
   one core), and so are backend options given in ``XLA_FLAGS`` (this one then left out).
