@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import xarray as xr
 from matplotlib import patheffects
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.cm import ScalarMappable
@@ -41,6 +42,8 @@ from src.schema import DIMS, optimal_loss, reference_slice
 from src.spec import SEED_LR
 
 if TYPE_CHECKING:
+    from matplotlib.backend_bases import RendererBase
+
     from src.findings import Findings
     from src.validation import ValidationRecord
 
@@ -344,9 +347,12 @@ def save_figure(fig: Figure, path: Path) -> bytes:
     """Write ``fig`` as PNG atomically; returns the PNG bytes (for inlining).
 
     The figure is laid out once (:func:`_fix_layout`) and drawn once: savefig would otherwise
-    draw it twice, once to lay it out and once to render."""
+    draw it twice, once to lay it out and once to render. Minor ticks without labels are
+    drawn by :class:`MinorTickMarks`."""
     for ax in fig.axes:
         _plain_tick_labels(ax)
+    for axis in _unlabelled_minor_axes(fig):
+        MinorTickMarks.replace(axis)
     _fix_layout(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -407,34 +413,101 @@ def _plain_tick_labels(ax: Axes) -> None:
 
 def _fix_layout(fig: Figure) -> None:
     """Run ``fig``'s layout engine (constrained layout) now, at the resolution it is saved at,
-    and keep the positions it found: a later save draws without laying out again.
-
-    Only tick labels take room in a layout (tick lines do not), so minor ticks that carry no
-    label are left out of it (:func:`_unlabelled_minor_axes`): the same positions, without
-    making and measuring every minor tick of every log axis twice (half of the maps' time)."""
+    and keep the positions it found: a later save draws without laying out again."""
     engine = fig.get_layout_engine()
-    if engine is None:
-        return
-    quiet = _unlabelled_minor_axes(fig)
-    locators = [axis.get_minor_locator() for axis in quiet]
-    for axis in quiet:
-        axis.set_minor_locator(NullLocator())
-    engine.execute(fig)
-    for axis, locator in zip(quiet, locators, strict=True):
-        axis.set_minor_locator(locator)
-    fig.set_layout_engine(None)
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine(None)
 
 
 def _unlabelled_minor_axes(fig: Figure) -> list[Axis]:
-    """The axes of ``fig`` whose minor ticks, at the current limits, have no label."""
+    """The axes of ``fig`` that draw minor ticks which, at the current limits, have no label
+    (and are not yet drawn by :class:`MinorTickMarks`)."""
     quiet = []
     for ax in fig.axes:
+        marked = {a.axis for a in ax.artists if isinstance(a, MinorTickMarks)}
         for axis in (ax.xaxis, ax.yaxis):
+            if axis in marked or isinstance(axis.get_minor_locator(), NullLocator):
+                continue
             formatter = axis.get_minor_formatter()
             formatter.set_locs(locs := axis.get_minorticklocs())
             if not any(formatter.format_ticks(locs)):
                 quiet.append(axis)
     return quiet
+
+
+class MinorTickMarks(Artist):
+    """An axis's unlabelled minor ticks, each part (grid line, tick marks) drawn as one line
+    through every tick's position instead of one :class:`~matplotlib.axis.Tick` per position.
+
+    The pixels are those of matplotlib's own ticks (``tests/test_figures.py``): the parts are
+    copies of the axis's first minor tick, drawn where the axis would draw its minor ticks
+    (its minor locator, less the major positions, within the view limits). What is saved is
+    making, styling and drawing every minor tick of every log axis one by one (~1 ms a tick,
+    a quarter of the report's figures). Labels take room in a layout and tick marks do not,
+    so a layout is the same with or without the axis's own minor ticks; they are switched off
+    (:meth:`replace`), the axis keeping its minor locator and formatter."""
+
+    def __init__(self, axis: Axis) -> None:
+        super().__init__()
+        self.axis = axis
+        tick = axis.get_minor_ticks(1)[0]
+        self.parts = [
+            _line_like(part)
+            for part in (tick.gridline, tick.tick1line, tick.tick2line)  # a Tick's order
+            if part.get_visible()
+        ]
+        self.set_zorder(axis.get_zorder())
+        self.set_in_layout(False)
+
+    @classmethod
+    def replace(cls, axis: Axis) -> MinorTickMarks:
+        """Draw ``axis``'s minor ticks by a :class:`MinorTickMarks` from now on."""
+        marks = cls(axis)
+        axis.set_tick_params(which="minor", gridOn=False, tick1On=False, tick2On=False,
+                             label1On=False, label2On=False)  # fmt: skip
+        axis.axes.add_artist(marks)
+        return marks
+
+    def positions(self) -> np.ndarray:
+        """Where the axis would draw minor ticks: as matplotlib's ``Axis._update_ticks``,
+        the locator's positions (less the major ones) within the view limits."""
+        locs = np.asarray(self.axis.get_minorticklocs(), np.float64)
+        transform = self.axis.get_transform()
+        lo, hi = sorted(transform.transform(sorted(self.axis.get_view_interval())))
+        at = transform.transform(locs)
+        slack = (hi - lo) * 1e-10
+        return locs[(at >= lo - slack) & (at <= hi + slack)]
+
+    def draw(self, renderer: RendererBase) -> None:
+        if not (self.get_visible() and self.axis.get_visible()):
+            return
+        locs = self.positions()
+        if len(locs) == 0:
+            return
+        along_x = self.axis.axis_name == "x"
+        for part in self.parts:
+            # A part's coordinate across the axis (0 or 1 in axes units) is fixed; NaN breaks
+            # a grid line's path between positions.
+            across = np.asarray(part.get_ydata() if along_x else part.get_xdata(), np.float64)
+            k = len(across)
+            moving = np.repeat(locs, k)
+            fixed = np.tile(across, len(locs))
+            if k > 1:
+                moving = np.insert(moving, np.arange(k, len(moving) + 1, k), np.nan)
+                fixed = np.insert(fixed, np.arange(k, len(fixed) + 1, k), np.nan)
+            line = _line_like(part)
+            line.set_data((moving, fixed) if along_x else (fixed, moving))
+            line.set_figure(self.figure)
+            line.draw(renderer)
+        self.stale = False
+
+
+def _line_like(line: Line2D) -> Line2D:
+    """A new line with ``line``'s style, transform and clipping (not its data)."""
+    copy = Line2D(line.get_xdata(), line.get_ydata())
+    copy.update_from(line)
+    return copy
 
 
 def write_figures(
