@@ -169,4 +169,12 @@ def test_epoch_orders_are_the_engines_own_draws() -> None:
     drawn = simulator.epoch_orders(5, 19, shapes)
     assert drawn.shape == (7, 24) and np.array_equal(drawn, own)
     assert sorted(drawn[0, :19]) == list(range(19)) and not np.array_equal(drawn[0], drawn[1])
-    assert simulator.epoch_orders(5, 19, shapes) is drawn
+    again = simulator.epoch_orders(5, 19, shapes)
+    assert np.array_equal(again, drawn) and np.shares_memory(again, drawn)
+    # Drawn wide and cut, they are the engine's own draws at any width: a map of N up to 300
+    # draws the orders of one of N up to 24.
+    wide = engine.Shapes(n_max=300, n_batches=3, batch_width=100, epochs=7)
+    own_wide = np.stack([engine._epoch_order(key, np.int32(e), np.int32(19), wide, True)
+                         for e in range(7)])  # fmt: skip
+    assert np.array_equal(simulator.epoch_orders(5, 19, wide), own_wide)
+    assert np.array_equal(own_wide[:, :24], drawn)
