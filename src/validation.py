@@ -441,10 +441,13 @@ def engine_histories(
     from src.simulator import Simulator
 
     dtype = str(ds.attrs["dtype"])
-    # Each pick's own problem (its noise draw, where the map sweeps noise), each once.
-    problems = [variant_at(ds, p.index) for p in picks]
-    distinct = list(dict.fromkeys(problems))
-    variant = np.array([distinct.index(q) for q in problems]) if len(distinct) > 1 else None
+    # Each pick's own problem (its noise draw, where the map sweeps noise), each made once:
+    # a page re-running a large map's cells has tens of thousands of picks.
+    keys = [tuple(p.index.get(d, 0) for d in DATA_DIMS) for p in picks]
+    made = {k: variant_at(ds, dict(zip(DATA_DIMS, k, strict=True))) for k in dict.fromkeys(keys)}
+    distinct = list(dict.fromkeys(made.values()))
+    position = {k: distinct.index(q) for k, q in made.items()}
+    variant = np.array([position[k] for k in keys]) if len(distinct) > 1 else None
     table, rows = variants_table(distinct, [p.n for p in picks], dtype)
     sim = Simulator(
         table, rows, dtype, float(ds.attrs["tol"]), bool(ds.attrs["shuffle"]),

@@ -18,6 +18,24 @@ from src.spec import Sweep
 SMALL = dict(optimizer=("sgd", "adam"), lr=(1e-3, 0.01, 0.05), n=(3, 9, 20), epochs=(40,))
 
 
+@pytest.mark.slow  # a map, and every cell again
+def test_a_rerun_of_a_noisy_maps_cells_trains_each_on_its_own_draw() -> None:
+    """The engine's re-run of picks (the page's curves of a map read back, the Keras check's
+    engine side) gives every cell of a noise-swept map its own map numbers, bit for bit:
+    each pick trains on its own noise draw."""
+    from src import validation
+
+    noisy, _ = run(Sweep(**SMALL, noise=(0.0, 4.0), noise_seed=(0, 7)))
+    dims = noisy.status.dims
+    indices = [dict(zip(dims, i, strict=True)) for i in np.ndindex(noisy.status.shape)]
+    picks = validation.picks_at(noisy, indices, "random")
+    rerun = validation.engine_histories(noisy, picks)
+    final = np.array([s.final_loss for s in rerun.summaries])
+    mapped = np.array([noisy.final_loss.values[tuple(i.values())] for i in indices])
+    np.testing.assert_array_equal(final, mapped)
+    assert len(np.unique(mapped[np.isfinite(mapped)])) > len(mapped) // 2  # the draws differ
+
+
 @pytest.mark.slow  # three maps
 def test_noise_axes_leave_the_noise_free_map_as_it_was() -> None:
     """The noise-0 slice of a noisy map is the map without noise, bit for bit; noisy draws
