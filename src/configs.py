@@ -77,12 +77,14 @@ class FlatConfigs:
     ``arguments`` the family's builder arguments
     (:meth:`~src.optimizers.Family.arguments`), one value per config. ``orders``, shape
     ``(configs, max epochs, max n)``, are sample orders to replay in a shuffled program
-    (:attr:`src.engine.Configs.order`).
+    (:attr:`src.engine.Configs.order`). ``kept``: arguments that stay arguments even where
+    every config has one value, so that calls differing only there share one program.
     """
 
     columns: dict[str, np.ndarray]
     arguments: dict[str, np.ndarray]
     orders: np.ndarray | None = None
+    kept: tuple[str, ...] = ()
 
     @staticmethod
     def of(
@@ -106,8 +108,10 @@ class FlatConfigs:
         return tuple(self.arguments)
 
     def constant_arguments(self) -> dict[str, float]:
-        """Arguments equal for every config: compiled into the program as constants."""
-        return constant_arguments(self.arguments)
+        """Arguments equal for every config (less :attr:`kept`): compiled into the program
+        as constants."""
+        same = constant_arguments(self.arguments)
+        return {k: v for k, v in same.items() if k not in self.kept}
 
     def covering_shapes(self) -> engine.Shapes:
         c = self.columns

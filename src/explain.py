@@ -27,6 +27,7 @@ from src.problem import Problem, data_table, table_rows
 from src.simulator import Simulator
 from src.spec import default_lr_grid
 
+CLIPNORM = "clipnorm"
 CLIPNORM_FIX = 1.0
 PREDICTED_EPOCHS = 2000
 PREDICTED_STEPS = 100_000
@@ -171,11 +172,15 @@ class Lab:
         k = len(lrs)
         with jax.enable_x64(case.dtype == "float64"):
             flat = FlatConfigs.of(
-                [case.optimizer] * k, o.family, dict(case.hyperparameters),
+                [case.optimizer] * k, o.family, {CLIPNORM: math.inf, **case.hyperparameters},
                 learning_rate=np.asarray(lrs, np.float64), n=np.full(k, case.size),
                 batch_size=np.full(k, case.batch_size), seed=np.full(k, case.seed),
                 epochs=np.full(k, case.epochs),
             )  # fmt: skip
+            # clipnorm stays an argument (inf: off, a select that passes the gradient on
+            # unchanged), so that the clipping fix runs in the program of the case's other
+            # trials instead of compiling one of its own.
+            flat.kept = (CLIPNORM,)
             s, hist = sim.run(o.family, flat, history=history, pad_to=1 << (k - 1).bit_length())
         status = outcome.classify(
             s.initial_loss, s.final_loss, s.first_nonfinite_epoch,
@@ -312,7 +317,7 @@ def _fixes(lab: Lab, safe_lr: float | None, histories: bool = False) -> list[Fix
         (
             f"gradient clipping (clipnorm={CLIPNORM_FIX:g})",
             dataclasses.replace(
-                case, hyperparameters={**case.hyperparameters, "clipnorm": CLIPNORM_FIX}
+                case, hyperparameters={**case.hyperparameters, CLIPNORM: CLIPNORM_FIX}
             ),
             False,
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -119,6 +120,41 @@ def test_explain_answers_the_seed_question() -> None:
     assert fixes["standardise x"]["works"]
     half = next(f for f in report["fixes"] if "half the critical lr" in f["fix"])
     assert half["works"] and half["prediction_at_25"] == pytest.approx(12.5, abs=0.05)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_explains_trials_are_the_plain_runs_bits_in_one_program(shuffle: bool) -> None:
+    """The diagnosis's trials keep ``clipnorm`` as an argument (inf: off) so that the
+    clipping fix shares the program of the other trials of the case: each trial, clipped or
+    not, gives the bits of the plain engine run, constants compiled in."""
+    from src import optimizers as opt
+    from src.configs import FlatConfigs
+    from src.explain import CLIPNORM_FIX, Lab
+    from src.problem import data_table, table_rows
+    from src.simulator import Simulator
+
+    case = Case(optimizer="momentum", lr=0.01, n=20, epochs=120, shuffle=shuffle)
+    lab = Lab(case)
+    clipped = dataclasses.replace(case, hyperparameters={"clipnorm": CLIPNORM_FIX})
+    x, y, q = case.dataset()
+    plain = Simulator(data_table([(x, y, q)], "float32"), table_rows([20]), "float32",
+                      case.tol, shuffle)  # fmt: skip
+    family = opt.get("momentum").family
+    finals = []
+    for c in (case, clipped):
+        _, ours, history = lab.run(c, np.array([c.lr]), history=True)
+        finals.append(np.asarray(history).tobytes())
+        flat = FlatConfigs.of(["momentum"], family, dict(c.hyperparameters),
+                              learning_rate=np.array([c.lr]), n=np.array([20]),
+                              batch_size=np.array([32]), seed=np.array([0]),
+                              epochs=np.array([c.epochs]))  # fmt: skip
+        theirs, their_history = plain.run(family, flat, history=True)
+        assert theirs is not None and their_history is not None and history is not None
+        for name in ("final_loss", "first_nonfinite_epoch", "final_w", "final_b"):
+            assert np.asarray(ours[name]).tobytes() == np.asarray(getattr(theirs, name)).tobytes()
+        assert np.asarray(history).tobytes() == np.asarray(their_history).tobytes()
+    assert lab._simulator(False).programs == 1  # clipped or not: one program
+    assert finals[0] != finals[1]  # the clip is applied where asked
 
 
 @pytest.mark.slow  # the command line in a subprocess
