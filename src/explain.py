@@ -21,7 +21,7 @@ import numpy as np
 from src import boundary, outcome, theory
 from src import optimizers as opt
 from src.configs import FlatConfigs
-from src.engine import initial_params
+from src.engine import initial_kernel
 from src.errors import InputError
 from src.problem import Problem, data_table, table_rows
 from src.simulator import Simulator
@@ -259,7 +259,7 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
         )
     lab = Lab(case)
     # Drawn in float32 whatever the dtype, as the engine starts.
-    w0 = np.asarray(initial_params(case.seed, d=case.problem.d).w, np.float64)
+    w0 = np.asarray(initial_kernel(case.seed, d=case.problem.d), np.float64)
     sim = lab.trial(case, history=histories)[0]  # with histories, one program for all
     report = Diagnosis(
         configuration=Configuration(

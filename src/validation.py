@@ -504,7 +504,7 @@ def keras_jobs(ds: xr.Dataset, picks: Sequence[Pick], seed: int = 0) -> list[Ker
     for p in picks:
         problem = variant_at(ds, p.index)
         x, y, x_query = problem.dataset(p.n)
-        w0 = np.asarray(engine.initial_params(p.seed, d=problem.d).w, np.float64)
+        w0 = np.asarray(engine.initial_kernel(p.seed, d=problem.d), np.float64)
         jobs.append(KerasJob(
             optimizer=p.optimizer, lr=p.lr, x=x, y=y, w0=float(w0[0]) if len(w0) == 1 else w0,
             b0=0.0, batch_size=p.batch_size, epochs=p.epochs,

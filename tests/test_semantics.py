@@ -100,6 +100,17 @@ def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
     assert float(engine.initial_params(0).b) == 0.0
 
 
+def test_the_compiled_initial_kernel_is_the_engines_draw() -> None:
+    """``initial_kernel`` (one compiled program, for the focus panel and the Keras check)
+    draws the bits of :func:`engine.initial_params` op by op, for any seed and width."""
+    for seed in (0, 1, 7, 12345, np.int64(99), 2**31 - 1):
+        for d in (1, 3, 10):
+            ours = np.asarray(engine.initial_kernel(seed, d=d))
+            theirs = np.asarray(engine.initial_params(seed, d=d).w)
+            assert ours.dtype == theirs.dtype == np.float32 and ours.shape == (d,)
+            assert ours.tobytes() == theirs.tobytes(), (seed, d)
+
+
 def test_shuffle_permutes_each_epoch_and_keeps_the_full_batch_loss(simulate: Callable) -> None:
     # Full batch: shuffling only reorders one sum. Minibatches: the trajectory changes.
     _, full_fixed = simulate("sgd", [1e-3], [20], [32], [20], [0], dtype="float64")
