@@ -313,12 +313,17 @@ def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32, d: i
     return Params(w=w.astype(dtype), b=jnp.zeros((), dtype))
 
 
+def initial_kernel(seed: int, d: int = 1) -> Array:
+    """:func:`initial_params`' kernel ``w`` (float32) for a seed ``0 <= seed < 2**32``, drawn
+    by one compiled program: for callers outside the engine's programs (the focus panel, the
+    Keras check's jobs), where JAX would otherwise compile the draw's half-dozen operations
+    one by one (~0.3 s of a first run on the 2-core CPU). The seed goes in as the engine's
+    programs take it, a uint32."""
+    return _initial_kernel(np.uint32(seed), d=d)
+
+
 @functools.partial(jax.jit, static_argnames=("d",))
-def initial_kernel(seed: Array | int, d: int = 1) -> Array:
-    """:func:`initial_params`' kernel ``w`` (float32), drawn by one compiled program: for
-    callers outside the engine's programs (the focus panel, the Keras check's jobs), where
-    JAX would otherwise compile the draw's half-dozen operations one by one (~0.3 s of a
-    first run on the 2-core CPU)."""
+def _initial_kernel(seed: Array, d: int) -> Array:
     return initial_params(seed, jnp.float32, d).w
 
 

@@ -103,7 +103,7 @@ def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
 def test_the_compiled_initial_kernel_is_the_engines_draw() -> None:
     """``initial_kernel`` (one compiled program, for the focus panel and the Keras check)
     draws the bits of :func:`engine.initial_params` op by op, for any seed and width."""
-    for seed in (0, 1, 7, 12345, np.int64(99), 2**31 - 1):
+    for seed in (0, 1, 7, 12345, np.int64(99), 2**31 - 1, 2**31, 2**32 - 1):
         for d in (1, 3, 10):
             ours = np.asarray(engine.initial_kernel(seed, d=d))
             theirs = np.asarray(engine.initial_params(seed, d=d).w)
