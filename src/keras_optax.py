@@ -101,6 +101,39 @@ def _per_config(shared: optax.Updates, learning_rate: Scalar) -> optax.Updates:
     return jax.tree.unflatten(tree, [rows[..., k] for k in range(len(leaves))])
 
 
+def _divisor(d: Array, learning_rate: Scalar) -> Callable[[Array], Array]:
+    """``x -> x / d`` for a step term ``d`` (a bias correction and the like), rounded as a
+    float32 division rounds, but with one division per step: in float32, ``x`` times the
+    float64 reciprocal ``r`` of ``d``, rounded to float32. Where the step count is shared
+    (:func:`_per_config`), ``r`` is one value for every configuration and element; elsewhere
+    one per configuration. Other dtypes divide, ``d`` spread as :func:`_per_config` does.
+
+    Why the bits are a division's: ``r = RN64(1/d)`` and ``p = RN64(x r)`` are within
+    ``2^-52`` (relative) of ``x / d``. A float32 rounding boundary (the midpoint of two
+    neighbouring float32 values, or the overflow threshold) is ``M 2^k`` with an odd ``M <
+    2^25``. For float32 ``x = X 2^a``, ``d = D 2^b`` (``X, D < 2^24``), ``x / d`` is never
+    such a point (``D M`` would have to equal ``X`` times a power of two, but its odd part
+    exceeds ``2^24``), and ``x - d M 2^k`` is a multiple of ``2^a`` or of ``2^(b+k)``, so
+    ``x / d`` is at least ``2^-49`` (relative) from every boundary: ``p`` rounds to the same
+    float32 as ``x / d``. Zeros, infinities and NaNs come out as a division's too, and on the
+    CPU so do the flushed subnormals (``tests/test_optimizers.py``). XLA's own rewrite of
+    ``x / broadcast(d)`` (into ``x * broadcast(1 / d)``, in float32) is not exact: it
+    differs in about a quarter of the last bits, which reached the maps with several
+    features.
+    """
+    if d.dtype != jnp.float32:
+        d = _per_config(d, learning_rate)
+        return lambda x: x / d
+    with jax.enable_x64(True):
+        r = 1.0 / d.astype(jnp.float64)
+
+    def divide(x: Array) -> Array:
+        with jax.enable_x64(True):
+            return (x.astype(jnp.float64) * r).astype(x.dtype)
+
+    return divide
+
+
 def _first_leaf(tree: optax.Updates) -> Array:
     return jax.tree.leaves(tree)[0]
 
@@ -216,10 +249,8 @@ def keras_adam(
         count, t = _count(state.count, _first_leaf(grads))
         beta_1_power = keras_cast(beta_1, t.dtype) ** t
         beta_2_power = keras_cast(beta_2, t.dtype) ** t
-        m_correction, v_correction = _per_config(
-            (1 - beta_1_power, jnp.sqrt(1 - beta_2_power)), learning_rate
-        )
-        alpha = learning_rate * v_correction / m_correction
+        v_correction = _per_config(jnp.sqrt(1 - beta_2_power), learning_rate)
+        alpha = _divisor(1 - beta_1_power, learning_rate)(learning_rate * v_correction)
 
         def leaf(g: Array, m: Array, v: Array, v_max: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
@@ -340,22 +371,16 @@ def keras_nadam(
         u_next = b1 * (1.0 - 0.5 * decay ** (t + 1))
         # With a shared step count, u_product is a step term too (a STEP_STATE field).
         # 1 - u_t rather than u_t: one subtraction per step, not one per configuration.
-        g_weight, u_next, m_correction, g_correction, v_correction = _per_config(
-            (
-                1 - b1 * (1.0 - 0.5 * decay**t),
-                u_next,
-                1 - u_product * u_next,
-                1 - u_product,
-                1 - b2**t,
-            ),
-            learning_rate,
+        g_weight, u_next = _per_config((1 - b1 * (1.0 - 0.5 * decay**t), u_next), learning_rate)
+        m_divisor, g_divisor, v_divisor = (
+            _divisor(d, learning_rate) for d in (1 - u_product * u_next, 1 - u_product, 1 - b2**t)
         )
 
         def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
             m = m + (g - m) * (1 - b1)
             v = v + (jnp.square(g) - v) * (1 - b2)
-            m_hat = (u_next * m) / m_correction + (g_weight * g) / g_correction
-            v_hat = v / v_correction
+            m_hat = m_divisor(u_next * m) + g_divisor(g_weight * g)
+            v_hat = v_divisor(v)
             return -((m_hat * learning_rate) / (jnp.sqrt(v_hat) + epsilon)), m, v
 
         steps, m, v = _leafwise(leaf, grads, state.m, state.v)
@@ -806,10 +831,8 @@ def keras_muon(
             lr = learning_rate * adam_lr_ratio
             beta_1_power = keras_cast(adam_beta_1, t.dtype) ** t
             beta_2_power = keras_cast(adam_beta_2, t.dtype) ** t
-            m_correction, v_correction = _per_config(
-                (1 - beta_1_power, jnp.sqrt(1 - beta_2_power)), learning_rate
-            )
-            alpha = lr * v_correction / m_correction
+            v_correction = _per_config(jnp.sqrt(1 - beta_2_power), learning_rate)
+            alpha = _divisor(1 - beta_1_power, learning_rate)(lr * v_correction)
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
@@ -867,15 +890,15 @@ def keras_schedule_free_adamw(
         count, t = _count(state.count, _first_leaf(grads))
         b1, b2 = keras_cast(beta_1, t.dtype), keras_cast(beta_2, t.dtype)
         eps = keras_cast(epsilon, t.dtype)
-        warm, weight, v_correction = _per_config(
-            (jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0), 1.0 / t, 1 - b2**t),
-            learning_rate,
+        warm, weight = _per_config(
+            (jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0), 1.0 / t), learning_rate
         )
+        v_divisor = _divisor(1 - b2**t, learning_rate)
         lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
 
         def leaf(g: Array, z: Array, v: Array, y: Array) -> tuple[Array, ...]:
             v = v + (jnp.square(g) - v) * (1 - b2)
-            denominator = jnp.sqrt(v / v_correction) + eps
+            denominator = jnp.sqrt(v_divisor(v)) + eps
             z_new = z - (lr * g) / denominator
             x = (y - (1 - b1) * z_new) / b1  # sic: see the docstring
             x = (1 - weight) * x + weight * z_new
