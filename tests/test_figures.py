@@ -211,6 +211,27 @@ def test_a_report_drafted_elsewhere_is_the_report_made_in_place(small_map, tmp_p
     assert (here / "index.html").read_text() == (there / "index.html").read_text()
 
 
+
+@pytest.mark.slow  # small_map: a whole map
+def test_map_figures_drawn_in_two_shares_are_those_drawn_in_one(small_map, tmp_path) -> None:
+    """The report draws its figures in two processes (:func:`report.draft`); each share lays
+    its per-optimizer maps out for the first optimizer, so the split changes no byte."""
+    whole = report.map_figures(small_map, tmp_path)
+    optimizers = list(OPTIMIZERS)
+    for parts in ([["heatmaps.png", "critical_lr.png"], [f"heatmap_{o}.png" for o in optimizers]],
+                  report.map_figure_parts(optimizers, 2)):  # fmt: skip
+        shares = [report.map_figures(small_map, tmp_path, files) for files in parts]
+        assert {k: v for share in shares for k, v in share.items()} == whole
+    last = [f"heatmap_{optimizers[-1]}.png"]
+    assert report.map_figures(small_map, tmp_path, last) == {last[0]: whole[last[0]]}
+    # A redrawn map keeps the title where the layout put the first one's.
+    tops = set()
+    for o in optimizers:
+        ink = _pixels(tmp_path / f"heatmap_{o}.png")[:80, :, :3].min(axis=(1, 2)) < 128
+        tops.add(int(np.argmax(ink)))
+    assert len(tops) == 1, tops
+
+
 def _log_figure(short_range: bool = False, grid: bool = False) -> Figure:
     """A constrained figure with log axes (one of them spanning less than a decade where
     asked: its minor ticks are labelled), a colour bar and, where asked, minor grid lines."""
