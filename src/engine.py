@@ -585,7 +585,30 @@ def _epoch_order(key: Array, epoch: Array, n: Array, shapes: Shapes, shuffle: bo
         return index
     epoch_key = jax.random.fold_in(key, epoch)
     u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i)))(index)
-    return jnp.argsort(jnp.where(index < n, u, 2.0)).astype(jnp.int32)
+    return _stable_argsort(jnp.where(index < n, u, 2.0))
+
+
+RANK_SORT_MAX = 128
+"""The longest order :func:`_stable_argsort` ranks by comparing every pair (``n^2`` compares,
+vectorised) rather than by sorting; XLA's CPU sort calls a comparator per comparison: for
+500 epochs of 64 samples, 0.6 ms against 3.2 ms (2-core CPU)."""
+
+
+def _stable_argsort(keys: Array) -> Array:
+    """``jnp.argsort(keys)`` (stable: equal keys keep their index order) of a row of
+    non-negative float32 or float64 keys, as int32. Up to :data:`RANK_SORT_MAX` keys, each
+    key's rank is the number of keys before it (smaller, or equal at a smaller index) and the
+    order puts each index at its rank: the same permutation. The keys are compared as their
+    bits, which order non-negative floats as their values do."""
+    index = jnp.arange(keys.shape[-1], dtype=jnp.int32)
+    if keys.shape[-1] > RANK_SORT_MAX:
+        return jnp.argsort(keys).astype(jnp.int32)
+    bits = jax.lax.bitcast_convert_type(keys, jnp.int64 if keys.dtype == jnp.float64 else jnp.int32)
+    before = (bits[None, :] < bits[:, None]) | (
+        (bits[None, :] == bits[:, None]) & (index[None, :] < index[:, None])
+    )
+    rank = jnp.sum(before, axis=-1, dtype=jnp.int32)
+    return jnp.zeros_like(index).at[rank].set(index, unique_indices=True)
 
 
 @functools.partial(jax.jit, static_argnames=("n_max", "epochs"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from marks import quick_few
@@ -178,3 +180,20 @@ def test_epoch_orders_are_the_engines_own_draws() -> None:
                          for e in range(7)])  # fmt: skip
     assert np.array_equal(simulator.epoch_orders(5, 19, wide), own_wide)
     assert np.array_equal(own_wide[:, :24], drawn)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_orders_by_rank_are_a_stable_argsort(dtype: str) -> None:
+    # Short orders are ranked, not sorted: the same permutation as a stable argsort, ties
+    # (keys drawn from few values, padding's 2.0) in index order, in float32 and float64.
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(dtype == "float64"):
+        order = jax.jit(jax.vmap(engine._stable_argsort))
+        for width in (1, 2, 3, 17, 64, engine.RANK_SORT_MAX, engine.RANK_SORT_MAX + 1):
+            keys = rng.random((200, width)).astype(dtype)
+            keys[:100] = np.round(keys[:100] * 7) / 8  # many ties
+            keys[::3, width // 2 :] = 2.0  # padding
+            keys[5] = np.finfo(dtype).tiny * np.arange(width)  # the smallest keys, and 0
+            got = np.asarray(order(jnp.asarray(keys)))
+            assert got.dtype == np.int32
+            assert np.array_equal(got, np.argsort(keys, axis=-1, kind="stable")), width
