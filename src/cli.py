@@ -667,8 +667,10 @@ def _map_into(
 ) -> int:
     """The main job's work in ``out``, its lock held."""
     # The report's modules (matplotlib's, mostly: ~0.25 s, 2-core CPU) import on the side
-    # while the engine computes the map, which leaves the interpreter free most of the time.
+    # while the engine computes the map, which leaves the interpreter free most of the time;
+    # so does SciPy's linear algebra, which JAX loads with the first stored program (~0.2 s).
     with ThreadPoolExecutor(1, thread_name_prefix="imports") as importing:
+        importing.submit(importlib.import_module, "scipy.linalg")
         report_module = importing.submit(importlib.import_module, "src.report")
         return _map_and_report(out, args, sweep, checks, started, report_module)
 
