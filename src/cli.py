@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from src import engine, findings, optimizers, outcome, validation, xla_options
+from src import engine, findings, optimizers, outcome, theory, validation, xla_options
 from src.boundary import DEFAULT_RTOL
 from src.errors import InputError
 from src.focus import SEED_FOCUS, parse_focus
@@ -621,7 +621,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     map and report were written, 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     xla_options.configure()  # before JAX's backend starts: the map's rounding (no FMA)
-    xla_options.use_compilation_cache()  # a second run loads its programs instead
+    cache = xla_options.use_compilation_cache()  # a second run loads its programs instead
+    # ... and reads the closed forms' scanned critical lrs back instead of scanning again
+    theory.keep_critical_lrs_in(None if cache is None else cache / "closed_forms")
     job = (lambda: explain_job(argv[1:])) if argv[:1] == ["explain"] else (lambda: map_job(argv))
     # Overflow is what the map studies: NumPy's warnings about it would only be noise.
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -44,8 +44,12 @@ never grow the loss, hence the small margin in :data:`NEUTRAL`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -531,6 +535,78 @@ def _critical_lr(
     full = gd_critical_lr(x, dynamics)
     if batch_size >= len(x):
         return full
+    key = _store_key(data, shape, batch_size, dynamics, rtol)
+    stored = _stored(key)
+    if stored is not None:
+        return stored
+    found = _scanned_critical_lr(x, batch_size, dynamics, rtol, full)
+    _store(key, found)
+    return found
+
+
+_critical_lr_store: Path | None = None
+
+
+def keep_critical_lrs_in(folder: Path | None) -> None:
+    """Keep every scanned critical lr (several batches: :func:`critical_lr`) in ``folder``
+    and read it back from there in later processes (``None``: keep nothing).
+
+    The scan is deterministic float64 arithmetic: the same data, batch size, dynamics and
+    tolerance give the same value bit for bit with the same code and NumPy (its LAPACK), so a
+    stored value is keyed by those. It is the most a second run of the default map still
+    computed on the host: ~1 s of CPU (96 cells of N = 33..64 in two batches, thousands of
+    small eigenvalue problems each) beside the map's own, 4.0 -> 3.6 s wall on a 2-core
+    CPU. The command line keeps them beside its compiled programs
+    (:func:`src.xla_options.use_compilation_cache`), ``closed_forms/``."""
+    global _critical_lr_store
+    _critical_lr_store = folder
+
+
+def _store_key(
+    data: bytes, shape: tuple[int, int], batch_size: int, dynamics: Dynamics, rtol: float
+) -> str | None:
+    if _critical_lr_store is None:
+        return None
+    import platform
+
+    from src import xla_options
+
+    ident = (np.__version__, platform.machine(), shape, batch_size, tuple(dynamics), rtol,
+             hashlib.sha256(data).hexdigest())  # fmt: skip
+    return xla_options.digest(f"critical_lr {ident!r}")
+
+
+def _stored(key: str | None) -> float | None:
+    """The value stored under ``key``; ``None`` if there is none, or none whole (a file
+    holds the value and its key: a torn write is read as missing and scanned again)."""
+    if key is None or _critical_lr_store is None:
+        return None
+    try:
+        value, check = (_critical_lr_store / key).read_text().split()
+        return float.fromhex(value) if check == key else None
+    except (OSError, ValueError):
+        return None
+
+
+def _store(key: str | None, value: float) -> None:
+    """Store ``value`` under ``key``: written beside, then renamed into place (not synced to
+    disk: a lost entry costs a later run one scan)."""
+    if key is None or _critical_lr_store is None:
+        return
+    try:
+        _critical_lr_store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=_critical_lr_store, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{value.hex()} {key}\n")
+        os.replace(tmp, _critical_lr_store / key)
+    except OSError:  # a full or read-only cache costs the next run a scan, not this run
+        pass
+
+
+def _scanned_critical_lr(
+    x: np.ndarray, batch_size: int, dynamics: Dynamics, rtol: float, full: float
+) -> float:
+    """:func:`critical_lr` of several batches: the scan and bisection it describes."""
     lo, hi = full * SCAN_RANGE[0], full * SCAN_RANGE[1]
     for _ in range(3):
         found = scan_windows(

@@ -55,7 +55,8 @@ without multi-output fusion and compiled loops (``tests/test_xla_options.py``).
   Its ``traced/`` folder (:func:`program_store`) keeps the engine's programs as traced, before
   compilation (:mod:`jax.export`): JAX's cache is keyed by the lowered program, so finding
   an entry takes tracing the engine first, which would otherwise be most of a second run's
-  remaining compile time.
+  remaining compile time. The command line keeps the closed forms' scanned critical learning
+  rates beside them, in ``closed_forms/`` (:func:`src.theory.keep_critical_lrs_in`).
 """
 
 from __future__ import annotations

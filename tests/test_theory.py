@@ -303,3 +303,42 @@ def test_bisect_narrows_each_pair_16_fold_per_call_to_the_transition() -> None:
     assert rho(found).min() > 1  # the unstable ends
     stable = theory._bisect(rho, np.array([0.1]), np.array([1.0]), 1e-9, unstable_out=False)
     assert stable[0] <= 0.3 and stable[0] == pytest.approx(0.3, rel=1e-9)
+
+
+def test_scanned_critical_lrs_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch) -> None:
+    """The command line keeps the scanned (several-batch) critical lrs in its cache folder; a
+    later process reads them back instead of scanning, the same bits; an unreadable or torn
+    entry is scanned again; one batch (a closed form) and no folder store nothing."""
+    store = tmp_path / "closed_forms"
+    monkeypatch.setattr(theory, "_critical_lr_store", None)
+    x = Problem().dataset(37)[0]
+    momentum = theory.Dynamics(0.9, False)
+    theory._critical_lr.cache_clear()
+    scanned = {bs: theory.critical_lr(x, bs, momentum) for bs in (16, 32)}
+    assert not store.exists()
+    theory.keep_critical_lrs_in(store)
+    theory._critical_lr.cache_clear()
+    assert theory.critical_lr(x, 40, momentum) == theory.gd_critical_lr(x, momentum)
+    assert not store.exists()  # one batch: nothing scanned, nothing kept
+    for bs, value in scanned.items():
+        assert theory.critical_lr(x, bs, momentum) == value
+    entries = sorted(store.iterdir())
+    assert len(entries) == 2 and not [p for p in entries if p.name.startswith(".")]
+
+    def no_scan(*args: object) -> float:
+        raise AssertionError("scanned again")
+
+    theory._critical_lr.cache_clear()  # a later process
+    with monkeypatch.context() as m:
+        m.setattr(theory, "_scanned_critical_lr", no_scan)
+        for bs, value in scanned.items():
+            assert np.float64(theory.critical_lr(x, bs, momentum)).tobytes() == (
+                np.float64(value).tobytes()
+            )
+    entries[0].write_text(entries[0].read_text()[:9])  # torn
+    entries[1].write_text("not a number " + entries[1].name)
+    theory._critical_lr.cache_clear()
+    for bs, value in scanned.items():
+        assert theory.critical_lr(x, bs, momentum) == value
+    theory.keep_critical_lrs_in(None)
+    theory._critical_lr.cache_clear()
