@@ -24,7 +24,7 @@ Modules, one concept each:
 * :mod:`src.validation` -- a map's configurations re-run in Keras and compared (``--validate``).
 * :mod:`src.findings` -- the headline answers read off a finished map.
 * :mod:`src.report` -- every figure, and the report written to disk; :mod:`src.page` its
-  ``index.html``.
+  ``index.html``; :mod:`src.forked` the child process that draws a share of the figures.
 * :mod:`src.store`, :mod:`src.resume`, :mod:`src.sweep_file` -- atomic outputs, resumable
   runs, the sweep file.
 * :mod:`src.cli` -- the command line (``python -m src.stability_map``).

@@ -35,6 +35,7 @@ problem.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -101,12 +102,15 @@ def _per_config(shared: optax.Updates, learning_rate: Scalar) -> optax.Updates:
     return jax.tree.unflatten(tree, [rows[..., k] for k in range(len(leaves))])
 
 
-def _divisor(d: Array, learning_rate: Scalar) -> Callable[[Array], Array]:
-    """``x -> x / d`` for a step term ``d`` (a bias correction and the like), rounded as a
+def _divisors(
+    terms: tuple[Array, ...], learning_rate: Scalar
+) -> tuple[Callable[[Array], Array], ...]:
+    """``x -> x / d`` for each step term ``d`` (a bias correction and the like), rounded as a
     float32 division rounds, but with one division per step: in float32, ``x`` times the
     float64 reciprocal ``r`` of ``d``, rounded to float32. Where the step count is shared
     (:func:`_per_config`), ``r`` is one value for every configuration and element; elsewhere
-    one per configuration. Other dtypes divide, ``d`` spread as :func:`_per_config` does.
+    one per configuration. Other dtypes divide, the terms spread by :func:`_per_config`
+    (together, as it wants them).
 
     Why the bits are a division's: ``r = RN64(1/d)`` and ``p = RN64(x r)`` are within
     ``2^-52`` (relative) of ``x / d``. A float32 rounding boundary (the midpoint of two
@@ -121,17 +125,22 @@ def _divisor(d: Array, learning_rate: Scalar) -> Callable[[Array], Array]:
     differs in about a quarter of the last bits, which reached the maps with several
     features.
     """
-    if d.dtype != jnp.float32:
-        d = _per_config(d, learning_rate)
-        return lambda x: x / d
+    if terms[0].dtype != jnp.float32:
+        spread = _per_config(terms, learning_rate)
+        return tuple(functools.partial(_over, divisor=d) for d in spread)
     with jax.enable_x64(True):
-        r = 1.0 / d.astype(jnp.float64)
+        reciprocals = [1.0 / d.astype(jnp.float64) for d in terms]
+    return tuple(functools.partial(_times_reciprocal, reciprocal=r) for r in reciprocals)
 
-    def divide(x: Array) -> Array:
-        with jax.enable_x64(True):
-            return (x.astype(jnp.float64) * r).astype(x.dtype)
 
-    return divide
+def _over(x: Array, divisor: Array) -> Array:
+    return x / divisor
+
+
+def _times_reciprocal(x: Array, reciprocal: Array) -> Array:
+    """``x`` times a float64 ``reciprocal``, rounded back to ``x``'s dtype (:func:`_divisors`)."""
+    with jax.enable_x64(True):
+        return (x.astype(jnp.float64) * reciprocal).astype(x.dtype)
 
 
 def _first_leaf(tree: optax.Updates) -> Array:
@@ -250,7 +259,8 @@ def keras_adam(
         beta_1_power = keras_cast(beta_1, t.dtype) ** t
         beta_2_power = keras_cast(beta_2, t.dtype) ** t
         v_correction = _per_config(jnp.sqrt(1 - beta_2_power), learning_rate)
-        alpha = _divisor(1 - beta_1_power, learning_rate)(learning_rate * v_correction)
+        (m_divisor,) = _divisors((1 - beta_1_power,), learning_rate)
+        alpha = m_divisor(learning_rate * v_correction)
 
         def leaf(g: Array, m: Array, v: Array, v_max: Array) -> tuple[Array, ...]:
             m = m + (g - m) * c1
@@ -372,8 +382,8 @@ def keras_nadam(
         # With a shared step count, u_product is a step term too (a STEP_STATE field).
         # 1 - u_t rather than u_t: one subtraction per step, not one per configuration.
         g_weight, u_next = _per_config((1 - b1 * (1.0 - 0.5 * decay**t), u_next), learning_rate)
-        m_divisor, g_divisor, v_divisor = (
-            _divisor(d, learning_rate) for d in (1 - u_product * u_next, 1 - u_product, 1 - b2**t)
+        m_divisor, g_divisor, v_divisor = _divisors(
+            (1 - u_product * u_next, 1 - u_product, 1 - b2**t), learning_rate
         )
 
         def leaf(g: Array, m: Array, v: Array) -> tuple[Array, ...]:
@@ -832,7 +842,8 @@ def keras_muon(
             beta_1_power = keras_cast(adam_beta_1, t.dtype) ** t
             beta_2_power = keras_cast(adam_beta_2, t.dtype) ** t
             v_correction = _per_config(jnp.sqrt(1 - beta_2_power), learning_rate)
-            alpha = _divisor(1 - beta_1_power, learning_rate)(lr * v_correction)
+            (m_divisor,) = _divisors((1 - beta_1_power,), learning_rate)
+            alpha = m_divisor(lr * v_correction)
             m = m + (g - m) * c1
             v = v + (jnp.square(g) - v) * c2
             return -((m * alpha) / (jnp.sqrt(v) + epsilon)), m, v
@@ -893,7 +904,7 @@ def keras_schedule_free_adamw(
         warm, weight = _per_config(
             (jnp.minimum(t / jnp.asarray(warmup_steps, t.dtype), 1.0), 1.0 / t), learning_rate
         )
-        v_divisor = _divisor(1 - b2**t, learning_rate)
+        (v_divisor,) = _divisors((1 - b2**t,), learning_rate)
         lr = jnp.where(warmup_steps > 0, learning_rate * warm, learning_rate)
 
         def leaf(g: Array, z: Array, v: Array, y: Array) -> tuple[Array, ...]:

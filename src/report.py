@@ -752,11 +752,13 @@ def draft(
 
     The page's stored loss curves are the run's own (``stats.sampled``) where it kept them;
     otherwise (a resumed run, a map rendered from its netCDF, ``stats=None``) the page
-    re-runs its cells. The figures are drawn in a worker thread while this one runs the
-    focus panel and computes the page's data: a simulation is XLA, which releases the GIL,
-    so matplotlib's drawing (pure Python, one thread) and the simulations overlap instead of
-    adding up. The main job drafts its report while its Keras check runs (:func:`publish`'s
-    ``drafted``), the check's own time mostly spent waiting for its worker processes."""
+    re-runs its cells. A forked child (:mod:`src.forked`) draws the first share of
+    :func:`map_figure_parts`; a worker thread draws the second and the loss curves while
+    this one runs the focus panel and computes the page's data: a simulation is XLA, which
+    releases the GIL, so matplotlib's drawing (pure Python, one thread a process) and the
+    simulations overlap instead of adding up. The main job drafts its report while its Keras
+    check runs (:func:`publish`'s ``drafted``), the check's own time mostly spent waiting for
+    its worker processes."""
     tick = progress or (lambda _: None)
     # A forked child draws a share of the map's figures on another core. Here, one worker
     # draws the rest (matplotlib is not thread-safe, so every figure of this process is

@@ -32,16 +32,19 @@ from src.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsynced and renamed to ``path``."""
+def atomic_path(path: Path, sync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsynced (unless not ``sync``: a
+    cache entry, which a crash may lose but never leaves half-written) and renamed to
+    ``path``."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:

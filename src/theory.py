@@ -46,8 +46,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -589,16 +587,16 @@ def _stored(key: str | None) -> float | None:
 
 
 def _store(key: str | None, value: float) -> None:
-    """Store ``value`` under ``key``: written beside, then renamed into place (not synced to
-    disk: a lost entry costs a later run one scan)."""
+    """Store ``value`` under ``key`` (not synced to disk: a lost entry costs a later run one
+    scan)."""
     if key is None or _critical_lr_store is None:
         return
+    from src.store import atomic_path
+
     try:
         _critical_lr_store.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=_critical_lr_store, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{value.hex()} {key}\n")
-        os.replace(tmp, _critical_lr_store / key)
+        with atomic_path(_critical_lr_store / key, sync=False) as tmp:
+            tmp.write_text(f"{value.hex()} {key}\n")
     except OSError:  # a full or read-only cache costs the next run a scan, not this run
         pass
 

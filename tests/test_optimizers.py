@@ -181,14 +181,14 @@ def _same_floats(a: jax.Array | np.ndarray, b: jax.Array | np.ndarray) -> bool:
 
 
 def test_step_term_divisions_are_float32_divisions_bit_for_bit() -> None:
-    """``_divisor`` (x times a float64 reciprocal) against a float32 division: XLA's, with a
+    """``_divisors`` (x times a float64 reciprocal) against a float32 division: XLA's, with a
     divisor per element (which it does not rewrite), and NumPy's in the normal range."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(300_000) * 10.0 ** rng.uniform(-45, 38.5, 300_000)).astype(np.float32)
     specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, -3.4e38, 1.2e-38, -1.5e-38, 1e-41]
     x[: len(specials)] = specials
     lr = jnp.float32(0.01)
-    shared = jax.jit(lambda x, d: keras_optax._divisor(d, lr)(x))
+    shared = jax.jit(lambda x, d: keras_optax._divisors((d,), lr)[0](x))
     divided = jax.jit(lambda x, d: x / d)
     tiny = np.finfo(np.float32).tiny
     for d in np.float32([0.1, 0.100000024, 0.04, 0.999, 1.0, 1.5, 3.0, 1e-3, 7e5, 1e-30]):
@@ -201,6 +201,6 @@ def test_step_term_divisions_are_float32_divisions_bit_for_bit() -> None:
     # One divisor per configuration (the engine's vmap, per-config step counts).
     ds = rng.uniform(0.01, 2.0, 4096).astype(np.float32)
     xs = x[: 4096 * 8].reshape(4096, 8)
-    per_config = jax.jit(jax.vmap(lambda x, d, lr: keras_optax._divisor(d, lr)(x)))
+    per_config = jax.jit(jax.vmap(lambda x, d, lr: keras_optax._divisors((d,), lr)[0](x)))
     ours = per_config(xs, ds, jnp.full(4096, 0.01, jnp.float32))
     assert _same_floats(ours, divided(xs, jnp.asarray(np.repeat(ds[:, None], 8, axis=1))))
