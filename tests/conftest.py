@@ -7,6 +7,11 @@ import os
 from collections.abc import Callable, Sequence
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# TensorFlow's op pools of one thread each, as in the Keras check's workers
+# (keras_reference._init_worker), for Keras run in a test's own process too: TensorFlow reads
+# these when it starts, and its setters refuse any change after that, whichever file started it.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import jax
 import numpy as np

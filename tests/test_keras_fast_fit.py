@@ -52,8 +52,14 @@ def _lr(name: str) -> float:
 
 @pytest.fixture(scope="module")
 def keras():
-    """Keras on TensorFlow, with the worker's one-thread settings."""
-    keras_reference._init_worker()
+    """Keras on TensorFlow, with the worker's one-thread settings: its initializer's, or, if
+    an earlier test file started TensorFlow in this process, the same pools from the
+    session's ``TF_NUM_*_THREADS`` (conftest.py)."""
+    try:
+        keras_reference._init_worker()
+    except RuntimeError as e:
+        if "cannot be modified after initialization" not in str(e):
+            raise
     return keras_reference._keras()
 
 
