@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from src import threefry
 from src.keras_optax import STEP_STATE
 from src.optimizers import Family
 from src.problem import DataTable, design, predict
@@ -187,9 +188,9 @@ class Group(NamedTuple):
     seed: Array | None = None
     order: Array | None = None
     """Shuffled: every epoch's sample order, shape ``(epochs, n_max)``, as
-    :func:`epoch_orders` draws them from ``seed`` (drawn once, they are replayed by every
-    program that trains on this dataset size and seed, instead of each drawing them in its
-    own steps)."""
+    :func:`src.threefry.epoch_orders` draws them from ``seed`` (drawn once, they are
+    replayed by every program that trains on this dataset size and seed, instead of each
+    drawing them in its own steps)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,18 +314,14 @@ def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32, d: i
     return Params(w=w.astype(dtype), b=jnp.zeros((), dtype))
 
 
-def initial_kernel(seed: int, d: int = 1) -> Array:
+def initial_kernel(seed: int, d: int = 1) -> np.ndarray:
     """:func:`initial_params`' kernel ``w`` (float32) for a seed ``0 <= seed < 2**32``, drawn
-    by one compiled program: for callers outside the engine's programs (the focus panel, the
-    Keras check's jobs), where JAX would otherwise compile the draw's half-dozen operations
-    one by one (~0.3 s of a first run on the 2-core CPU). The seed goes in as the engine's
-    programs take it, a uint32."""
-    return _initial_kernel(np.uint32(seed), d=d)
-
-
-@functools.partial(jax.jit, static_argnames=("d",))
-def _initial_kernel(seed: Array, d: int) -> Array:
-    return initial_params(seed, jnp.float32, d).w
+    on the host (:mod:`src.threefry`): for callers outside the engine's programs (the focus
+    panel, the Keras check's jobs), which would otherwise compile a program for it (~0.3 s of
+    a first run on the 2-core CPU). The same bits where the engine's programs round every
+    product (:mod:`src.xla_options`)."""
+    limit = glorot_limit(d)
+    return threefry.uniform(threefry.split(threefry.key(seed), 2)[0], (d,), -limit, limit)
 
 
 def pairwise_sum(v: Array, axis: int = -1) -> Array:
@@ -609,17 +606,6 @@ def _stable_argsort(keys: Array) -> Array:
     )
     rank = jnp.sum(before, axis=-1, dtype=jnp.int32)
     return jnp.zeros_like(index).at[rank].set(index, unique_indices=True)
-
-
-@functools.partial(jax.jit, static_argnames=("n_max", "epochs"))
-def epoch_orders(seed: Array, n: Array, *, n_max: int, epochs: int) -> Array:
-    """The sample orders of epochs ``0 .. epochs - 1`` of a shuffled run of seed ``seed`` on
-    ``n`` samples, shape ``(epochs, n_max)``: what :func:`simulate_one` draws epoch by epoch
-    (:func:`_epoch_order`), all at once."""
-    key = _keys(seed)[1]
-    shapes = Shapes(n_max=n_max, n_batches=1, batch_width=1, epochs=epochs)
-    numbers = jnp.arange(epochs, dtype=jnp.int32)
-    return jax.vmap(lambda e: _epoch_order(key, e, n, shapes, True))(numbers)
 
 
 def _event_key(number: Array, finite: Array, converged: Array) -> Array:

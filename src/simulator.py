@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from src import engine, xla_options
+from src import engine, threefry, xla_options
 from src import optimizers as opt
 from src.configs import ConfigSource, span
 from src.problem import DataTable
@@ -638,36 +638,22 @@ _orders: collections.OrderedDict[tuple[int, int, int, int], np.ndarray] = (
 )
 
 
-ORDER_WIDTH = 64
-"""The narrowest sample orders drawn (:func:`epoch_orders`): every map of up to this many
-samples shares one compiled drawing program and one draw per seed and N."""
-
-
 def epoch_orders(seed: int, n: int, shapes: engine.Shapes) -> np.ndarray:
-    """Every epoch's sample order of a shuffled group (:func:`src.engine.epoch_orders`),
-    drawn once per process: the map's families, the boundary search's rounds, the curves
-    and the focus panel all train on the same dataset sizes and seeds, and drawing an order
-    (two threefry hashes per sample and a sort, every epoch) costs a one-group step loop
-    about as much as its training (2-core CPU, 256 configs of 64 samples: ~4 of ~8 ms).
-
-    The orders are drawn :data:`ORDER_WIDTH` wide at least (a power of two) and cut to
-    ``shapes.n_max``: a permutation of the first ``n`` indices does not depend on the width,
-    and the padding indices sort last in their own order (:func:`src.engine._epoch_order`),
-    so the cut is what a draw of that width gives, bit for bit. The default job's focus panel
-    (N = 20) then replays the map's draws (N up to 64) instead of compiling and loading a
-    drawing program of its own: 2-core CPU, ~0.3 s of a first run and ~0.25 s of a second."""
-    width = max(ORDER_WIDTH, 1 << (shapes.n_max - 1).bit_length())
-    key = (seed, n, width, shapes.epochs)
+    """Every epoch's sample order of a shuffled group (:func:`src.threefry.epoch_orders`,
+    on the host), drawn once per process: the map's families, the boundary search's rounds,
+    the curves and the focus panel all train on the same dataset sizes and seeds, and
+    drawing an order (two threefry hashes per sample and a sort, every epoch) in a chunk's
+    steps costs a one-group step loop about as much as its training (2-core CPU, 256 configs
+    of 64 samples: ~4 of ~8 ms). On the host, 500 epochs of 64 samples take ~2 ms."""
+    key = (seed, n, shapes.n_max, shapes.epochs)
     if key in _orders:
         _orders.move_to_end(key)
-        return _orders[key][:, : shapes.n_max]
-    drawn = np.asarray(
-        engine.epoch_orders(np.uint32(seed), np.int32(n), n_max=width, epochs=shapes.epochs)
-    )
+        return _orders[key]
+    drawn = threefry.epoch_orders(seed, n, shapes.n_max, shapes.epochs)
     _orders[key] = drawn
     while sum(a.nbytes for a in _orders.values()) > ORDER_CACHE_BYTES and len(_orders) > 1:
         _orders.popitem(last=False)
-    return drawn[:, : shapes.n_max]
+    return drawn
 
 
 def _avals(tree: object) -> tuple:

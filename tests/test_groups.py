@@ -160,26 +160,32 @@ def test_several_groups_per_call_compute_what_one_group_per_call_does(kernel: st
 
 
 def test_epoch_orders_are_the_engines_own_draws() -> None:
-    # Drawn at once for a shuffled group, they are the orders its steps would draw epoch by
-    # epoch, and the simulator keeps one copy per seed, N and shapes.
-    from src import simulator
+    # Drawn on the host at once for a shuffled group, they are the orders its steps would
+    # draw epoch by epoch with jax.random, and the simulator keeps one copy per seed, N and
+    # shapes.
+    from src import simulator, threefry
 
     shapes = engine.Shapes(n_max=24, n_batches=3, batch_width=8, epochs=7)
     key = engine._keys(5)[1]
     own = np.stack([engine._epoch_order(key, np.int32(e), np.int32(19), shapes, True)
                     for e in range(7)])  # fmt: skip
     drawn = simulator.epoch_orders(5, 19, shapes)
-    assert drawn.shape == (7, 24) and np.array_equal(drawn, own)
+    assert drawn.shape == (7, 24) and drawn.dtype == np.int32 and np.array_equal(drawn, own)
     assert sorted(drawn[0, :19]) == list(range(19)) and not np.array_equal(drawn[0], drawn[1])
     again = simulator.epoch_orders(5, 19, shapes)
     assert np.array_equal(again, drawn) and np.shares_memory(again, drawn)
-    # Drawn wide and cut, they are the engine's own draws at any width: a map of N up to 300
-    # draws the orders of one of N up to 24.
-    wide = engine.Shapes(n_max=300, n_batches=3, batch_width=100, epochs=7)
-    own_wide = np.stack([engine._epoch_order(key, np.int32(e), np.int32(19), wide, True)
-                         for e in range(7)])  # fmt: skip
-    assert np.array_equal(simulator.epoch_orders(5, 19, wide), own_wide)
-    assert np.array_equal(own_wide[:, :24], drawn)
+    # Any seed (the top bit set too), N and width, and orders longer than the engine ranks
+    # by comparing pairs (it sorts those): the engine's own draws, bit for bit.
+    for seed, n, n_max, epochs in [(0, 1, 1, 3), (0, 20, 64, 40), (2**31 + 7, 64, 64, 5),
+                                   (2**32 - 1, 150, 200, 3), (12345, 19, 300, 4)]:  # fmt: skip
+        wide = engine.Shapes(n_max=n_max, n_batches=1, batch_width=1, epochs=epochs)
+        key = engine._keys(np.uint32(seed))[1]
+        own = np.stack([engine._epoch_order(key, np.int32(e), np.int32(n), wide, True)
+                        for e in range(epochs)])  # fmt: skip
+        assert np.array_equal(threefry.epoch_orders(seed, n, n_max, epochs), own), seed
+    # A permutation of the first N indices does not depend on the width.
+    wide = threefry.epoch_orders(5, 19, 300, 7)
+    assert np.array_equal(wide[:, :24], drawn)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -100,9 +100,9 @@ def test_initial_weights_are_glorot_uniform_and_seeded() -> None:
     assert float(engine.initial_params(0).b) == 0.0
 
 
-def test_the_compiled_initial_kernel_is_the_engines_draw() -> None:
-    """``initial_kernel`` (one compiled program, for the focus panel and the Keras check)
-    draws the bits of :func:`engine.initial_params` op by op, for any seed and width."""
+def test_the_hosts_initial_kernel_is_the_engines_draw() -> None:
+    """``initial_kernel`` (drawn on the host, for the focus panel and the Keras check) has
+    the bits of :func:`engine.initial_params`' ``jax.random`` draw, for any seed and width."""
     for seed in (0, 1, 7, 12345, np.int64(99), 2**31 - 1, 2**31, 2**32 - 1):
         for d in (1, 3, 10):
             ours = np.asarray(engine.initial_kernel(seed, d=d))
