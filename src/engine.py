@@ -126,6 +126,10 @@ class Configs(NamedTuple):
     ``order``, shape ``(configs, epochs, n_max)``, replays given sample orders in a shuffled
     program (each epoch's first ``n`` entries a permutation of ``0 .. n-1``): the orders a
     Keras run used, recovered by :mod:`src.keras_reference`, in place of the engine's own.
+    ``kernel``, shape ``(configs, d)`` float32, is each config's initial kernel as
+    :func:`initial_kernels` draws it from its seed on the host; ``None``: the program draws
+    it (:func:`initial_params`, the same bits). Drawn in a program, it is two threefry loops
+    of every program to compile (~0.1 s each of a first run's, 2-core CPU).
     """
 
     learning_rate: Array
@@ -137,6 +141,7 @@ class Configs(NamedTuple):
     seed: Array
     moments: Moments | None = None
     order: Array | None = None
+    kernel: Array | None = None
 
 
 class BatchRows(NamedTuple):
@@ -314,14 +319,19 @@ def initial_params(seed: Array | int, dtype: jnp.dtype | str = jnp.float32, d: i
     return Params(w=w.astype(dtype), b=jnp.zeros((), dtype))
 
 
-def initial_kernel(seed: int, d: int = 1) -> np.ndarray:
-    """:func:`initial_params`' kernel ``w`` (float32) for a seed ``0 <= seed < 2**32``, drawn
-    on the host (:mod:`src.threefry`): for callers outside the engine's programs (the focus
-    panel, the Keras check's jobs), which would otherwise compile a program for it (~0.3 s of
-    a first run on the 2-core CPU). The same bits where the engine's programs round every
-    product (:mod:`src.xla_options`)."""
+def initial_kernels(seeds: np.ndarray | int, d: int = 1) -> np.ndarray:
+    """:func:`initial_params`' kernels ``w`` (float32), shape ``seeds``' + ``(d,)``, for seeds
+    ``0 <= seed < 2**32``, drawn on the host (:mod:`src.threefry`): the bits of the
+    ``jax.random`` draw where the engine's programs round every product
+    (:mod:`src.xla_options`). The simulator gives them to its programs
+    (:attr:`Configs.kernel`), and the focus panel and the Keras check start from them."""
     limit = glorot_limit(d)
-    return threefry.uniform(threefry.split(threefry.key(seed), 2)[0], (d,), -limit, limit)
+    return threefry.uniform(threefry.subkey(threefry.key(seeds), 0), (d,), -limit, limit)
+
+
+def initial_kernel(seed: int, d: int = 1) -> np.ndarray:
+    """:func:`initial_kernels` of one seed, shape ``(d,)``."""
+    return initial_kernels(seed, d)
 
 
 def pairwise_sum(v: Array, axis: int = -1) -> Array:
@@ -783,7 +793,10 @@ def simulate_one(
     dtype = data.x.dtype
     batching = cfg if group is None else group
     threshold = tol * data.loss_scale[cfg.data_row] + data.optimal_loss[cfg.data_row]
-    params = initial_params(cfg.seed, dtype, data.d)
+    if cfg.kernel is None:
+        params = initial_params(cfg.seed, dtype, data.d)
+    else:
+        params = Params(w=cfg.kernel.astype(dtype), b=jnp.zeros((), dtype))
     shuffle_key = _keys(cfg.seed if group is None or group.seed is None else group.seed)[1]
     arguments = {**cfg.hyperparameters, **{k: np.dtype(dtype).type(v) for k, v in constants}}
     opt = family.transformation(cfg.learning_rate, arguments, keras_shapes(data.d))

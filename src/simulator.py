@@ -516,6 +516,8 @@ class Simulator:
         """:meth:`chunk` of the configs at ``index`` as host arrays, with its batch steps per
         epoch."""
         c = flat.take(index, self.rows, self.dtype)
+        seeds, which = np.unique(np.asarray(c.seed), return_inverse=True)
+        c = c._replace(kernel=engine.initial_kernels(seeds, self.table.d)[which])
         steps = int(np.max(-(-np.asarray(c.n) // np.asarray(c.batch_size))))
         fixed = dict(constants)
         c = c._replace(

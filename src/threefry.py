@@ -17,8 +17,8 @@ JAX's default generator, with ``jax_threefry_partitionable`` (on by default sinc
   (``x0 += x1; x1 = rotl(x1, r) ^ x0``, rotations ``13, 15, 26, 6`` and ``17, 29, 16, 24``
   alternately), block ``i`` (from 0) followed by ``x0 += k[(i+1) % 3]``,
   ``x1 += k[(i+2) % 3] + i + 1``; every operation modulo ``2^32``.
-* ``PRNGKey(seed)`` is ``(0, seed)`` for a 32-bit seed; ``split(key, k)`` hashes the
-  counters ``(0, j)``, ``j < k``, into ``k`` keys; ``fold_in(key, d)`` hashes ``(0, d)``.
+* ``PRNGKey(seed)`` is ``(0, seed)`` for a 32-bit seed; key ``j`` of ``split(key, k)`` is
+  the hash of the counters ``(0, j)``, and ``fold_in(key, d)`` the hash of ``(0, d)``.
 * ``uniform(key, shape)`` hashes ``(0, j)`` for each element ``j`` (row-major) and xors the
   pair into 32 bits; their top 23 go into the mantissa of a float in ``[1, 2)``, less 1 is
   ``u`` in ``[0, 1)``, and ``max(lo, u * (hi - lo) + lo)`` in float32 is the draw.
@@ -66,10 +66,10 @@ def key(seed: int | np.ndarray) -> Key:
     return np.zeros_like(seed), seed
 
 
-def split(k: Key, count: int) -> list[Key]:
-    """``jax.random.split(k, count)``."""
-    a, b = hash_pairs(k, np.zeros(count, np.uint32), np.arange(count, dtype=np.uint32))
-    return [(a[j], b[j]) for j in range(count)]
+def subkey(k: Key, j: int) -> Key:
+    """``jax.random.split(k, count)[j]`` (for any ``count > j``), elementwise over ``k``."""
+    k0 = np.asarray(k[0], np.uint32)
+    return hash_pairs(k, np.zeros_like(k0), np.full_like(k0, j))
 
 
 def fold_in(k: Key, data: np.ndarray | int) -> Key:
@@ -79,11 +79,12 @@ def fold_in(k: Key, data: np.ndarray | int) -> Key:
 
 
 def uniform(k: Key, shape: tuple[int, ...] = (), lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-    """``jax.random.uniform(k, shape, float32, lo, hi)``; ``k`` may hold one key per
-    element (then ``shape`` is ``()``: one draw per key)."""
+    """``jax.random.uniform(k, shape, float32, lo, hi)``, elementwise over ``k``: an array
+    of keys gives an array of draws of shape ``k``'s + ``shape``."""
     _partitionable()
-    count = int(np.prod(shape))
-    index = np.arange(count, dtype=np.uint32).reshape(shape)
+    index = np.arange(int(np.prod(shape)), dtype=np.uint32).reshape(shape)
+    trailing = (...,) + (None,) * len(shape)
+    k = (np.asarray(k[0], np.uint32)[trailing], np.asarray(k[1], np.uint32)[trailing])
     a, b = hash_pairs(k, np.zeros_like(index), index)
     bits = (a ^ b) >> np.uint32(9) | np.float32(1.0).view(np.uint32)
     u = bits.view(np.float32) - np.float32(1.0)
@@ -97,7 +98,7 @@ def epoch_orders(seed: int, n: int, n_max: int, epochs: int) -> np.ndarray:
     ``fold_in(split(PRNGKey(seed))[1], e)``; sample ``i`` draws ``uniform(fold_in(that, i))``,
     samples ``>= n`` sort last, and the order is the stable argsort of those keys."""
     _partitionable()
-    shuffle_key = split(key(seed), 2)[1]
+    shuffle_key = subkey(key(seed), 1)
     ek0, ek1 = fold_in(shuffle_key, np.arange(epochs))
     index = np.arange(n_max, dtype=np.uint32)
     sample_keys = hash_pairs((ek0[:, None], ek1[:, None]), np.zeros_like(index), index)

@@ -109,6 +109,49 @@ def test_the_hosts_initial_kernel_is_the_engines_draw() -> None:
             theirs = np.asarray(engine.initial_params(seed, d=d).w)
             assert ours.dtype == theirs.dtype == np.float32 and ours.shape == (d,)
             assert ours.tobytes() == theirs.tobytes(), (seed, d)
+    seeds = np.array([5, 0, 2**32 - 1, 5], np.uint32)  # many at once, as the simulator draws
+    many = engine.initial_kernels(seeds, d=2)
+    assert many.shape == (4, 2)
+    for row, seed in zip(many, seeds, strict=True):
+        assert row.tobytes() == np.asarray(engine.initial_params(int(seed), d=2).w).tobytes()
+
+
+def test_a_program_given_the_hosts_kernels_runs_as_one_that_draws_them() -> None:
+    """The simulator gives every program its configs' initial kernels, drawn on the host
+    (``Configs.kernel``); a program without them draws them itself: the same run, bit for
+    bit, one feature or several, fixed order or shuffled."""
+    from src.problem import data_table
+
+    rng = np.random.default_rng(3)
+    x3 = rng.uniform(-1.0, 1.0, (24, 3))
+    for d, shuffle in ((1, False), (1, True), (3, True)):
+        dataset = Problem().dataset(24) if d == 1 else (x3, x3 @ [1.5, -0.5, 2.0], x3.mean(0))
+        table = data_table([dataset], "float32")
+        seeds = np.array([0, 9, 2**32 - 1, 123456], np.uint32)
+        k = len(seeds)
+        configs = engine.Configs(
+            learning_rate=np.full(k, 0.01, np.float32), hyperparameters={},
+            data_row=np.zeros(k, np.int32), n=np.full(k, 24, np.int32),
+            batch_size=np.full(k, 8, np.int32), epochs=np.full(k, 30, np.int32), seed=seeds,
+        )  # fmt: skip
+        shapes = engine.Shapes.covering([24], [8], [30])
+        static = dict(
+            family=opt.get("sgd").family, shapes=shapes, shuffle=shuffle, history=True,
+            kernel="autodiff", constants=(("momentum", 0.0), ("nesterov", 0.0)),
+        )  # fmt: skip
+        tol = np.float32(1e-4)
+        drawn = engine.simulate(configs, table, tol, **static)
+        given = engine.simulate(
+            configs._replace(kernel=engine.initial_kernels(seeds, d)), table, tol, **static
+        )
+        for a, b in zip(jax.tree.leaves(drawn), jax.tree.leaves(given), strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (d, shuffle)
+        assert len(np.unique(np.asarray(given[0].initial_loss))) == k  # the seeds differ
+        # and the program starts from the kernels it is given
+        zero = engine.simulate(
+            configs._replace(kernel=np.zeros((k, d), np.float32)), table, tol, **static
+        )
+        assert not np.array_equal(np.asarray(zero[0].initial_loss), given[0].initial_loss)
 
 
 def test_shuffle_permutes_each_epoch_and_keeps_the_full_batch_loss(simulate: Callable) -> None:
