@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NotRequired, TypedDict
 
 import jax
@@ -145,12 +145,22 @@ class Diagnosis(TypedDict, total=False):
     fixes: list[Fix]
 
 
+Known = Callable[["Case"], "tuple[Simulated, np.ndarray] | None"]
+"""Where a run of the raw dataset may already be known: its result and per-epoch losses, or
+``None`` (see :class:`Lab`)."""
+
+
 class Lab:
     """Simulates variants of one case's dataset (raw or standardised), compiling each program
-    once however many learning rates or optimizers are tried."""
+    once however many learning rates or optimizers are tried.
 
-    def __init__(self, case: Case) -> None:
+    ``known`` answers the trials whose run is known already (the focus panel: the map's loss
+    curves, :func:`src.focus.map_trials`), which are then not simulated again: the same
+    numbers, and a program fewer to compile where no other trial needs it."""
+
+    def __init__(self, case: Case, known: Known | None = None) -> None:
         self.case = case
+        self.known = known
         self._sims: dict[bool, Simulator] = {}
 
     def _simulator(self, standardized: bool) -> Simulator:
@@ -197,18 +207,13 @@ class Lab:
         self, case: Case, standardized: bool = False, history: bool = False
     ) -> tuple[Simulated, np.ndarray | None]:
         """:meth:`simulate`, and with ``history`` the run's per-epoch losses too."""
+        if not standardized and self.known is not None and (hit := self.known(case)):
+            known, losses = hit
+            return known, (np.asarray(losses, np.float64) if history else None)
         status, s, losses = self.run(case, np.array([case.lr]), standardized, history)
-        return Simulated(
-            status=outcome.STATUSES[int(status[0])],
-            initial_loss=_f(s["initial_loss"][0]),
-            final_loss=_f(s["final_loss"][0]),
-            first_nonfinite_epoch=int(s["first_nonfinite_epoch"][0]),
-            first_converged_epoch=int(s["first_converged_epoch"][0]),
-            growth_rate=_f(s["growth_rate"][0]),
-            final_w=_weights(s["final_w"][0]),
-            final_b=_f(s["final_b"][0]),
-            prediction=_f(s["prediction"][0]),
-        ), (None if losses is None else np.asarray(losses[0, : case.epochs], np.float64))
+        return simulated(int(status[0]), {k: v[0] for k, v in s.items()}), (
+            None if losses is None else np.asarray(losses[0, : case.epochs], np.float64)
+        )
 
     def best_fit(self) -> BestFit:
         """The least-squares line of the raw dataset and its loss (see :class:`BestFit`)."""
@@ -219,6 +224,22 @@ class Lab:
 
     def breaks(self, lrs: np.ndarray) -> np.ndarray:
         return outcome.breaks(self.run(self.case, lrs)[0])
+
+
+def simulated(status: int, s: Mapping[str, object]) -> Simulated:
+    """A run's :class:`Simulated` from its status code and :class:`~src.engine.Summary`
+    values (one configuration's: arrays of one value, or ``(d,)`` for ``final_w``)."""
+    return Simulated(
+        status=outcome.STATUSES[status],
+        initial_loss=_f(s["initial_loss"]),
+        final_loss=_f(s["final_loss"]),
+        first_nonfinite_epoch=int(s["first_nonfinite_epoch"]),
+        first_converged_epoch=int(s["first_converged_epoch"]),
+        growth_rate=_f(s["growth_rate"]),
+        final_w=_weights(s["final_w"]),
+        final_b=_f(s["final_b"]),
+        prediction=_f(s["prediction"]),
+    )
 
 
 def dynamics_of(case: Case) -> theory.Dynamics | None:
@@ -246,9 +267,10 @@ def first_breaking_n(case: Case, dyn: theory.Dynamics) -> int | None:
     return None
 
 
-def explain(case: Case, histories: bool = False) -> Diagnosis:
+def explain(case: Case, histories: bool = False, known: Known | None = None) -> Diagnosis:
     """The whole diagnosis, JSON-ready (see :func:`describe` for the words); with
-    ``histories`` every fix also carries its per-epoch losses."""
+    ``histories`` every fix also carries its per-epoch losses. ``known``: runs known already
+    (see :class:`Lab`)."""
     x, y, _ = case.dataset()
     with np.errstate(over="ignore"):
         squares = float(np.mean(x * x)), float(np.mean(y * y))
@@ -257,7 +279,7 @@ def explain(case: Case, histories: bool = False) -> Diagnosis:
             "explain: the data are too large for a diagnosis: mean(x^2) or mean(y^2) overflows "
             "float64 (so does every loss); rescale x and y"
         )
-    lab = Lab(case)
+    lab = Lab(case, known)
     # Drawn in float32 whatever the dtype, as the engine starts.
     w0 = np.asarray(initial_kernel(case.seed, d=case.problem.d), np.float64)
     sim = lab.trial(case, history=histories)[0]  # with histories, one program for all

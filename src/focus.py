@@ -12,23 +12,25 @@ exact values, and the page says which cell stands in for it.
 the rest on that cell's own configuration (dataset, seed, epochs, batch order,
 hyperparameters and the map's status rules): why it trains as it does (the closed form's
 critical lr and loss factor where one exists, else the measured critical lr), and the fixes,
-each simulated with its loss history.
+each simulated with its loss history, or read off the map's own run where the map keeps that
+run's losses as one of its loss curves (:func:`map_trials`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import TypedDict
 
 import numpy as np
 import xarray as xr
 
-from src import explain, outcome, store
+from src import engine, explain, outcome, store
 from src import optimizers as opt
 from src.errors import InputError
 from src.findings import SEED_N
-from src.schema import extra_dims, variant_at
+from src.schema import DIMS, curve_positions, extra_dims, hyperparameters_at, variant_at
 from src.spec import SEED_LR
 
 
@@ -130,7 +132,7 @@ def panel(ds: xr.Dataset, focus: Focus = SEED_FOCUS) -> tuple[Panel, list[tuple[
         shuffle=bool(int(ds.attrs.get("shuffle", 0))),
         diverge_factor=float(ds.attrs["diverge_factor"]),
     )  # fmt: skip
-    diagnosis = explain.explain(case, histories=True)
+    diagnosis = explain.explain(case, histories=True, known=map_trials(ds, index))
     status = outcome.STATUSES[int(cell.status.item())]
     sim = diagnosis["simulated"]
     exact = (
@@ -169,6 +171,50 @@ def panel(ds: xr.Dataset, focus: Focus = SEED_FOCUS) -> tuple[Panel, list[tuple[
         for f in fixes
     ]
     return result, curves
+
+
+def map_trials(ds: xr.Dataset, index: Mapping[str, int]) -> explain.Known:
+    """The focus panel's trials that are loss curves of the map (``ds``, focus at ``index``),
+    read off the map's own run: its cell's results and its curve's losses.
+
+    A loss curve that is a cell of the map is that cell's run, on the first point of the
+    data axes with the first value of each swept hyperparameter (``runner.CurveCapture``).
+    A trial is one when it trains on that dataset (not standardised; the focus on the first
+    point of the data axes) with the curve's optimizer, float32 learning rate, N, batch size,
+    seed, the map's longest epoch count and the hyperparameters the map set there. The
+    default panel's own configuration and its Adam fixes are: the panel then compiles the
+    Adam program no more (~0.7 s of a first run on the 2-core CPU), and shows the numbers
+    of the map's own run."""
+    dims = list(ds.status.dims)
+    curves = {
+        (str(c["optimizer"]), np.float32(c["lr"]), int(c["n"]), int(c["batch_size"]),
+         int(c["seed"])): i
+        for i, c in curve_positions(ds)
+    }  # fmt: skip
+    first_points = all(index.get(d, 0) == 0 for d in dims if d not in DIMS)
+    top = int(np.argmax(ds.epochs.values))
+
+    def known(case: explain.Case) -> tuple[explain.Simulated, np.ndarray] | None:
+        key = (case.optimizer, np.float32(case.lr), case.n, case.batch_size, case.seed)
+        i = curves.get(key)
+        if i is None or not first_points or case.epochs != int(ds.epochs.values[top]):
+            return None
+        at = {d: 0 for d in dims}
+        for d, value in zip(DIMS[:5], key, strict=True):
+            axis = ds[d].values
+            found = np.flatnonzero(np.float32(axis) == value if d == "lr" else axis == value)
+            if not found.size:
+                return None
+            at[d] = int(found[0])
+        at["epochs"] = top
+        if dict(case.hyperparameters) != hyperparameters_at(ds, case.optimizer, at):
+            return None
+        cell = ds.isel(at)
+        summary = {k: cell[k].values for k in engine.Summary._fields}
+        losses = ds.loss_history.values[i, : case.epochs]
+        return explain.simulated(int(cell.status.item()), summary), losses
+
+    return known
 
 
 def why(diagnosis: explain.Diagnosis) -> str:
