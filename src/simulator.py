@@ -434,7 +434,9 @@ class Simulator:
         # Everything that fixes the traced program, in stable terms (names, numbers, shapes).
         ident = (family.name, shapes, history, constants, self.shuffle, self.kernel, self.dtype,
                  tuple(f"{d.platform}:{d.id}" for d in self.devices), _avals(args))  # fmt: skip
-        return _compile(jax.jit(per_device), args, repr(ident))
+        steps = len(configs.n) // len(self.devices) * shapes.epochs * shapes.n_batches
+        small = steps <= SMALL_PROGRAM_STEPS
+        return _compile(jax.jit(per_device), args, repr(ident), small)
 
     def _steps(self, steps: int) -> jax.Array:
         """A chunk's batch steps per epoch, replicated: one value for every device."""
@@ -583,8 +585,28 @@ def _serializable() -> None:
         )
 
 
-def _compile(jitted: Callable, args: tuple, ident: str) -> Callable:
-    """``jitted`` compiled for ``args``.
+SMALL_PROGRAM_STEPS = 1 << 17
+"""Programs of at most this many configuration-steps per device (configurations x epochs x
+batches per epoch: 64 configurations of 500 epochs of 4 batches) are compiled with LLVM's
+optimisations off (:func:`_compile`)."""
+
+_UNOPTIMISED = {"xla_backend_optimization_level": 0}
+
+
+def _compile(jitted: Callable, args: tuple, ident: str, small: bool = False) -> Callable:
+    """``jitted`` compiled for ``args``; ``small`` (little to compute) with LLVM's
+    optimisations off.
+
+    Most of a program's compile time is LLVM generating its code, and most of that is LLVM
+    optimising it: off, the default map's programs compiled in ~0.35 s instead of ~0.65-1.0
+    s, and ran ~10x slower (2-core CPU). A program of a few configurations, a focus panel's
+    trial or the Keras check's re-runs of its picks, computes for milliseconds either way
+    (:data:`SMALL_PROGRAM_STEPS` bounds it). LLVM keeps IEEE arithmetic at every level (no
+    reassociation; on x86-64 no FMA to contract into either, :mod:`src.xla_options`): the
+    results are the same bit for bit (``tests/test_xla_options.py``: every optimizer, both kernels,
+    fixed and shuffled batches; ``tests/test_focus.py``; the Keras check's own comparison of
+    its re-runs with a fixed-order map). The default job's Keras check took 22.1 s instead
+    of 26.1 s (one run each).
 
     Where :func:`src.xla_options.program_store` keeps traced programs (the command line's
     cache; one process), a program is traced once per version of the code and ``ident`` (the
@@ -594,9 +616,10 @@ def _compile(jitted: Callable, args: tuple, ident: str) -> Callable:
     the compiled code (default map, 2-core CPU: 4.4 s -> 1.1 s). Every process, the first
     included, compiles the stored program, so that all run the same one; its results are
     those of ``jitted`` bit for bit (``tests/test_program_store.py``)."""
+    options = _UNOPTIMISED if small else None
     store = xla_options.program_store()
     if store is None or jax.process_count() > 1:
-        return jitted.lower(*args).compile()
+        return jitted.lower(*args).compile(compiler_options=options)
     _serializable()
     path = store / f"{xla_options.digest(ident)}.jaxexport"
     exported = _stored(path)
@@ -607,7 +630,7 @@ def _compile(jitted: Callable, args: tuple, ident: str) -> Callable:
                 tmp.write_bytes(exported.serialize())
         except OSError:  # a full or read-only cache costs the next run a trace, not this run
             pass
-    return jax.jit(exported.call).lower(*args).compile()
+    return jax.jit(exported.call).lower(*args).compile(compiler_options=options)
 
 
 def _stored(path: Path) -> jax.export.Exported | None:

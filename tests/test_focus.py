@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from src import explain, focus, runner
+from src import explain, focus, runner, simulator
 from src.spec import Sweep
 
 
@@ -20,7 +20,11 @@ def seed_map() -> xr.Dataset:
     sweep = Sweep(
         optimizer=("sgd", "adam"), lr=(0.001, 0.003, 0.01, 0.03), n=(10, 20), epochs=(60,)
     )
-    ds, _ = runner.run(sweep)
+    # Compiled as a large map's programs are, with LLVM's optimisations, unlike the panel's
+    # own trials (a few configurations each): the same bits either way.
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(simulator, "SMALL_PROGRAM_STEPS", 0)
+        ds, _ = runner.run(sweep)
     return ds
 
 

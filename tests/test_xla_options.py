@@ -118,3 +118,31 @@ def test_a_second_run_loads_its_programs_and_computes_the_same_map(tmp_path: Pat
         xr.open_dataset(tmp_path / "second" / "stability_map.nc") as b,
     ):
         xr.testing.assert_identical(a.load(), b.load())
+
+
+@pytest.mark.slow  # every family compiled twice
+@pytest.mark.parametrize("kernel", ["moments", "autodiff"])
+def test_llvm_optimisations_off_change_no_bit(kernel: str) -> None:
+    """Small programs are compiled with LLVM's optimisations off (``simulator._compile``):
+    a map of every optimizer, fixed and shuffled batches, computed by programs compiled
+    with them and without, is the same bit for bit."""
+    import collections
+
+    from src import optimizers as opt
+    from src import outcome, runner, simulator
+    from src.spec import Sweep
+
+    maps = []
+    for limit in (0, 1 << 30):  # every program optimised; none
+        for shuffle in (False, True):
+            sweep = Sweep(
+                optimizer=tuple(opt.OPTIMIZERS), lr=(1e-3, 0.03, 0.3), n=(7, 20),
+                batch_size=(4, 32), epochs=(25,), shuffle=shuffle, kernel=kernel,
+            )  # fmt: skip
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(simulator, "SMALL_PROGRAM_STEPS", limit)
+                m.setattr(simulator, "_programs", collections.OrderedDict())  # none shared
+                maps.append(runner.run(sweep)[0])
+    for optimised, unoptimised in zip(maps[:2], maps[2:], strict=True):
+        assert int((optimised.status == outcome.STATUSES.index("overflow")).sum()) > 0
+        xr.testing.assert_identical(optimised, unoptimised)
