@@ -45,9 +45,10 @@ None of these options reorders or contracts arithmetic: results are bit-identica
 without multi-output fusion and compiled loops (``tests/test_xla_options.py``).
 
 * **A persistent compilation cache** (:func:`use_compilation_cache`; the command line turns it
-  on). Compiling the engine's programs is most of a first run (the default map: ~15 s of
-  compile against ~1 s of compute on a 2-core CPU). JAX can keep every compiled program on
-  disk, keyed by the program, the JAX and XLA versions and ``XLA_FLAGS``, and load it instead
+  on). Compiling the engine's programs is most of a first run (the default job: ~4 s of
+  compile against ~0.5 s of compute on a 2-core CPU, docs/design.md, Compile time). JAX can
+  keep every compiled program on disk, keyed by the program, its compile options, the JAX and
+  XLA versions and ``XLA_FLAGS``, and load it instead
   of compiling it again: a second run compiles nothing. A cached program is the very
   executable that was compiled, so results are the same bit for bit. The cache lives in
   ``$XDG_CACHE_HOME/stability_map/jax`` (default ``~/.cache/stability_map/jax``);
