@@ -208,8 +208,8 @@ class Lab:
     ) -> tuple[Simulated, np.ndarray | None]:
         """:meth:`simulate`, and with ``history`` the run's per-epoch losses too."""
         if not standardized and self.known is not None and (hit := self.known(case)):
-            known, losses = hit
-            return known, (np.asarray(losses, np.float64) if history else None)
+            result, losses = hit
+            return result, (np.asarray(losses, np.float64) if history else None)
         status, s, losses = self.run(case, np.array([case.lr]), standardized, history)
         return simulated(int(status[0]), {k: v[0] for k, v in s.items()}), (
             None if losses is None else np.asarray(losses[0, : case.epochs], np.float64)

@@ -519,7 +519,7 @@ class Simulator:
         epoch."""
         c = flat.take(index, self.rows, self.dtype)
         seeds, which = np.unique(np.asarray(c.seed), return_inverse=True)
-        drawn = np.stack([initial_kernel(int(seed), self.table.d) for seed in seeds])
+        drawn = np.stack([engine.initial_kernel(int(seed), self.table.d) for seed in seeds])
         c = c._replace(kernel=drawn[which])
         steps = int(np.max(-(-np.asarray(c.n) // np.asarray(c.batch_size))))
         fixed = dict(constants)
@@ -680,14 +680,6 @@ def epoch_orders(seed: int, n: int, shapes: engine.Shapes) -> np.ndarray:
     while sum(a.nbytes for a in _orders.values()) > ORDER_CACHE_BYTES and len(_orders) > 1:
         _orders.popitem(last=False)
     return drawn
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def initial_kernel(seed: int, d: int) -> np.ndarray:
-    """A config's initial kernel (:func:`src.engine.initial_kernel`), drawn once per
-    process: a map's chunks, the boundary search's hundreds of small calls and the curves
-    share a few seeds, and a draw costs ~0.7 ms of NumPy calls however small."""
-    return engine.initial_kernel(seed, d)
 
 
 def _avals(tree: object) -> tuple:

@@ -101,7 +101,6 @@ def epoch_orders(seed: int, n: int, n_max: int, epochs: int) -> np.ndarray:
     shuffle_key = subkey(key(seed), 1)
     ek0, ek1 = fold_in(shuffle_key, np.arange(epochs))
     index = np.arange(n_max, dtype=np.uint32)
-    sample_keys = hash_pairs((ek0[:, None], ek1[:, None]), np.zeros_like(index), index)
-    u = uniform(sample_keys)
+    u = uniform(fold_in((ek0[:, None], ek1[:, None]), index))
     keys = np.where(index < n, u, np.float32(2.0))
     return np.argsort(keys, axis=-1, kind="stable").astype(np.int32)
